@@ -1,0 +1,207 @@
+"""Do the Problem 1 attention maps point at the object? A check on synthetic shapes with known boxes.
+
+    python bench/p1_attention.py 2>/dev/null      # tqdm bars go to stderr
+
+Trains the tiny ViT preset on one-object images whose class is the object's colour (so the
+model must find the object), then on held-out images measures, for each layer's [CLS] map
+(mean over heads) and for attention rollout:
+- pointing game: does the map's highest cell overlap the object's box?
+- the same with a stricter rule: does the highest cell's centre lie inside the box?
+- attention mass inside the box divided by the box's share of the image (1 = no preference).
+Chance for a pointing rule is the accuracy of a uniformly random cell: the mean fraction of
+cells that pass the rule. It also reports how the position embeddings' cosine similarity falls
+with grid distance, after training and at initialisation.
+"""
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hw3core.images import ImageFileDataset, collate_skip, list_images  # noqa: E402
+from p1.attention import attention_rollout, cls_attention, position_similarity  # noqa: E402
+from p1.data import eval_transform, make_shapes_set  # noqa: E402
+from p1.engine import fit  # noqa: E402
+from p1.model import build_model, load_classifier  # noqa: E402
+from p1.train import parse_args as parse_train_args  # noqa: E402
+
+TARGET_POINTING = 0.8
+
+
+def cell_box_overlap(grid, image_size, box):
+    """Area (pixels) of each map cell that lies inside ``box`` (x0, y0, x1, y1): (rows, cols).
+
+    Cell (r, c) covers pixels [r*ph, (r+1)*ph) x [c*pw, (c+1)*pw), ph = height / rows.
+    """
+    (rows, cols), (height, width) = grid, image_size
+    x0, y0, x1, y1 = box
+    ph, pw = height / rows, width / cols
+    top, left = np.arange(rows) * ph, np.arange(cols) * pw
+    over_y = np.clip(np.minimum(y1, top + ph) - np.maximum(y0, top), 0, None)
+    over_x = np.clip(np.minimum(x1, left + pw) - np.maximum(x0, left), 0, None)
+    return np.outer(over_y, over_x)
+
+
+def centre_in_box(grid, image_size, box):
+    (rows, cols), (height, width) = grid, image_size
+    x0, y0, x1, y1 = box
+    cy = (np.arange(rows) + 0.5) * height / rows
+    cx = (np.arange(cols) + 0.5) * width / cols
+    return np.outer((cy >= y0) & (cy < y1), (cx >= x0) & (cx < x1))
+
+
+def score_map(heat, image_size, box):
+    """Pointing hits (overlap rule, centre rule), their chance levels, and the mass ratio."""
+    overlap = cell_box_overlap(heat.shape, image_size, box)
+    centre = centre_in_box(heat.shape, image_size, box)
+    best = np.unravel_index(np.argmax(heat), heat.shape)
+    height, width = image_size
+    cell_area = height * width / heat.size
+    box_share = overlap.sum() / (height * width)
+    mass_in_box = float((heat * overlap / cell_area).sum() / heat.sum())
+    return {"hit": float(overlap[best] > 0), "hit_chance": float((overlap > 0).mean()),
+            "centre_hit": float(centre[best]), "centre_chance": float(centre.mean()),
+            "mass_ratio": mass_in_box / box_share}
+
+
+def similarity_by_distance(model):
+    """{metric: {distance: mean cosine similarity over patch pairs at that distance}}."""
+    sim = position_similarity(model).numpy()
+    rows, cols = sim.shape[:2]
+    sim = sim.reshape(rows * cols, rows * cols)
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    dr, dc = np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :])
+    distances = {"Chebyshev": np.maximum(dr, dc), "Euclidean": np.rint(np.hypot(dr, dc))}
+    return {name: {int(d): float(sim[dist == d].mean()) for d in np.unique(dist) if d > 0}
+            for name, dist in distances.items()}
+
+
+def evaluate_maps(model, preprocess, class_names, folder, batch_size=64):
+    """Per map kind ('layer k', 'rollout'), the mean of each score over the folder's images,
+    plus the classification accuracy."""
+    boxes = json.loads((folder / "boxes.json").read_text())
+    paths = list_images(folder)
+    height, width = preprocess["image_size"]
+    loader = torch.utils.data.DataLoader(
+        ImageFileDataset(paths, eval_transform((height, width), preprocess["mean"],
+                                               preprocess["std"])),
+        batch_size, collate_fn=collate_skip)
+    depth = len(model.blocks)
+    scores, correct = {}, 0
+    for images, indices in loader:
+        kinds = {f"layer {i + 1}": cls_attention(model, images, i).mean(dim=1)
+                 for i in range(depth)}
+        kinds["rollout"], logits = attention_rollout(model, images, with_logits=True)
+        for row, index in enumerate(indices.tolist()):
+            path = paths[index]
+            label = class_names.index(path.name.split("_")[0])
+            correct += int(logits[row].argmax()) == label
+            x0, y0, x1, y1 = boxes[path.name]
+            # Boxes are in the file's pixels; the model sees the image resized to its input.
+            with Image.open(path) as img:
+                original_w, original_h = img.size
+            sy, sx = height / original_h, width / original_w
+            box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+            for kind, maps in kinds.items():
+                for key, value in score_map(maps[row].numpy(), (height, width), box).items():
+                    scores.setdefault(kind, {}).setdefault(key, []).append(value)
+    means = {kind: {key: float(np.mean(v)) for key, v in s.items()} for kind, s in scores.items()}
+    return means, correct / len(paths)
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (f"{cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
+            f"timm {timm.__version__}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", help="folder for the data and the run (default: temporary)")
+    p.add_argument("--train", type=int, default=2000, help="training images")
+    p.add_argument("--heldout", type=int, default=300, help="held-out images for the maps")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--min-crop", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        run(args, Path(args.work or scratch))
+
+
+def run(args, work):
+    image_side = 64
+    make_shapes_set(work / "train", args.train, image_side, seed=args.seed)
+    make_shapes_set(work / "val", 200, image_side, seed=args.seed + 1, start_id=args.train)
+    make_shapes_set(work / "heldout", args.heldout, image_side, seed=args.seed + 2,
+                    start_id=args.train + 200)
+    train_args = parse_train_args([
+        "--model", "tiny", "--train-dir", str(work / "train"), "--val-dir", str(work / "val"),
+        "--out", str(work / "run"), "--epochs", str(args.epochs), "--batch-size", "32",
+        "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--workers", "2",
+        "--augment", "none", "--min-crop", str(args.min_crop), "--drop-path", "0",
+        "--seed", str(args.seed)])
+    start = time.perf_counter()
+    fit(train_args)
+    train_seconds = time.perf_counter() - start
+
+    model, preprocess, class_names = load_classifier(work / "run" / "best.pt")
+    model.eval()
+    start = time.perf_counter()
+    means, accuracy = evaluate_maps(model, preprocess, class_names, work / "heldout")
+    map_seconds = time.perf_counter() - start
+    torch.manual_seed(args.seed)
+    fresh = build_model(torch.load(work / "run" / "best.pt", weights_only=True)["arch"])
+    trained_sim, initial_sim = similarity_by_distance(model), similarity_by_distance(fresh)
+
+    depth = len(model.blocks)
+    print(f"\n## Problem 1 attention maps on synthetic shapes\n\nmachine: {machine()}  ")
+    print(f"tiny ViT ({depth} blocks, grid {tuple(model.patch_embed.grid_size)}, "
+          f"{image_side} px): {args.train} training images, {args.epochs} epochs, min crop "
+          f"{args.min_crop}, trained in {train_seconds:.0f} s; {args.heldout} held-out images, "
+          f"classification accuracy {accuracy:.3f}; maps for all of them in {map_seconds:.1f} s\n")
+    print("Pointing rules: *overlap* = the map's highest cell (cell (r, c) covers pixels "
+          "[r*ph, (r+1)*ph) x [c*pw, (c+1)*pw)) overlaps the object's box; *centre* = that "
+          "cell's centre lies inside the box. Chance = the same rule for a uniformly random "
+          "cell. Mass ratio = share of the map's mass inside the box / box's share of the "
+          "image (1 = no preference).\n")
+    print("| map ([CLS] query, patch keys) | pointing, overlap | chance | pointing, centre "
+          "| chance | mass ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kind, m in means.items():
+        label = f"{kind} (last), mean of heads" if kind == f"layer {depth}" else (
+            "rollout (all layers)" if kind == "rollout" else f"{kind}, mean of heads")
+        print(f"| {label} | {m['hit']:.3f} | {m['hit_chance']:.3f} | {m['centre_hit']:.3f} "
+              f"| {m['centre_chance']:.3f} | {m['mass_ratio']:.2f} |")
+    last = means[f"layer {depth}"]["hit"]
+    verdict = "met" if last >= TARGET_POINTING else "NOT met"
+    print(f"\nTarget: last-layer pointing (overlap rule) >= {TARGET_POINTING}: {verdict} "
+          f"({last:.3f}).\n")
+    print("Position embeddings: mean cosine similarity of patch pairs at each grid distance\n")
+    print("| distance | Chebyshev, trained | Chebyshev, at init | Euclidean (rounded), trained "
+          "| Euclidean, at init |")
+    print("| --- | --- | --- | --- | --- |")
+    for d in sorted(set(trained_sim["Chebyshev"]) | set(trained_sim["Euclidean"])):
+        cells = []
+        for name in ("Chebyshev", "Euclidean"):
+            for sims in (trained_sim, initial_sim):
+                value = sims[name].get(d)
+                cells.append("" if value is None else f"{value:.3f}")
+        print(f"| {d} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""What both problems share: image files, checkpoints, runtime choices, figures, errors."""

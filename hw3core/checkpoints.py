@@ -1,0 +1,48 @@
+"""Checkpoint I/O: atomic saves, safe loads (weights_only=True), clear errors for wrong files."""
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import UserError, run_cli
+from .files import atomic_path
+
+
+def save_checkpoint(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint on the CPU without running any code stored in it.
+
+    Raises UserError naming the file when it is missing, not a torch file, or holds objects that a
+    weights-only load refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or damaged files
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({first_line})") from None
+
+
+def unwrap_state_dict(obj, path):
+    """Return the tensor mapping inside a checkpoint: itself, or under 'model' / 'state_dict'."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise UserError(f"{path} holds no state dict of tensors")
+
+
+if __name__ == "__main__":
+    # `python3 -m hw3core.checkpoints FILE`: exit 0 only if FILE loads safely (hw3_download.sh).
+    if len(sys.argv) != 2:
+        sys.exit("usage: python3 -m hw3core.checkpoints FILE")
+    run_cli(lambda: load_checkpoint(sys.argv[1]))

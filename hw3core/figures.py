@@ -1,0 +1,43 @@
+"""Figures: a heat map laid over the image it belongs to, and atomic PNG saving. No windows."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
+
+
+def show_image(ax, image, title=None):
+    image = np.asarray(image)
+    ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0))
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+
+
+def overlay_heatmap(ax, image, heat, cell=None, title=None, alpha=0.55, cmap="jet",
+                    vmin=None, vmax=None, interpolation="bilinear"):
+    """Draw ``image`` and ``heat`` (gh x gw) over it; each map cell covers ``cell`` pixels.
+
+    ``cell`` is (height, width) in image pixels. By default the map spans the image exactly; a
+    captioner's 16-pixel cells may overhang the image's edge, and the overhang is cut off, so
+    every cell sits on the pixels it was computed from.
+    """
+    image = np.asarray(image)
+    height, width = image.shape[:2]
+    gh, gw = heat.shape
+    cell_h, cell_w = cell if cell is not None else (height / gh, width / gw)
+    show_image(ax, image, title)
+    artist = ax.imshow(heat, extent=(0, gw * cell_w, gh * cell_h, 0), alpha=alpha, cmap=cmap,
+                       vmin=vmin, vmax=vmax, interpolation=interpolation)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    return artist
+
+
+def save_figure(fig, path, dpi=100):
+    """Save ``fig`` as PNG at ``path`` atomically, then free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,105 @@
+"""Image files: which files in a folder are images, and opening any of them as an upright RGB image.
+
+Unreadable files never stop a run: they are named on stderr and left out, and everything else goes
+on. Other files (notes, hidden files, subfolders) are ignored.
+"""
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
+
+# Decoding more pixels than this is refused: a hostile or corrupt header could ask for gigabytes.
+MAX_PIXELS = 178_956_970  # twice Pillow's warning threshold, Pillow's own hard limit
+
+
+class UnreadableImage(Exception):
+    """A file with an image suffix that cannot be decoded; the message names the file and why."""
+
+
+def is_image_file(path):
+    path = Path(path)
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder):
+    """The image files directly inside ``folder``, sorted by name (code-point order)."""
+    folder = Path(folder)
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+
+
+def _to_rgb(img):
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # Pillow's convert("RGB") clips these to 255; scale the real range to 8 bits instead.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels carry arbitrary colours; show them as white, as a viewer would.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def open_rgb(path):
+    """Open ``path`` as an RGB PIL image, EXIF orientation applied. Raises UnreadableImage."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise UnreadableImage(
+                        f"{path}: {img.width}x{img.height} pixels is too large to decode safely")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except UnreadableImage:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UnreadableImage(f"{path}: not a readable image ({reason})") from None
+
+
+def warn_unreadable(message):
+    print(f"warning: skipping {message}", file=sys.stderr, flush=True)
+
+
+class ImageFileDataset(torch.utils.data.Dataset):
+    """Images from a list of paths, transformed; an unreadable one yields None (see collate_skip).
+
+    Each item is ``(image_tensor, index)``; the index points back into ``paths`` so callers keep
+    the file name, target, or original size that belongs to the image.
+    """
+
+    def __init__(self, paths, transform):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            image = open_rgb(self.paths[index])
+        except UnreadableImage as err:
+            warn_unreadable(err)
+            return None
+        return self.transform(image), index
+
+
+def collate_skip(batch):
+    """Default collation of the readable items; None when a whole batch was unreadable."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return None
+    return torch.utils.data.default_collate(batch)

@@ -1,0 +1,121 @@
+"""Labelled image folders, the transforms the ViT sees, and a synthetic set for demos and tests.
+
+Two layouts are recognised automatically:
+- the course layout: image files named ``{label}_{id}.ext`` directly in the folder (``26_5064.jpg``
+  is class 26); class names are the integer labels;
+- one subfolder per class (``train/cat/1.jpg``); class names are the subfolder names.
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from hw3core.errors import UserError
+from hw3core.images import ImageFileDataset, is_image_file, list_images, warn_unreadable
+from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
+
+COURSE_NAME = re.compile(r"(\d+)_.+")
+
+
+def discover(folder, class_names=None):
+    """Return (samples, class_names); samples are (path, class index) sorted by path.
+
+    ``class_names`` fixes the classes (those of the training set when reading a validation set);
+    a file of another class is then an error naming it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"not a folder: {folder}")
+    class_dirs = sorted(d for d in folder.iterdir()
+                        if d.is_dir() and not d.name.startswith(".") and any(map(is_image_file, d.iterdir())))
+    labelled = []
+    if class_dirs:
+        for d in class_dirs:
+            labelled += [(p, d.name) for p in list_images(d)]
+        order = lambda name: name  # noqa: E731
+    else:
+        for path in list_images(folder):
+            match = COURSE_NAME.fullmatch(path.name)
+            if match:
+                labelled.append((path, str(int(match.group(1)))))
+            else:
+                warn_unreadable(f"{path}: name is not {{label}}_{{id}}.ext")
+        order = int
+    if not labelled:
+        raise UserError(f"no labelled images in {folder} (expected {{label}}_{{id}}.jpg files "
+                        "or one subfolder per class)")
+    if class_names is None:
+        class_names = sorted({name for _, name in labelled}, key=order)
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [(p, name) for p, name in labelled if name not in index]
+    if unknown:
+        path, name = unknown[0]
+        raise UserError(f"{path}: class {name!r} is not among the training classes")
+    return [(p, index[name]) for p, name in labelled], list(class_names)
+
+
+def eval_transform(image_size, mean, std):
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(tuple(image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def train_transform(image_size, mean, std, augment="randaugment", min_scale=0.25):
+    policies = {
+        "randaugment": [v2.RandAugment(num_ops=2, magnitude=9)],
+        "trivialaugment": [v2.TrivialAugmentWide()],
+        "none": [],
+    }
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(tuple(image_size), scale=(min_scale, 1.0),
+                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        *policies[augment],
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def make_shapes_set(out_dir, count, image_size=64, seed=0, start_id=0):
+    """Write ``count`` images of one coloured shape each, in the course layout.
+
+    The class is the object's colour (index into COLORS); its shape, place, size and the
+    background vary, so a model must find the object to name the class. The box of every object
+    is written to ``out_dir/boxes.json`` ({file name: [x0, y0, x1, y1]}), so attention maps can be
+    checked against it. Returns that mapping.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    size = (image_size, image_size)
+    colors = list(COLORS)
+    boxes = {}
+    for i in range(count):
+        label = int(rng.integers(len(colors)))
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        box = random_box(size, rng, min_frac=0.25, max_frac=0.45)
+        image, _ = render_scene(size, [(shape, colors[label], box)], rng)
+        name = f"{label}_{start_id + i}.png"
+        image.save(out_dir / name)
+        boxes[name] = list(box)
+    (out_dir / "boxes.json").write_text(json.dumps(boxes, indent=0))
+    return boxes
+
+
+class LabelledImages(ImageFileDataset):
+    """(image, class index) for each of ``samples`` [(path, class index)]; None if unreadable."""
+
+    def __init__(self, samples, transform):
+        super().__init__([path for path, _ in samples], transform)
+        self.targets = [target for _, target in samples]
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        return None if item is None else (item[0], self.targets[index])

@@ -1,0 +1,318 @@
+"""Training: optimizer and schedule factories, one epoch, evaluation, and the whole run (fit)."""
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
+from hw3core.errors import UserError
+from hw3core.figures import save_figure
+from hw3core.files import write_text_atomic
+from hw3core.images import ImageFileDataset, collate_skip
+from hw3core.runtime import (autocast, init_distributed, is_main_process, pick_device, print0,
+                             rng_state, seed_everything, set_rng_state, shutdown_distributed)
+from p1.data import LabelledImages, discover, eval_transform, train_transform
+from p1.model import (CHECKPOINT_FORMAT, DEFAULT_MEAN, DEFAULT_STD, build_model,
+                      forward_flops_per_image, grid_size, load_weights, make_arch)
+
+
+def build_optimizer(model, name, lr, weight_decay):
+    """SGD (momentum 0.9) or AdamW over the trainable parameters.
+
+    Biases, norms, the position table and the [CLS] token get no weight decay: shrinking them
+    toward zero has no regularising meaning.
+    """
+    decay, no_decay = [], []
+    for param_name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        plain = param.ndim < 2 or param_name in ("pos_embed", "cls_token")
+        (no_decay if plain else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def warmup_cosine(step, warmup_steps, total_steps):
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs):
+    """Linear warm-up, then cosine decay to zero, stepped once per optimizer step."""
+    total = steps_per_epoch * epochs
+    warmup = min(total, round(steps_per_epoch * warmup_epochs))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total))
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, *, precision="auto",
+                    grad_accum=1, label_smoothing=0.0, mix=None, clip_grad=None, desc="train"):
+    """Train over ``loader`` once; returns {'train_loss', 'images', 'seconds'} summed over ranks."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    images = 0
+    start = time.perf_counter()
+    progress = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    steps_per_epoch = len(loader)
+    for i, batch in enumerate(progress):
+        last_micro = (i + 1) % grad_accum == 0 or i + 1 == steps_per_epoch
+        if batch is not None:
+            inputs, targets = (t.to(device, non_blocking=True) for t in batch)
+            if mix is not None:
+                inputs, targets = mix(inputs, targets)
+            sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with autocast(device, precision):
+                    logits = model(inputs)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+                scaler.scale(loss / grad_accum).backward()
+            loss_sum += loss.detach() * len(inputs)
+            images += len(inputs)
+        if last_micro:
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            progress.set_postfix(loss=f"{loss_sum.item() / max(images, 1):.4f}",
+                                 lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    seconds = time.perf_counter() - start
+    totals = _sum_over_ranks([loss_sum.item(), images], device)
+    return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]),
+            "seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, precision="auto", desc="val"):
+    """Mean loss and accuracy over ``loader``, summed exactly over ranks."""
+    model.eval()
+    loss_sum = correct = count = 0.0
+    for batch in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True,
+                      leave=False):
+        if batch is None:
+            continue
+        inputs, targets = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, precision):
+            logits = model(inputs)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        count += len(targets)
+    loss_sum, correct, count = _sum_over_ranks([loss_sum, correct, count], device)
+    return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1),
+            "val_images": int(count)}
+
+
+def _sum_over_ranks(values, device):
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def fit(args):
+    """The whole run that train.py describes: data, model, resume, epochs, checkpoints, curves."""
+    dist_info = init_distributed()
+    try:
+        _fit(args, dist_info)
+    finally:
+        shutdown_distributed()
+
+
+def _fit(args, dist_info):
+    device = pick_device(args.device, dist_info)
+    seed_everything(args.seed + dist_info.rank)  # before the model's random initialisation
+    out = Path(args.out)
+    train_samples, class_names = discover(args.train_dir)
+    val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
+
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        if "optimizer" not in resume:
+            raise UserError(f"{args.resume} is not a last.pt checkpoint (no optimizer state)")
+        if resume["class_names"] != class_names:
+            raise UserError(f"{args.resume} was trained on other classes than {args.train_dir}")
+        arch = resume["arch"]
+    else:
+        arch = make_arch(args.model, len(class_names), args.image_size)
+    model = build_model(arch, drop_path=args.drop_path)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    elif args.pretrained:
+        _load_pretrained(model, args.pretrained)
+    if args.freeze_backbone:
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("head.")
+    model.to(device)
+    preprocess = {"image_size": list(arch["image_size"]), "mean": list(DEFAULT_MEAN),
+                  "std": list(DEFAULT_STD)}
+    if arch["vit_kwargs"] is None:  # a timm architecture brings its own normalisation
+        preprocess.update(mean=list(model.default_cfg["mean"]), std=list(model.default_cfg["std"]))
+
+    train_set = LabelledImages(train_samples, train_transform(
+        arch["image_size"], preprocess["mean"], preprocess["std"], args.augment, args.min_crop))
+    sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True,
+                                 seed=args.seed)
+    loader_rng = torch.Generator()
+    train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=False,
+                              num_workers=args.workers, collate_fn=collate_skip,
+                              pin_memory=device.type == "cuda", generator=loader_rng)
+    val_loader = None
+    if val_samples:
+        # Each rank takes every world_size-th image, so the summed counts are exact.
+        val_set = LabelledImages(val_samples[dist_info.rank::dist_info.world_size], eval_transform(
+            arch["image_size"], preprocess["mean"], preprocess["std"]))
+        val_loader = DataLoader(val_set, args.batch_size * 2, num_workers=args.workers,
+                                collate_fn=collate_skip, pin_memory=device.type == "cuda")
+
+    optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
+    scheduler = build_scheduler(optimizer, steps_per_epoch, args.epochs, args.warmup_epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    history, best_acc, start_epoch = [], -1.0, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        history, best_acc, start_epoch = resume["history"], resume["best_acc"], resume["epoch"]
+        set_rng_state(resume["rng"][dist_info.rank])
+
+    net = model
+    if args.compile:
+        net = torch.compile(net)
+    if dist_info.enabled:
+        net = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    mix = _mixing(args, len(class_names))
+    flops = 3 * forward_flops_per_image(model)  # forward + backward
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "args.json", json.dumps(vars(args), indent=2) + "\n")
+        print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
+               f"parameters, grid {grid_size(model)}, {len(class_names)} classes, "
+               f"{len(train_samples)} train / {len(val_samples)} val images, "
+               f"{dist_info.world_size} process(es) on {device.type}")
+
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        loader_rng.manual_seed(args.seed * 10_000 + epoch)
+        stats = train_one_epoch(net, train_loader, optimizer, scheduler, scaler, device,
+                                precision=args.precision, grad_accum=args.grad_accum,
+                                label_smoothing=args.label_smoothing, mix=mix,
+                                clip_grad=args.clip_grad, desc=f"epoch {epoch + 1}/{args.epochs}")
+        if val_loader is not None:
+            stats.update(evaluate(net, val_loader, device, args.precision))
+        images_per_s = stats["images"] / stats["seconds"]
+        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
+                     images_per_s=images_per_s, train_tflops=images_per_s * flops / 1e12)
+        history.append(stats)
+        states = [None] * dist_info.world_size
+        if dist_info.enabled:
+            torch.distributed.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        if not dist_info.is_main:
+            continue
+        payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "preprocess": preprocess,
+                   "class_names": class_names, "model": model.state_dict(), "epoch": epoch + 1,
+                   "val_acc": stats.get("val_acc")}
+        improved = "val_acc" in stats and stats["val_acc"] > best_acc
+        if improved:
+            best_acc = stats["val_acc"]
+            save_checkpoint(payload, out / "best.pt")
+        save_checkpoint({**payload, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": states, "history": history, "best_acc": best_acc,
+                         "args": vars(args)}, out / "last.pt")
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
+        if "val_acc" in stats:
+            summary += (f", val loss {stats['val_loss']:.4f}, val acc {stats['val_acc']:.4f}"
+                        + (" (best)" if improved else ""))
+        print0(summary + f", {images_per_s:.1f} images/s, {stats['train_tflops']:.3f} TFLOP/s")
+    if dist_info.is_main and history:
+        plot_history(history, out / "curves.png",
+                     "train (label-smoothed)" if args.label_smoothing else "train")
+        print0(f"wrote {out / 'last.pt'}" + (f", best val acc {best_acc:.4f} in {out / 'best.pt'}"
+                                              if best_acc >= 0 else ""))
+
+
+def _load_pretrained(model, path):
+    obj = load_checkpoint(path)
+    old_grid = None
+    if isinstance(obj, dict) and "arch" in obj:  # a checkpoint of this project
+        arch = obj["arch"]
+        old_grid = [s // p for s, p in zip(arch["image_size"], model.patch_embed.patch_size)]
+    adapted = load_weights(model, unwrap_state_dict(obj, path), path, old_grid)
+    if any(a.startswith("new head") for a in adapted):
+        # A zero head starts from uniform predictions, as in the ViT paper's fine-tuning.
+        torch.nn.init.zeros_(model.head.weight)
+        torch.nn.init.zeros_(model.head.bias)
+    print0(f"loaded {path}" + "".join(f"; {a}" for a in adapted))
+
+
+def _mixing(args, num_classes):
+    choices = []
+    if args.mixup > 0:
+        choices.append(v2.MixUp(alpha=args.mixup, num_classes=num_classes))
+    if args.cutmix > 0:
+        choices.append(v2.CutMix(alpha=args.cutmix, num_classes=num_classes))
+    return v2.RandomChoice(choices) if choices else None
+
+
+def plot_history(history, path, train_label="train"):
+    """Loss and accuracy per epoch, one PNG."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=train_label)
+    if "val_loss" in history[0]:
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+        ax_acc.plot(epochs, [h["val_acc"] for h in history], "o-", color="tab:green")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.legend()
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    ax_acc.grid(alpha=0.3)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+@torch.no_grad()
+def predict_files(model, preprocess, paths, device, batch_size=64, workers=4, precision="auto"):
+    """Class index for each readable file in ``paths``: {path: index}. Unreadable files are
+    named on stderr by the dataset and are absent from the result."""
+    dataset = ImageFileDataset(paths, eval_transform(preprocess["image_size"], preprocess["mean"],
+                                                     preprocess["std"]))
+    loader = DataLoader(dataset, batch_size, num_workers=workers, collate_fn=collate_skip,
+                        pin_memory=device.type == "cuda")
+    model.eval().to(device)
+    predictions = {}
+    for batch in tqdm(loader, desc="predict", disable=not is_main_process(), dynamic_ncols=True):
+        if batch is None:
+            continue
+        images, indices = batch
+        with autocast(device, precision):
+            logits = model(images.to(device, non_blocking=True))
+        for index, label in zip(indices.tolist(), logits.argmax(1).tolist()):
+            predictions[dataset.paths[index]] = label
+    return predictions

@@ -1,0 +1,38 @@
+"""Export a train.py checkpoint as a bare state dict for other tools.
+
+    python p1/export.py --checkpoint runs/vit/best.pt --out vit_ppvit.pth            # ppvit keys
+    python p1/export.py --checkpoint runs/vit/best.pt --out vit_timm.pth --format timm
+
+A ppvit export loads into pytorch_pretrained_vit.ViT('B_16_imagenet1k', num_classes=N,
+image_size=S) with the checkpoint's class count N and input size S.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hw3core.errors import run_cli  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=("ppvit", "timm"), default="ppvit",
+                   help="pytorch-pretrained-vit keys (default) or timm keys")
+    args = p.parse_args(argv)
+    from hw3core.checkpoints import save_checkpoint
+    from p1.model import load_classifier, timm_to_ppvit
+
+    model, _, class_names = load_classifier(args.checkpoint)
+    state_dict = model.state_dict()
+    if args.format == "ppvit":
+        state_dict = timm_to_ppvit(state_dict)
+    save_checkpoint(state_dict, args.out)
+    print(f"wrote {args.out}: {args.format} keys, {len(class_names)} classes, "
+          f"input {model.patch_embed.img_size}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,67 @@
+"""Predict the class of every image in a folder and write OUT.csv with rows `filename,label`.
+
+    python p1/inference.py --images test_dir --out output/pred.csv [--checkpoint C]
+
+The checkpoint defaults to $HW3_P1_CKPT, else checkpoints/p1_vit.pt beside this project. It may
+be a train.py checkpoint (labels are its class names) or a bare pytorch-pretrained-vit or timm
+state dict (labels are the model's own class ids).
+"""
+import argparse
+import csv
+import io
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hw3core.errors import UserError, run_cli  # noqa: E402
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "p1_vit.pt"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", required=True, help="folder of images (subfolders are ignored)")
+    p.add_argument("--out", required=True, help="CSV file to write; its folder is created")
+    p.add_argument("--checkpoint", default=os.environ.get("HW3_P1_CKPT", str(DEFAULT_CHECKPOINT)),
+                   help="train.py checkpoint or bare ViT state dict (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="(%(default)s)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader worker processes (%(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from hw3core.files import write_text_atomic
+    from hw3core.images import list_images
+    from hw3core.runtime import pick_device
+    from p1.engine import predict_files
+    from p1.model import load_classifier
+
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise UserError(f"not a folder: {folder}")
+    paths = list_images(folder)
+    if not paths:
+        raise UserError(f"no image files in {folder}")
+    model, preprocess, class_names = load_classifier(args.checkpoint)
+    predictions = predict_files(model, preprocess, paths, pick_device(args.device),
+                                args.batch_size, args.workers)
+    if not predictions:
+        raise UserError(f"none of the {len(paths)} image files in {folder} could be read")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["filename", "label"])
+    writer.writerows((path.name, class_names[predictions[path]]) for path in paths
+                     if path in predictions)
+    write_text_atomic(args.out, text.getvalue())
+    skipped = len(paths) - len(predictions)
+    print(f"wrote {len(predictions)} predictions to {args.out}"
+          + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,49 @@
+"""Shared fixtures: the repository root on sys.path, small synthetic data, one trained tiny ViT."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def script_env(**extra):
+    """Environment for running the project's shell entry points with this interpreter."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """A small course-layout set: (train dir, val dir)."""
+    from p1.data import make_shapes_set
+
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_set(root / "train", 600, image_size=32, seed=1)
+    make_shapes_set(root / "val", 200, image_size=32, seed=2, start_id=100_000)
+    return root / "train", root / "val"
+
+
+def tiny_args(train_dir, val_dir, out, *extra):
+    """train.py arguments for a fast CPU run of the tiny preset at 32 px."""
+    from p1.train import parse_args
+
+    return parse_args(["--model", "tiny", "--image-size", "32", "--train-dir", str(train_dir),
+                       "--val-dir", str(val_dir), "--out", str(out), "--epochs", "3",
+                       "--batch-size", "32", "--optimizer", "adamw", "--lr", "2e-3",
+                       "--weight-decay", "0.05", "--augment", "none", "--min-crop", "0.8",
+                       "--drop-path", "0", "--workers", "0", *extra])
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(shapes_data, tmp_path_factory):
+    """OUT folder of a finished tiny run on shapes_data."""
+    from p1.engine import fit
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    fit(tiny_args(*shapes_data, out))
+    return out

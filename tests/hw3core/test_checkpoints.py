@@ -1,0 +1,57 @@
+import pickle
+
+import pytest
+import torch
+
+from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
+from hw3core.errors import UserError
+from hw3core.files import write_text_atomic
+
+
+def test_save_and_load_round_trip(tmp_path):
+    obj = {"model": {"w": torch.arange(3.0)}, "arch": {"name": "x", "size": [1, 2]}}
+    save_checkpoint(obj, tmp_path / "deep" / "c.pt")
+    loaded = load_checkpoint(tmp_path / "deep" / "c.pt")
+    assert torch.equal(loaded["model"]["w"], obj["model"]["w"]) and loaded["arch"] == obj["arch"]
+    assert [p.name for p in (tmp_path / "deep").iterdir()] == ["c.pt"]  # no temporary left
+
+
+class Sneaky:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "not found"), (b"hello", "not a readable checkpoint"),
+    (pickle.dumps(Sneaky()), "not a readable checkpoint")])
+def test_bad_checkpoints_give_one_line_errors(tmp_path, content, message, capsys):
+    path = tmp_path / "c.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value) and "code ran" not in capsys.readouterr().out
+
+
+def test_code_in_a_torch_file_never_runs(tmp_path, capsys):
+    torch.save({"x": Sneaky()}, tmp_path / "c.pt")
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / "c.pt")
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_unwrap_state_dict(tmp_path):
+    sd = {"a": torch.zeros(1)}
+    assert unwrap_state_dict({"model": sd, "epoch": 3}, "f") is sd
+    assert unwrap_state_dict(sd, "f") is sd
+    with pytest.raises(UserError, match="no state dict"):
+        unwrap_state_dict({"epoch": 3}, "f")
+
+
+def test_atomic_text_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "out.csv"
+    write_text_atomic(path, "old\n")
+
+    with pytest.raises(TypeError):
+        write_text_atomic(path, 123)
+    assert path.read_text() == "old\n" and len(list(tmp_path.iterdir())) == 1

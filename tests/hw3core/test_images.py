@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from hw3core.images import (ImageFileDataset, UnreadableImage, collate_skip, list_images,
+                            open_rgb)
+
+
+def test_list_images_keeps_images_only_sorted_by_name(tmp_path):
+    for name in ("b.JPG", "a b é.png", "C.jpeg", "notes.txt", ".hidden.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.jpg").mkdir()
+    assert [p.name for p in list_images(tmp_path)] == ["C.jpeg", "a b é.png", "b.JPG"]
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F", "1"])
+def test_every_mode_opens_as_rgb(tmp_path, mode):
+    gray = np.tile(np.linspace(0, 1, 16), (8, 1))
+    if mode == "I;16":
+        img = Image.fromarray((gray * 65535).astype(np.uint16))
+    elif mode in ("I", "F"):
+        img = Image.fromarray((gray * 1000).astype(np.int32 if mode == "I" else np.float32))
+    else:
+        img = Image.fromarray((gray * 255).astype(np.uint8)).convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("I", "F", "CMYK") else "x.png")
+    img.save(path)
+    rgb = np.asarray(open_rgb(path))
+    assert rgb.shape == (8, 16, 3)
+    # the full range survives: dark on the left, bright on the right, not clipped white
+    assert rgb[:, 0].mean() < 60 and rgb[:, -1].mean() > 190
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    img.putpixel((0, 0), (0, 0, 255, 255))
+    img.save(tmp_path / "a.png")
+    rgb = np.asarray(open_rgb(tmp_path / "a.png"))
+    assert tuple(rgb[0, 0]) == (0, 0, 255) and tuple(rgb[3, 3]) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (30, 10), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert open_rgb(tmp_path / "r.jpg").size == (10, 30)
+
+
+def test_unreadable_files_raise_naming_the_file(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    Image.new("RGB", (64, 64)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    for name in ("empty.jpg", "text.png", "cut.png"):
+        with pytest.raises(UnreadableImage, match=name):
+            open_rgb(tmp_path / name)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    Image.new("L", (200, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr("hw3core.images.MAX_PIXELS", 100 * 100)
+    with pytest.raises(UnreadableImage, match="too large"):
+        open_rgb(tmp_path / "big.png")
+
+
+def test_dataset_skips_unreadable_and_warns(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_text("nope")
+    ds = ImageFileDataset([tmp_path / "bad.png", tmp_path / "good.png"],
+                          lambda im: np.asarray(im, dtype=np.float32))
+    batch = collate_skip([ds[0], ds[1]])
+    assert batch[1].tolist() == [1]
+    assert "bad.png" in capsys.readouterr().err
+    assert collate_skip([ds[0]]) is None

@@ -1,0 +1,89 @@
+import pytest
+import pytorch_pretrained_vit
+import torch
+
+from hw3core.checkpoints import save_checkpoint
+from hw3core.errors import UserError
+from p1.model import (build_model, grid_size, infer_arch, load_classifier, load_weights,
+                      make_arch, ppvit_to_timm, timm_to_ppvit)
+
+
+def random_ppvit(**kwargs):
+    torch.manual_seed(0)
+    model = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False, **kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # its own init zeroes the head: logits would all be 0
+            p.normal_(0, 0.02)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ppvit_file(tmp_path_factory):
+    model = random_ppvit()
+    path = tmp_path_factory.mktemp("ppvit") / "B_16_imagenet1k.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def test_ppvit_weights_give_the_same_logits(ppvit_file):
+    reference, path = ppvit_file
+    model, preprocess, classes = load_classifier(path)
+    assert preprocess["image_size"] == [384, 384] and len(classes) == 1000
+    assert grid_size(model) == (24, 24) and model.blocks[-1].attn.fused_attn
+    x = torch.randn(2, 3, 384, 384)
+    with torch.no_grad():
+        expected, got = reference(x), model.eval()(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-4
+
+
+def test_fine_tuning_start_replaces_head_and_resamples_positions(ppvit_file):
+    _, path = ppvit_file
+    model = build_model(make_arch("B_16_imagenet1k", 37, (256, 192)))
+    state = torch.load(path, weights_only=True)
+    adapted = load_weights(model, state, path)
+    assert adapted == ["new head: 1000 -> 37 classes",
+                       "position table resampled: (24, 24) -> (16, 12) grid"]
+    assert model.pos_embed.shape == (1, 1 + 16 * 12, 768)
+    # the [CLS] row is kept as it is
+    assert torch.equal(model.pos_embed[0, 0], state["positional_embedding.pos_embedding"][0, 0])
+    assert model(torch.randn(1, 3, 256, 192)).shape == (1, 37)
+
+
+def test_key_mapping_round_trips(ppvit_file):
+    reference, _ = ppvit_file
+    state = reference.state_dict()
+    back = timm_to_ppvit(ppvit_to_timm(state))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_bare_timm_state_dict_loads(tmp_path):
+    arch = make_arch("tiny", 5, (48, 48))
+    model = build_model(arch)
+    torch.save(model.state_dict(), tmp_path / "timm.pth")
+    loaded, preprocess, classes = load_classifier(tmp_path / "timm.pth")
+    assert preprocess["image_size"] == [48, 48] and classes == ["0", "1", "2", "3", "4"]
+    assert infer_arch(model.state_dict())["vit_kwargs"]["depth"] == 4
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("name,size", [("tiny", None), ("tiny", (32, 64)),
+                                       ("vit_tiny_patch16_224", (64, 96))])
+def test_models_build_at_small_size(name, size):
+    model = build_model(make_arch(name, 3, size)).eval()
+    h, w = size or (64, 64)
+    assert grid_size(model) == (h // model.patch_embed.patch_size[0],
+                                w // model.patch_embed.patch_size[1])
+    out = model(torch.randn(2, 3, h, w))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_wrong_files_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_classifier(tmp_path / "none.pt")
+    save_checkpoint({"conv.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a ViT state dict"):
+        load_classifier(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="unknown model"):
+        make_arch("resnet50", 3)

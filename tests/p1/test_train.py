@@ -1,0 +1,105 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import pytorch_pretrained_vit
+import torch
+
+from tests.conftest import ROOT, script_env, tiny_args
+from hw3core.checkpoints import load_checkpoint
+from p1.data import make_shapes_set
+from p1.engine import fit
+import p1.engine
+
+
+def test_tiny_preset_learns_the_synthetic_set(trained_tiny):
+    history = [json.loads(line) for line in (trained_tiny / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert max(h["val_acc"] for h in history) >= 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    best = load_checkpoint(trained_tiny / "best.pt")
+    assert best["val_acc"] == max(h["val_acc"] for h in history)
+    assert best["class_names"] == ["0", "1", "2", "3"]
+    assert best["preprocess"] == {"image_size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert "optimizer" not in best  # best.pt is for inference; last.pt carries the run
+    assert (trained_tiny / "curves.png").stat().st_size > 0
+    assert json.loads((trained_tiny / "args.json").read_text())["model"] == "tiny"
+
+
+def test_resume_continues_to_the_same_result(shapes_data, trained_tiny, tmp_path, monkeypatch):
+    real_epoch = p1.engine.train_one_epoch
+    calls = []
+
+    def interrupted_after_two_epochs(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(p1.engine, "train_one_epoch", interrupted_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_args(*shapes_data, tmp_path))
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(p1.engine, "train_one_epoch", real_epoch)
+    fit(tiny_args(*shapes_data, tmp_path, "--resume", str(tmp_path / "last.pt")))
+
+    resumed = load_checkpoint(tmp_path / "last.pt")
+    straight = load_checkpoint(trained_tiny / "last.pt")
+    assert resumed["epoch"] == straight["epoch"] == 3
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
+    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in straight["history"]]
+
+
+def test_freeze_backbone_trains_the_head_only(shapes_data, trained_tiny, tmp_path):
+    start = load_checkpoint(trained_tiny / "best.pt")["model"]
+    fit(tiny_args(*shapes_data, tmp_path, "--epochs", "1", "--freeze-backbone",
+                  "--pretrained", str(trained_tiny / "best.pt"), "--lr", "0.1"))
+    after = load_checkpoint(tmp_path / "last.pt")["model"]
+    for key, value in start.items():
+        if key.startswith("head."):
+            assert not torch.equal(after[key], value), key
+        else:
+            assert torch.equal(after[key], value), key
+
+
+def test_torchrun_two_processes_write_one_checkpoint(shapes_data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "p1" / "train.py"), "--model", "tiny", "--image-size", "32",
+           "--train-dir", str(shapes_data[0]), "--val-dir", str(shapes_data[1]),
+           "--out", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--workers", "0",
+           "--device", "cpu", "--augment", "none"]
+    run = subprocess.run(cmd, env=script_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("epoch 1:") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "args.json", "best.pt", "curves.png", "last.pt", "metrics.jsonl"]
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert len(last["rng"]) == 2  # each rank's generators, for an exact resume
+    (metrics,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["images"] == 600 and metrics["val_images"] == 200  # no image dropped or doubled
+
+
+def test_fine_tuned_b16_exports_back_to_pytorch_pretrained_vit(tmp_path):
+    torch.manual_seed(0)
+    start = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False)
+    torch.save(start.state_dict(), tmp_path / "B_16_imagenet1k.pth")
+    make_shapes_set(tmp_path / "data", 4, image_size=32, seed=3)
+    fit(tiny_args(tmp_path / "data", tmp_path / "data", tmp_path / "run", "--model",
+                  "B_16_imagenet1k", "--epochs", "1", "--batch-size", "4",
+                  "--pretrained", str(tmp_path / "B_16_imagenet1k.pth")))
+    export = subprocess.run([sys.executable, str(ROOT / "p1" / "export.py"), "--checkpoint",
+                             str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "v.pth")],
+                            capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    classes = load_checkpoint(tmp_path / "run" / "best.pt")["class_names"]
+    theirs = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False,
+                                        num_classes=len(classes), image_size=32)
+    theirs.load_state_dict(torch.load(tmp_path / "v.pth", weights_only=True))
+    from p1.model import load_classifier
+    ours = load_classifier(tmp_path / "run" / "best.pt")[0]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.eval()(x), ours.eval()(x), rtol=1e-4, atol=1e-5)

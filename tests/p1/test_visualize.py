@@ -1,0 +1,119 @@
+"""p1/visualize.py end to end: figures, .npy maps, unreadable files, and one-line errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from p1.data import make_shapes_set
+from p1.model import CHECKPOINT_FORMAT, build_model, make_arch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "p1" / "visualize.py"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def save_train_checkpoint(path, image_size):
+    """A randomly initialised tiny model saved the way p1/train.py saves one."""
+    arch = make_arch("tiny", 4, image_size)
+    torch.manual_seed(0)
+    model = build_model(arch)
+    torch.save({"format": CHECKPOINT_FORMAT, "arch": arch,
+                "preprocess": {"image_size": list(image_size), "mean": [0.5] * 3,
+                               "std": [0.5] * 3},
+                "class_names": ["red", "green", "blue", "yellow"], "model": model.state_dict()},
+               path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("visualize")
+    make_shapes_set(root / "images", 3, image_size=48, seed=3)
+    (root / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    square = save_train_checkpoint(root / "square.pt", (64, 64))
+    wide = save_train_checkpoint(root / "wide.pt", (64, 96))
+    return {"root": root, "square": root / "square.pt", "wide": root / "wide.pt",
+            "heads": square.blocks[-1].attn.num_heads, "wide_heads": wide.blocks[-1].attn.num_heads}
+
+
+def good_stems(root):
+    return sorted(p.stem for p in (root / "images").glob("*.png"))
+
+
+def test_attention_folder_with_npy_and_a_bad_file(setup):
+    out = setup["root"] / "new" / "nested" / "maps"
+    result = run("attention", "--checkpoint", setup["square"], "--images",
+                 setup["root"] / "images", "--out", out, "--save-npy", "--batch-size", "2")
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg" in result.stderr
+    stems = good_stems(setup["root"])
+    assert sorted(p.stem for p in out.glob("*.png")) == stems
+    for stem in stems:
+        heat = np.load(out / f"{stem}.npy")
+        assert heat.shape == (8, 8) and heat.dtype == np.float32
+        assert 0 < heat.sum() <= 1 + 1e-5  # [CLS] weights over the patches, after softmax
+        with Image.open(out / f"{stem}.png") as img:
+            assert img.format == "PNG" and img.width > 2 * img.height
+
+
+def test_attention_all_heads_on_a_non_square_grid(setup):
+    out = setup["root"] / "heads"
+    first = sorted((setup["root"] / "images").glob("*.png"))[0]
+    result = run("attention", "--checkpoint", setup["wide"], "--images", first, "--out", out,
+                 "--heads", "all", "--layer", "1", "--save-npy")
+    assert result.returncode == 0, result.stderr
+    assert np.load(out / f"{first.stem}.npy").shape == (setup["wide_heads"], 8, 12)
+    assert (out / f"{first.stem}.png").is_file()
+
+
+def test_rollout_on_a_file_list(setup):
+    out = setup["root"] / "rollout"
+    files = sorted((setup["root"] / "images").glob("*.png"))[:2]
+    result = run("attention", "--checkpoint", setup["wide"], "--images", *files, "--out", out,
+                 "--method", "rollout", "--save-npy")
+    assert result.returncode == 0, result.stderr
+    for path in files:
+        assert np.load(out / f"{path.stem}.npy").shape == (8, 12)
+
+
+def test_posemb_figure(setup):
+    out = setup["root"] / "figs" / "posemb.png"
+    result = run("posemb", "--checkpoint", setup["wide"], "--out", out)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+
+
+@pytest.mark.parametrize("problem", ["missing checkpoint", "empty folder", "bad layer"])
+def test_user_errors_are_one_line(setup, problem):
+    empty = setup["root"] / "empty"
+    empty.mkdir(exist_ok=True)
+    checkpoint = setup["root"] / "nope.pt" if problem == "missing checkpoint" else setup["square"]
+    images = empty if problem == "empty folder" else setup["root"] / "images"
+    extra = ["--layer", "9"] if problem == "bad layer" else []
+    result = run("attention", "--checkpoint", checkpoint, "--images", images,
+                 "--out", setup["root"] / "unused", *extra)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_mosaic_places_tile_r_c_at_row_r_column_c():
+    from p1.visualize import similarity_mosaic
+
+    similarity = np.random.default_rng(0).random((3, 5, 3, 5)).astype(np.float32)
+    mosaic = similarity_mosaic(similarity, gap=1)
+    assert mosaic.shape == (3 * 4 - 1, 5 * 6 - 1)
+    for r in range(3):
+        for c in range(5):
+            np.testing.assert_array_equal(mosaic[r * 4:r * 4 + 3, c * 6:c * 6 + 5],
+                                          similarity[r, c])
+    assert np.isnan(mosaic[3]).all() and np.isnan(mosaic[:, 5]).all()

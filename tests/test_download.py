@@ -1,0 +1,57 @@
+"""hw3_download.sh against a local HTTP server on 127.0.0.1."""
+import functools
+import http.server
+import subprocess
+import threading
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, script_env
+
+
+@pytest.fixture
+def server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def download(dest, **urls):
+    return subprocess.run(["bash", str(ROOT / "hw3_download.sh")],
+                          env=script_env(HW3_CKPT_DIR=str(dest), **urls),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_downloads_verifies_and_skips_present_files(server, tmp_path):
+    served, url = server
+    torch.save({"w": torch.ones(2)}, served / "vit.pth")
+    torch.save({"model": {"w": torch.zeros(2)}}, served / "catr.pth")
+    dest = tmp_path / "checkpoints"
+    urls = dict(HW3_VIT_URL=f"{url}/vit.pth", HW3_CATR_URL=f"{url}/catr.pth",
+                HW3_P1_URL=f"{url}/vit.pth")
+    run = download(dest, **urls)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["B_16_imagenet1k.pth", "catr_v3.pth",
+                                                       "p1_vit.pt"]
+    assert torch.equal(torch.load(dest / "catr_v3.pth", weights_only=True)["model"]["w"],
+                       torch.zeros(2))
+    (served / "vit.pth").unlink()  # present files are not fetched again
+    again = download(dest, **urls)
+    assert again.returncode == 0 and again.stdout.count("have ") == 3
+
+
+def test_broken_or_missing_downloads_leave_nothing(server, tmp_path):
+    served, url = server
+    torch.save({"w": torch.ones(1000)}, served / "whole.pth")
+    (served / "broken.pth").write_bytes((served / "whole.pth").read_bytes()[:300])
+    dest = tmp_path / "checkpoints"
+    run = download(dest, HW3_VIT_URL=f"{url}/broken.pth", HW3_CATR_URL=f"{url}/absent.pth")
+    assert run.returncode != 0
+    assert list(dest.iterdir()) == []
+    assert f"{url}/broken.pth" in run.stderr and str(dest / "B_16_imagenet1k.pth") in run.stderr
+    assert f"{url}/absent.pth" in run.stderr and str(dest / "catr_v3.pth") in run.stderr
