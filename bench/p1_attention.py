@@ -14,7 +14,6 @@ with grid distance, after training and at initialisation.
 """
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.measure import machine  # noqa: E402
 from hw3core.images import ImageFileDataset, collate_skip, list_images  # noqa: E402
 from p1.attention import attention_rollout, cls_attention, position_similarity  # noqa: E402
 from p1.data import eval_transform, make_shapes_set  # noqa: E402
@@ -118,17 +118,6 @@ def evaluate_maps(model, preprocess, class_names, folder, batch_size=64):
     return means, correct / len(paths)
 
 
-def machine():
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (f"{cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
-            f"timm {timm.__version__}")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", help="folder for the data and the run (default: temporary)")
@@ -168,7 +157,7 @@ def run(args, work):
     trained_sim, initial_sim = similarity_by_distance(model), similarity_by_distance(fresh)
 
     depth = len(model.blocks)
-    print(f"\n## Problem 1 attention maps on synthetic shapes\n\nmachine: {machine()}  ")
+    print(f"\n## Problem 1 attention maps on synthetic shapes\n\nmachine: {machine()}, timm {timm.__version__}  ")
     print(f"tiny ViT ({depth} blocks, grid {tuple(model.patch_embed.grid_size)}, "
           f"{image_side} px): {args.train} training images, {args.epochs} epochs, min crop "
           f"{args.min_crop}, trained in {train_seconds:.0f} s; {args.heldout} held-out images, "

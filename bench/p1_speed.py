@@ -8,11 +8,7 @@ Also measures a plain fp32 (CPU) or bf16 (GPU) matrix product of the size of ViT
 same run, as the rate the model's inference is compared with. Prints a markdown table.
 """
 import argparse
-import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,34 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.measure import machine, median_seconds  # noqa: E402
 from hw3core.runtime import autocast, pick_device  # noqa: E402
 from p1.model import build_model, forward_flops_per_image, make_arch  # noqa: E402
-
-
-def machine(device):
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, bf16 autocast"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                   if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} threads, fp32"
-
-
-def median_seconds(fn, repeats, device):
-    fn()  # warm-up: allocations, kernel selection
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_rate(device, tokens):
@@ -119,7 +90,7 @@ def main():
                                                          args.repeats, precision)))
     peak = matmul_rate(device, batch * 577)
 
-    print(f"## ViT-B/16 at 384 x 384 ({machine(device)}; torch {torch.__version__})\n")
+    print(f"## ViT-B/16 at 384 x 384 ({machine(device)})\n")
     print(f"Forward pass: {flops / 1e9:.1f} GFLOP per image; a training step counts 3x. "
           f"Reference: one {batch * 577} x 768 x 3072 matrix product at {peak / 1e12:.3f} TFLOP/s.\n")
     print(f"| model | inference images/s (batch {batch}) | inference TFLOP/s | share of matmul "

@@ -33,6 +33,19 @@ def list_images(folder):
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
+def require_images(folder):
+    """``list_images(folder)``, or a UserError when the folder is missing or holds no image."""
+    from .errors import UserError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"not a folder: {folder}")
+    paths = list_images(folder)
+    if not paths:
+        raise UserError(f"no image files in {folder}")
+    return paths
+
+
 def _to_rgb(img):
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # Pillow's convert("RGB") clips these to 255; scale the real range to 8 bits instead.

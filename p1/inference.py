@@ -36,22 +36,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from hw3core.files import write_text_atomic
-    from hw3core.images import list_images
+    from hw3core.images import require_images
     from hw3core.runtime import pick_device
     from p1.engine import predict_files
     from p1.model import load_classifier
 
-    folder = Path(args.images)
-    if not folder.is_dir():
-        raise UserError(f"not a folder: {folder}")
-    paths = list_images(folder)
-    if not paths:
-        raise UserError(f"no image files in {folder}")
+    paths = require_images(args.images)
     model, preprocess, class_names = load_classifier(args.checkpoint)
     predictions = predict_files(model, preprocess, paths, pick_device(args.device),
                                 args.batch_size, args.workers)
     if not predictions:
-        raise UserError(f"none of the {len(paths)} image files in {folder} could be read")
+        raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["filename", "label"])

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from hw3core.errors import UserError, run_cli  # noqa: E402
 from hw3core.figures import overlay_heatmap, plt, save_figure, show_image  # noqa: E402
 from hw3core.files import atomic_path  # noqa: E402
-from hw3core.images import ImageFileDataset, collate_skip, list_images  # noqa: E402
+from hw3core.images import ImageFileDataset, collate_skip, require_images  # noqa: E402
 from hw3core.runtime import pick_device  # noqa: E402
 from p1.attention import (attention_rollout, block_index, cls_attention,  # noqa: E402
                           position_similarity)
@@ -91,10 +91,7 @@ def collect_images(specs):
     for spec in specs:
         spec = Path(spec)
         if spec.is_dir():
-            found = list_images(spec)
-            if not found:
-                raise UserError(f"no images in {spec}")
-            paths += found
+            paths += require_images(spec)
         else:
             paths.append(spec)
     stems = {}

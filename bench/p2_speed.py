@@ -1,0 +1,103 @@
+"""Captioning speed: this project's decoder against CATR's own loop, and batched throughput.
+
+    python bench/p2_speed.py [--device cuda] [--quick]
+
+CATR's predict script re-runs the whole model, backbone included, on its 128-position buffer for
+every token (p2.decode.reference_greedy). The project runs the backbone and encoder once and the
+decoder one position per step with cached keys and values. Both run the same random full-size
+CATR on the same 299 x 224 photo; [SEP] is made impossible so that every caption has exactly the
+asked number of tokens and both procedures do the same work. Prints a markdown table.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from skimage import data  # noqa: E402
+
+from bench.measure import machine, median_seconds  # noqa: E402
+from hw3core.runtime import autocast, pick_device  # noqa: E402
+from p2.decode import caption_images, encode_images, preprocess, reference_greedy  # noqa: E402
+from p2.model import build_model  # noqa: E402
+from p2.tokenizer import END_ID, START_ID  # noqa: E402
+
+
+def decoder_only(model, encoded, tokens, cache):
+    """Decode ``tokens`` steps from encoded images, with the self-attention cache or re-running
+    the decoder on the whole prefix at every step (the image keys and values are reused either
+    way)."""
+    device = encoded.memory.device
+    with torch.inference_mode(), autocast(device):
+        state = model.start_decoding(encoded)
+        prefix = torch.full((1, 1), START_ID, device=device)
+        for _ in range(tokens):
+            if not cache:
+                for layer in state.layers:
+                    layer.k = layer.v = None
+                state.length = 0
+            logits, _ = model.decode(state, prefix if not cache else prefix[:, -1:])
+            prefix = torch.cat((prefix, logits[:, -1:].argmax(-1)), 1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--quick", action="store_true",
+                   help="skip the slowest measurement (CATR's loop for 127 tokens)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 keeps "
+                   "timings steady on a machine shared with other work")
+    p.add_argument("--batch", type=int, default=None, help="batch size for throughput "
+                   "(default 8 on CPU, 64 on CUDA)")
+    args = p.parse_args()
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model().to(device)
+    with torch.no_grad():
+        model.mlp.layers[-1].bias[END_ID] = -1e4  # captions run to max_len
+    photo = Image.fromarray(data.astronaut()).crop((0, 64, 512, 448))  # 4:3, like most COCO
+    image = preprocess(photo)
+    caption_images(model, [image], max_len=3)  # warm-up
+    repeats = 3  # medians: the cheap measurements are noisy on a shared machine
+    with torch.inference_mode(), autocast(device):
+        encoded = encode_images(model, [image.to(device)])
+
+    def timed(fn, repeats):  # everything was warmed up above; CATR's loop is too slow to repeat
+        return median_seconds(fn, repeats, device, warmup=False)
+
+    rows = []
+    for tokens in (20, 127):
+        project = timed(lambda: caption_images(model, [image], max_len=tokens + 1), repeats)
+        if args.quick and tokens == 127:
+            reference = None
+        else:
+            reference = timed(lambda: reference_greedy(model, image, max_len=tokens + 1), 1)
+        cached = timed(lambda: decoder_only(model, encoded, tokens, True), repeats)
+        uncached = timed(lambda: decoder_only(model, encoded, tokens, False), repeats)
+        rows.append((tokens, reference, project, cached, uncached))
+
+    batch = args.batch or (64 if device.type == "cuda" else 8)
+    images = [image] * batch
+    batched = timed(lambda: caption_images(model, images, max_len=21), repeats)
+    single = timed(lambda: [caption_images(model, [im], max_len=21) for im in images[:4]],
+                   repeats) / 4
+
+    print(f"Machine: {machine(device)}; full-size CATR (ResNet-101), "
+          f"random weights, one 299 x 224 image\n")
+    print("| tokens | CATR loop (s/image) | project (s/image) | speed-up | project decoder only, "
+          "cached (s) | decoder only, prefix re-run (s) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for tokens, reference, project, cached, uncached in rows:
+        ref = f"{reference:.2f}" if reference is not None else "skipped (--quick)"
+        gain = f"{reference / project:.1f}x" if reference is not None else "-"
+        print(f"| {tokens} | {ref} | {project:.3f} | {gain} | {cached:.3f} | {uncached:.3f} |")
+    print(f"\nBatched captioning, 20 tokens each: {batch / batched:.2f} images/s at batch {batch}, "
+          f"{1 / single:.2f} images/s one at a time")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Problem 2: captioning images with CATR and showing where each word looked."""

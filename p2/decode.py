@@ -1,0 +1,272 @@
+"""Captioning: CATR's preprocessing, greedy and beam decoding, and the cross-attention rows.
+
+The backbone and encoder run once per image. The decoder then runs one position per step on the
+caption so far, reusing the image keys/values and the past self-attention keys/values kept in a
+DecoderState. Because of the causal mask this gives the logits CATR's own loop gets by re-running
+the whole model on its 128-position buffer at every step (``reference_greedy`` below).
+
+Images of the same size share one backbone pass without padding. Padding an image changes its
+features (the receptive fields near its edge reach into the padding, and the nearest-resized
+pixel mask can keep a padded row), so images of other sizes get their own pass, and only their
+feature maps are padded and masked: a caption never depends on the images batched with it.
+"""
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from hw3core.errors import UserError
+from hw3core.images import ImageFileDataset
+from hw3core.runtime import autocast
+from p2.model import EncodedImages
+from p2.tokenizer import END_ID, PAD_ID, START_ID
+
+LONGER_SIDE = 299
+
+
+def resize_for_catr(image):
+    """Scale a PIL image so that its longer side is 299 pixels, keeping the aspect ratio."""
+    scale = LONGER_SIDE / max(image.size)
+    size = (int(image.width * scale), int(image.height * scale))
+    # Pillow's default for Image.resize, named so that a change of default cannot change captions
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def to_model_input(resized):
+    """(3, h, w) float tensor normalised with mean 0.5 and std 0.5."""
+    return TF.normalize(TF.to_tensor(resized), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def preprocess(image):
+    return to_model_input(resize_for_catr(image.convert("RGB")))
+
+
+def pad_batch(images):
+    """Stack (3, h, w) tensors, zero-padded at the bottom and right, with a mask (B, H, W) that
+    is True on padding."""
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    batch = images[0].new_zeros(len(images), 3, height, width)
+    mask = torch.ones(len(images), height, width, dtype=torch.bool, device=images[0].device)
+    for i, image in enumerate(images):
+        batch[i, :, :image.shape[1], :image.shape[2]] = image
+        mask[i, :image.shape[1], :image.shape[2]] = False
+    return batch, mask
+
+
+def encode_images(model, images):
+    """EncodedImages for (3, h, w) tensors of any sizes; one backbone pass per distinct size."""
+    by_size = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape[1:]), []).append(i)
+    features = [None] * len(images)
+    for indices in by_size.values():
+        group = model.image_features(*pad_batch([images[i] for i in indices]))
+        for j, i in enumerate(indices):
+            features[i] = [part[j] for part in group]
+    height = max(f.shape[-2] for f, _, _ in features)
+    width = max(f.shape[-1] for f, _, _ in features)
+
+    def pad(x, value):
+        return F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]), value=value)
+
+    return model.encode(torch.stack([pad(f, 0) for f, _, _ in features]),
+                        torch.stack([pad(m, True) for _, m, _ in features]),
+                        torch.stack([pad(p, 0) for _, _, p in features]))
+
+
+def greedy_search(model, encoded, max_len, attention_layer=None):
+    """Argmax decoding, batched; a caption stops at [SEP] or at ``max_len`` positions.
+
+    Returns each image's token ids ([CLS] first) and, with ``attention_layer``, its attention rows
+    (generated tokens, heads, h*w), else None.
+    """
+    count = encoded.memory.shape[0]
+    device = encoded.memory.device
+    state = model.start_decoding(encoded)
+    images = torch.arange(count)  # the image each row of the state belongs to
+    tokens = [[START_ID] for _ in range(count)]
+    rows = [[] for _ in range(count)]
+    last = torch.full((count, 1), START_ID, device=device)
+    for _ in range(max_len - 1):
+        logits, weights = model.decode(state, last, attention_layer=attention_layer)
+        next_ids = logits[:, -1].argmax(-1)
+        for row, (image, token) in enumerate(zip(images.tolist(), next_ids.tolist())):
+            tokens[image].append(token)
+            if weights is not None:
+                rows[image].append(weights[row, :, -1])
+        going = next_ids != END_ID
+        if not going.all():
+            keep = going.nonzero()[:, 0]
+            if not len(keep):
+                break
+            state.select(keep)
+            images, next_ids = images[keep.cpu()], next_ids[keep]
+        last = next_ids[:, None]
+    attention = [torch.stack(r) for r in rows] if attention_layer is not None else [None] * count
+    return tokens, attention
+
+
+@dataclass
+class _Hypothesis:
+    score: float  # log-probability per generated token
+    tokens: list
+    attention: Optional[torch.Tensor]
+
+
+def beam_search(model, encoded, max_len, attention_layer=None, beam=3):
+    """Beam search, batched; returns what greedy_search returns, for the best hypothesis.
+
+    Each image keeps ``beam`` live hypotheses. An [SEP] among the best ``beam`` candidates of a step
+    ends a hypothesis; an image is done once it has ``beam`` ended ones. Hypotheses are ranked by
+    log-probability per generated token, so that longer captions are not penalised for length.
+    """
+    count = encoded.memory.shape[0]
+    device = encoded.memory.device
+    state = model.start_decoding(encoded)
+    state.select(torch.arange(count, device=device).repeat_interleave(beam))
+    # all beams of an image start identical: only the first may expand at the first step
+    scores = torch.full((count, beam), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    sequences = torch.full((count * beam, 1), START_ID, device=device)
+    history = None  # attention rows so far (rows, steps, heads, h*w)
+    ended = [[] for _ in range(count)]
+    images = list(range(count))  # the image of each block of ``beam`` rows
+
+    def hypothesis(row, score, token=None, weights=None):
+        tokens = sequences[row].tolist() + ([] if token is None else [token])
+        rows = history[row] if history is not None else None
+        if weights is not None:
+            rows = weights[row, None] if rows is None else torch.cat((rows, weights[row, None]))
+        return _Hypothesis(score / (len(tokens) - 1), tokens, rows)
+
+    for _ in range(max_len - 1):
+        logits, weights = model.decode(state, sequences[:, -1:], attention_layer=attention_layer)
+        if weights is not None:
+            weights = weights[:, :, -1]
+        log_probs = logits[:, -1].float().log_softmax(-1)
+        vocab = log_probs.shape[-1]
+        totals = (scores.view(-1, 1) + log_probs).view(len(images), beam * vocab)
+        top_scores, top_indices = totals.topk(2 * beam, dim=1)
+        parents, next_ids, next_scores, still_searching = [], [], [], []
+        for block, image in enumerate(images):
+            alive = []
+            candidates = zip(top_scores[block].tolist(), top_indices[block].tolist())
+            for rank, (score, index) in enumerate(candidates):
+                row, token = block * beam + index // vocab, index % vocab
+                if token == END_ID:
+                    if rank < beam:
+                        ended[image].append(hypothesis(row, score, token, weights))
+                else:
+                    alive.append((row, token, score))
+                    if len(alive) == beam:
+                        break
+            if len(ended[image]) < beam:
+                still_searching.append(image)
+                for row, token, score in alive:
+                    parents.append(row)
+                    next_ids.append(token)
+                    next_scores.append(score)
+        if not still_searching:
+            break
+        parents = torch.tensor(parents, device=device)
+        state.select(parents)
+        next_ids = torch.tensor(next_ids, device=device)[:, None]
+        sequences = torch.cat((sequences[parents], next_ids), 1)
+        if weights is not None:
+            step = weights[parents][:, None]
+            history = step if history is None else torch.cat((history[parents], step), 1)
+        scores = torch.tensor(next_scores, device=device).view(-1, beam)
+        images = still_searching
+    else:
+        # max_len reached: the live hypotheses compete with the ended ones as they are
+        for block, image in enumerate(images):
+            for row in range(block * beam, (block + 1) * beam):
+                ended[image].append(hypothesis(row, scores.view(-1)[row].item()))
+    best = [max(hypotheses, key=lambda h: h.score) for hypotheses in ended]
+    return [h.tokens for h in best], [h.attention for h in best]
+
+
+@dataclass
+class Captioned:
+    tokens: list  # generated ids, [CLS] first, [SEP] last unless max_len was reached
+    attention: Optional[np.ndarray]  # (generated tokens, [heads,] h, w) float32, rows sum to 1
+
+
+def caption_images(model, images, max_len=128, beam=1, attention_layer=None, per_head=False):
+    """Caption (3, h, w) tensors from ``preprocess``; one Captioned per image, in order.
+
+    ``attention_layer`` (a decoder layer index, negative counts from the end) asks for the
+    cross-attention rows: row k is the attention of the query that produced generated token k,
+    cut to the image's own feature map, averaged over heads unless ``per_head``.
+    """
+    limit = model.config["max_position_embeddings"]
+    if not 2 <= max_len <= limit:
+        raise UserError(f"--max-len must be between 2 and {limit}, not {max_len}")
+    if beam < 1:
+        raise UserError(f"--beam must be at least 1, not {beam}")
+    if attention_layer is not None:
+        layers = model.config["dec_layers"]
+        if not -layers <= attention_layer < layers:
+            raise UserError(f"--layer must be between {-layers} and {layers - 1}, not "
+                            f"{attention_layer}")
+        attention_layer %= layers
+    device = next(model.parameters()).device
+    search = greedy_search if beam == 1 else partial(beam_search, beam=beam)
+    with torch.inference_mode(), autocast(device):
+        encoded = encode_images(model, [image.to(device) for image in images])
+        tokens, attention = search(model, encoded, max_len, attention_layer)
+    return [Captioned(t, None if a is None else _attention_maps(a, encoded, i, per_head))
+            for i, (t, a) in enumerate(zip(tokens, attention))]
+
+
+def _attention_maps(rows, encoded: EncodedImages, index, per_head):
+    """(n, heads, h*w) rows of the padded batch -> (n, [heads,] h, w) of image ``index`` alone."""
+    height, width = encoded.grid_sizes()[index]
+    maps = rows.float().unflatten(-1, encoded.padding.shape[1:])[..., :height, :width]
+    return (maps if per_head else maps.mean(1)).cpu().numpy()
+
+
+def _readable(batch):
+    """Collate a batch of ImageFileDataset items, leaving out the unreadable ones (None)."""
+    return [item for item in batch if item is not None]
+
+
+def caption_folder(model, paths, batch_size=8, **options):
+    """Yield (path, resized PIL image, Captioned) for each readable image in ``paths``, in order.
+
+    Unreadable files are named on stderr and skipped. ``options`` go to caption_images.
+    """
+    loader = torch.utils.data.DataLoader(ImageFileDataset(paths, resize_for_catr),
+                                         batch_size=batch_size, collate_fn=_readable)
+    for batch in loader:
+        results = caption_images(model, [to_model_input(image) for image, _ in batch], **options)
+        for (image, index), result in zip(batch, results):
+            yield paths[index], image, result
+
+
+def reference_greedy(model, image, max_len=128):
+    """CATR's predict loop for one preprocessed image, kept as the reference for tests and
+    benchmarks: the whole model, backbone included, re-runs on the full caption buffer at every
+    step. Returns the token ids and each step's logits (vocab,)."""
+    positions = model.config["max_position_embeddings"]
+    device = next(model.parameters()).device
+    images, pixel_mask = pad_batch([image.to(device)])
+    caption = torch.full((1, positions), PAD_ID, device=device)
+    caption_padding = torch.ones(1, positions, dtype=torch.bool, device=device)
+    caption[0, 0], caption_padding[0, 0] = START_ID, False
+    step_logits = []
+    with torch.inference_mode(), autocast(device):
+        for i in range(max_len - 1):
+            logits = model(images, pixel_mask, caption, caption_padding)[0, i]
+            step_logits.append(logits.float())
+            token = int(logits.argmax())
+            if token == END_ID:
+                return caption[0, :i + 1].tolist() + [END_ID], step_logits
+            caption[0, i + 1], caption_padding[0, i + 1] = token, False
+    return caption[0, :max_len].tolist(), step_logits

@@ -1,0 +1,76 @@
+"""Caption every image in a folder and write one JSON line per image.
+
+    python p2/inference.py --checkpoint checkpoints/catr_v3.pth --images DIR --out captions.jsonl
+
+Each line is {"file": name, "caption": text, "tokens": [101, ..., 102]}: every generated id, [CLS]
+first and [SEP] last ([SEP] is missing when --max-len stopped the caption), in file-name order.
+The checkpoint may be a released CATR checkpoint, a bare state dict or one of this project's.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hw3core.errors import UserError, run_cli  # noqa: E402
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "catr_v3.pth"
+
+
+def add_captioning_args(p):
+    """The options inference.py and visualize.py share."""
+    p.add_argument("--checkpoint", default=os.environ.get("HW3_P2_CKPT", str(DEFAULT_CHECKPOINT)),
+                   help="released CATR checkpoint, bare state dict or project checkpoint "
+                   "(default: $HW3_P2_CKPT, else checkpoints/catr_v3.pth)")
+    p.add_argument("--images", required=True, help="folder of images (other files are ignored)")
+    p.add_argument("--batch-size", type=int, default=8, help="images decoded together")
+    p.add_argument("--beam", type=int, default=1, help="beam size; 1: greedy, as CATR")
+    p.add_argument("--max-len", type=int, default=128,
+                   help="caption positions, [CLS] included (CATR: 128)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def load_for_captioning(args):
+    """(model on its device, image paths, tokenizer) for parsed captioning arguments."""
+    from hw3core.images import require_images
+    from hw3core.runtime import pick_device
+    from p2.model import load_captioner
+    from p2.tokenizer import CaptionTokenizer
+
+    paths = require_images(args.images)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    model, _ = load_captioner(args.checkpoint)
+    return model.to(pick_device(args.device)), paths, CaptionTokenizer()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_captioning_args(p)
+    p.add_argument("--out", required=True, help="JSON-lines file to write; its folder is created")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from hw3core.files import write_text_atomic
+    from p2.decode import caption_folder
+
+    model, paths, tokenizer = load_for_captioning(args)
+    lines = [json.dumps({"file": path.name, "caption": tokenizer.decode(result.tokens),
+                         "tokens": result.tokens}, ensure_ascii=False)
+             for path, _, result in caption_folder(model, paths, args.batch_size, beam=args.beam,
+                                                   max_len=args.max_len)]
+    if not lines:
+        raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
+    write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+    skipped = len(paths) - len(lines)
+    print(f"wrote {len(lines)} captions to {args.out}"
+          + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)

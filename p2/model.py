@@ -1,0 +1,470 @@
+"""CATR, the caption transformer: a ResNet backbone, a DETR-style encoder-decoder and an MLP head.
+
+Module names follow the released CATR checkpoints, so their state dicts load unchanged
+(``backbone.0.body.*``, ``input_proj``, ``transformer.{encoder,embeddings,decoder}``, ``mlp``).
+Tensors are batch-first throughout.
+
+The decoder is written for incremental decoding: a DecoderState keeps, per layer, the
+cross-attention keys and values of the image memory (computed once) and the self-attention keys and
+values of the positions decoded so far. Running the whole caption buffer at once, as CATR does, is
+the same code with an empty state and a causal mask.
+"""
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
+from hw3core.errors import UserError
+
+# The configuration of all released CATR checkpoints (v1, v2, v3).
+CATR_CONFIG = {
+    "backbone": "resnet101",
+    "dilation": True,
+    "hidden_dim": 256,
+    "nheads": 8,
+    "enc_layers": 6,
+    "dec_layers": 6,
+    "dim_feedforward": 2048,
+    "dropout": 0.1,
+    "pre_norm": True,
+    "vocab_size": 30522,
+    "pad_token_id": 0,
+    "max_position_embeddings": 128,
+    "layer_norm_eps": 1e-12,
+}
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+HEAD_HIDDEN_DIM = 512  # CATR's MLP head width, fixed in its code rather than configured
+
+
+def make_config(overrides=None):
+    """CATR's configuration with ``overrides`` applied; unknown keys and impossible choices
+    raise UserError."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(CATR_CONFIG))
+    if unknown:
+        raise UserError(f"unknown CATR config keys: {', '.join(unknown)}")
+    config = {**CATR_CONFIG, **overrides}
+    if config["backbone"] not in BACKBONES:
+        raise UserError(f"backbone {config['backbone']!r} is not one of {', '.join(BACKBONES)}")
+    if config["dilation"] and config["backbone"] in ("resnet18", "resnet34"):
+        raise UserError(f"{config['backbone']} has basic blocks, which cannot be dilated")
+    if config["hidden_dim"] % config["nheads"] or config["hidden_dim"] % 2:
+        raise UserError("hidden_dim must be even and a multiple of nheads")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone and position encoding
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet with frozen batch norm, cut after layer4 (its only output)."""
+
+    def __init__(self, name, dilation):
+        super().__init__()
+        resnet = getattr(torchvision.models, name)(
+            weights=None, norm_layer=FrozenBatchNorm2d,
+            replace_stride_with_dilation=[False, False, dilation])
+        # conv1 .. layer4 in order; the pooling and classifier after layer4 are not part of CATR
+        self.body = nn.Sequential(OrderedDict(
+            (child_name, child) for child_name, child in resnet.named_children()
+            if child_name not in ("avgpool", "fc")))
+        self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+        self.stride = 16 if dilation else 32
+
+    def forward(self, images, pixel_mask):
+        """Features (B, C, h, w) and their padding mask (B, h, w), True where there is no image."""
+        features = self.body(images)
+        mask = F.interpolate(pixel_mask[:, None].float(), size=features.shape[-2:])[:, 0].bool()
+        return features, mask
+
+
+class SinePositionEncoding(nn.Module):
+    """DETR's fixed 2-D sine encoding; positions count only the unpadded cells of each image."""
+
+    def __init__(self, num_pos_feats, temperature=10000.0):
+        super().__init__()
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.scale = 2 * math.pi
+
+    def forward(self, mask):
+        """(B, h, w) padding mask -> (B, 2 * num_pos_feats, h, w): y features, then x features."""
+        not_mask = ~mask
+        y_embed = not_mask.cumsum(1, dtype=torch.float32)
+        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+        y_embed = y_embed / (y_embed[:, -1:, :] + 1e-6) * self.scale
+        x_embed = x_embed / (x_embed[:, :, -1:] + 1e-6) * self.scale
+        i = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
+        pairs = torch.div(i, 2, rounding_mode="floor")  # sin and cos of a pair share a frequency
+        dim_t = self.temperature ** (2 * pairs / self.num_pos_feats)
+
+        def interleave(embed):
+            pos = embed[..., None] / dim_t
+            return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(3)
+
+        return torch.cat((interleave(y_embed), interleave(x_embed)), dim=3).permute(0, 3, 1, 2)
+
+
+class Joiner(nn.Sequential):
+    """The backbone and its position encoding (DETR's name; ``backbone.0`` in state dicts)."""
+
+    def __init__(self, backbone, position_encoding):
+        super().__init__(backbone, position_encoding)
+
+    def forward(self, images, pixel_mask):
+        features, mask = self[0](images, pixel_mask)
+        return features, mask, self[1](mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention with the parameters of nn.MultiheadAttention, split so that keys and values can be
+# computed once and reused across decoding steps
+
+
+def _project(attn, x, which):
+    """Project ``x`` with the query (0), key (1) or value (2) part of ``attn``'s in_proj."""
+    d = attn.embed_dim
+    rows = slice(which * d, (which + 1) * d)
+    return F.linear(x, attn.in_proj_weight[rows], attn.in_proj_bias[rows])
+
+
+def _split_heads(x, heads):
+    batch, length, dim = x.shape
+    return x.view(batch, length, heads, dim // heads).transpose(1, 2)
+
+
+def _attend(attn, q, k, v, allowed, need_weights):
+    """Multi-head attention of projected, head-split q, k, v; ``allowed`` is True where a query
+    may look. Returns the output projected back (B, n, D) and, if asked, the weights
+    (B, heads, n, keys), which the fused kernel cannot give."""
+    dropout = attn.dropout if attn.training else 0.0
+    if need_weights:
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        out = F.dropout(weights, dropout, attn.training) @ v
+    else:
+        weights = None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+    out = out.transpose(1, 2).flatten(2)
+    return attn.out_proj(out), weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder and decoder layers
+
+
+class _TransformerLayer(nn.Module):
+    """What encoder and decoder layers share: their modules, the ReLU feed-forward block.
+
+    Modules are created in DETR's order (attention, feed-forward, norms, dropouts) so that state
+    dicts list their keys in the released order. One norm and one dropout per sublayer.
+    """
+
+    def __init__(self, attention_names, hidden_dim, nheads, dim_feedforward, dropout, pre_norm):
+        super().__init__()
+        self.nheads = nheads
+        for name in attention_names:
+            setattr(self, name, nn.MultiheadAttention(hidden_dim, nheads, dropout=dropout,
+                                                      batch_first=True))
+        self.linear1 = nn.Linear(hidden_dim, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, hidden_dim)
+        sublayers = range(1, len(attention_names) + 2)
+        for i in sublayers:
+            setattr(self, f"norm{i}", nn.LayerNorm(hidden_dim))
+        for i in sublayers:
+            setattr(self, f"dropout{i}", nn.Dropout(dropout))
+        self.pre_norm = pre_norm
+
+    def feed_forward(self, x):
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+
+class EncoderLayer(_TransformerLayer):
+    def __init__(self, *args):
+        super().__init__(("self_attn",), *args)
+
+    def _self_attention(self, x, pos, padding):
+        return self.self_attn(x + pos, x + pos, x, key_padding_mask=padding, need_weights=False)[0]
+
+    def forward(self, x, pos, padding):
+        if self.pre_norm:
+            x = x + self.dropout1(self._self_attention(self.norm1(x), pos, padding))
+            return x + self.dropout2(self.feed_forward(self.norm2(x)))
+        x = self.norm1(x + self.dropout1(self._self_attention(x, pos, padding)))
+        return self.norm2(x + self.dropout2(self.feed_forward(x)))
+
+
+class DecoderLayer(_TransformerLayer):
+    def __init__(self, *args):
+        super().__init__(("self_attn", "multihead_attn"), *args)
+
+    def memory_keys_values(self, memory, pos):
+        """Cross-attention keys (of memory + pos) and values (of memory), split into heads."""
+        attn = self.multihead_attn
+        return (_split_heads(_project(attn, memory + pos, 1), self.nheads),
+                _split_heads(_project(attn, memory, 2), self.nheads))
+
+    def _self_attention(self, x, query_pos, cache, allowed):
+        attn = self.self_attn
+        q = _split_heads(_project(attn, x + query_pos, 0), self.nheads)
+        k = _split_heads(_project(attn, x + query_pos, 1), self.nheads)
+        v = _split_heads(_project(attn, x, 2), self.nheads)
+        k, v = cache.extend(k, v)
+        return _attend(attn, q, k, v, allowed, need_weights=False)[0]
+
+    def _cross_attention(self, x, query_pos, cache, allowed, need_weights):
+        q = _split_heads(_project(self.multihead_attn, x + query_pos, 0), self.nheads)
+        return _attend(self.multihead_attn, q, cache.memory_k, cache.memory_v, allowed,
+                       need_weights)
+
+    def forward(self, t, query_pos, cache, self_allowed, memory_allowed, need_weights=False):
+        """Decode the new positions ``t`` (B, n, D) after those already in ``cache`` (extended).
+
+        Returns the new hidden states and, if asked, the cross-attention weights (B, H, n, S).
+        """
+        if self.pre_norm:
+            t = t + self.dropout1(self._self_attention(self.norm1(t), query_pos, cache,
+                                                       self_allowed))
+            attended, weights = self._cross_attention(self.norm2(t), query_pos, cache,
+                                                      memory_allowed, need_weights)
+            t = t + self.dropout2(attended)
+            return t + self.dropout3(self.feed_forward(self.norm3(t))), weights
+        t = self.norm1(t + self.dropout1(self._self_attention(t, query_pos, cache, self_allowed)))
+        attended, weights = self._cross_attention(t, query_pos, cache, memory_allowed, need_weights)
+        t = self.norm2(t + self.dropout2(attended))
+        return self.norm3(t + self.dropout3(self.feed_forward(t))), weights
+
+
+class LayerCache:
+    """One decoder layer's reusable tensors: image keys/values and the past self-attention ones."""
+
+    def __init__(self, memory_k, memory_v):
+        self.memory_k, self.memory_v = memory_k, memory_v
+        self.k = self.v = None
+
+    def extend(self, k, v):
+        """Append the new positions' keys and values; return those of all positions so far."""
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+    def select(self, rows):
+        for name in ("memory_k", "memory_v", "k", "v"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[rows])
+
+
+class DecoderState:
+    """Everything decoding a batch of captions reuses from step to step.
+
+    Rows can be dropped (finished captions) or repeated and reordered (beams) with ``select``.
+    """
+
+    def __init__(self, layers, memory_padding):
+        self.layers = layers
+        self.memory_padding = memory_padding  # (B, S), True where the memory holds no image
+        self.length = 0  # positions decoded so far
+
+    def select(self, rows):
+        for layer in self.layers:
+            layer.select(rows)
+        self.memory_padding = self.memory_padding[rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(config["hidden_dim"], config["nheads"], config["dim_feedforward"],
+                         config["dropout"], config["pre_norm"])
+            for _ in range(config["enc_layers"]))
+        # DETR normalises the encoder output only in the pre-norm arrangement
+        self.norm = nn.LayerNorm(config["hidden_dim"]) if config["pre_norm"] else None
+
+    def forward(self, x, pos, padding):
+        for layer in self.layers:
+            x = layer(x, pos, padding)
+        return self.norm(x) if self.norm is not None else x
+
+
+class DecoderEmbeddings(nn.Module):
+    """Word plus learned position embeddings, normalised (BERT style)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config["vocab_size"], config["hidden_dim"],
+                                            padding_idx=config["pad_token_id"])
+        self.position_embeddings = nn.Embedding(config["max_position_embeddings"],
+                                                config["hidden_dim"])
+        self.LayerNorm = nn.LayerNorm(config["hidden_dim"], eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["dropout"])
+
+    def forward(self, tokens, start):
+        positions = self.position_embeddings.weight[start:start + tokens.shape[1]]
+        return self.dropout(self.LayerNorm(self.word_embeddings(tokens) + positions))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(config["hidden_dim"], config["nheads"], config["dim_feedforward"],
+                         config["dropout"], config["pre_norm"])
+            for _ in range(config["dec_layers"]))
+        self.norm = nn.LayerNorm(config["hidden_dim"])
+
+
+class Transformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.encoder = Encoder(config)
+        self.embeddings = DecoderEmbeddings(config)
+        self.decoder = Decoder(config)
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The captioner
+
+
+class EncodedImages:
+    """Encoder output for a batch: memory and positions (B, h*w, D), padding mask (B, h, w)."""
+
+    def __init__(self, memory, pos, padding):
+        self.memory, self.pos, self.padding = memory, pos, padding
+
+    def grid_sizes(self):
+        """Each image's own feature-map size (rows, columns), its padding left out."""
+        rows = (~self.padding[:, :, 0]).sum(1).tolist()
+        cols = (~self.padding[:, 0, :]).sum(1).tolist()
+        return list(zip(rows, cols))
+
+
+class Caption(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        backbone = Backbone(config["backbone"], config["dilation"])
+        self.backbone = Joiner(backbone, SinePositionEncoding(config["hidden_dim"] // 2))
+        self.input_proj = nn.Conv2d(backbone.num_channels, config["hidden_dim"], kernel_size=1)
+        self.transformer = Transformer(config)
+        self.mlp = MLP(config["hidden_dim"], HEAD_HIDDEN_DIM, config["vocab_size"], 3)
+
+    @property
+    def stride(self):
+        """Image pixels per feature-map cell along each axis."""
+        return self.backbone[0].stride
+
+    def image_features(self, images, pixel_mask):
+        """Projected backbone features, padding mask and positions, each (B, ., h, w)."""
+        features, mask, pos = self.backbone(images, pixel_mask)
+        return self.input_proj(features), mask, pos
+
+    def encode(self, features, mask, pos):
+        """Run the encoder over feature maps as returned by ``image_features``."""
+        memory = self.transformer.encoder(features.flatten(2).transpose(1, 2),
+                                          pos.flatten(2).transpose(1, 2), mask.flatten(1))
+        return EncodedImages(memory, pos.flatten(2).transpose(1, 2), mask)
+
+    def start_decoding(self, encoded):
+        """A DecoderState for ``encoded``, its image keys and values computed once per layer."""
+        layers = [LayerCache(*layer.memory_keys_values(encoded.memory, encoded.pos))
+                  for layer in self.transformer.decoder.layers]
+        return DecoderState(layers, encoded.padding.flatten(1))
+
+    def decode(self, state, tokens, caption_padding=None, attention_layer=None):
+        """Logits (B, n, vocab) for the ``tokens`` (B, n) that follow the positions in ``state``.
+
+        ``caption_padding`` (B, n), True on padding, masks keys as CATR's caption mask does.
+        With ``attention_layer`` set, also returns that decoder layer's cross-attention weights
+        (B, heads, n, h*w); otherwise None.
+        """
+        start, n = state.length, tokens.shape[1]
+        if start + n > self.config["max_position_embeddings"]:
+            raise ValueError(f"captions are limited to {self.config['max_position_embeddings']} "
+                             "positions")
+        embeddings = self.transformer.embeddings
+        t = embeddings(tokens, start)
+        query_pos = embeddings.position_embeddings.weight[start:start + n]
+        # query i (at position start + i) sees the positions up to its own
+        self_allowed = torch.ones(n, start + n, dtype=torch.bool, device=tokens.device).tril(start)
+        if caption_padding is not None:
+            past = caption_padding.new_zeros(caption_padding.shape[0], start)
+            self_allowed = self_allowed & ~torch.cat((past, caption_padding), 1)[:, None, None]
+        memory_allowed = ~state.memory_padding[:, None, None]
+        weights = None
+        for i, (layer, cache) in enumerate(zip(self.transformer.decoder.layers, state.layers)):
+            t, layer_weights = layer(t, query_pos, cache, self_allowed, memory_allowed,
+                                     need_weights=(i == attention_layer))
+            if i == attention_layer:
+                weights = layer_weights
+        state.length += n
+        return self.mlp(self.transformer.decoder.norm(t)), weights
+
+    def forward(self, images, pixel_mask, caption, caption_padding):
+        """CATR's forward pass: logits (B, L, vocab) for a whole caption buffer."""
+        encoded = self.encode(*self.image_features(images, pixel_mask))
+        return self.decode(self.start_decoding(encoded), caption, caption_padding)[0]
+
+
+def build_model(config=None):
+    """A randomly initialised Caption model (CATR's configuration by default), in eval mode."""
+    return Caption(make_config(config)).eval()
+
+
+def save_captioner(model, path):
+    """Save in this project's format, {'config': ..., 'model': state_dict}, atomically."""
+    save_checkpoint({"config": model.config, "model": model.state_dict()}, path)
+
+
+def load_captioner(path):
+    """(model, config) from a released CATR checkpoint, a bare state dict or a project checkpoint.
+
+    Checkpoints without a stored config are CATR's. Raises UserError when the file is missing,
+    not a checkpoint, or holds another model's weights.
+    """
+    obj = load_checkpoint(path)
+    stored = obj.get("config") if isinstance(obj, dict) else None
+    config = make_config(stored if isinstance(stored, dict) else None)
+    state_dict = unwrap_state_dict(obj, path)
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        examples = ", ".join((missing + unexpected)[:3])
+        raise UserError(f"{path} is not a CATR checkpoint ({len(missing)} keys missing, "
+                        f"{len(unexpected)} unexpected, e.g. {examples})")
+    wrong = [k for k, v in state_dict.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise UserError(f"{path} does not match its CATR configuration ({len(wrong)} tensors of "
+                        f"the wrong shape, e.g. {wrong[0]}: {tuple(state_dict[wrong[0]].shape)} "
+                        f"instead of {tuple(expected[wrong[0]].shape)})")
+    model.load_state_dict(state_dict, strict=True)
+    return model, config

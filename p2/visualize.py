@@ -1,0 +1,127 @@
+"""Draw, for every image in a folder, its caption and where each generated word piece looked.
+
+    python p2/visualize.py --checkpoint checkpoints/catr_v3.pth --images DIR --out OUT_DIR
+
+OUT/<stem>.png: the caption as the title; the image (resized as the model saw it) titled <start>;
+then one panel per generated token with the decoder's cross-attention for that token laid over
+the image, each map cell on the pixels it was computed from; the last panel is <end> unless
+--max-len stopped the caption. --heads all adds one column per head beside the mean.
+--save-npy also writes OUT/<stem>.npy: float32 (tokens, h, w), or (tokens, heads, h, w) with
+--heads all; row k is the attention that produced generated token k and sums to 1.
+"""
+import argparse
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hw3core.errors import UserError, run_cli  # noqa: E402
+from p2.inference import add_captioning_args, load_for_captioning  # noqa: E402
+
+PANEL_INCHES = 2.4  # the longer side of one image panel
+MIN_PANEL_WIDTH = 1.4  # room for a word-piece title above a narrow image
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_captioning_args(p)
+    p.add_argument("--out", required=True, help="folder for <stem>.png (created)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="decoder layer whose cross-attention is shown; -1: the last")
+    p.add_argument("--heads", choices=("mean", "all"), default="mean",
+                   help="the mean over heads, or each head as well")
+    p.add_argument("--save-npy", action="store_true", help="also write the maps as <stem>.npy")
+    return p.parse_args(argv)
+
+
+def panel_inches(aspect):
+    """(width, height) of one panel, title line included, for an image of width/height
+    ``aspect``."""
+    width = max(MIN_PANEL_WIDTH, PANEL_INCHES * min(1.0, aspect))
+    return width, PANEL_INCHES * min(1.0, 1 / aspect) + 0.35
+
+
+def panel_columns(count, aspect):
+    """Columns for ``count`` panels so that the whole grid is about 4:3 wide."""
+    width, height = panel_inches(aspect)
+    return max(1, min(count, round(math.sqrt(count * (4 / 3) * height / width))))
+
+
+def draw_caption_figure(image, caption, panels, columns, stride):
+    """A figure of ``panels`` in ``columns``: each (title, heat map, or None for the plain image),
+    or None for an empty slot."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from hw3core.figures import overlay_heatmap, show_image
+
+    image = np.asarray(image)
+    width, height = panel_inches(image.shape[1] / image.shape[0])
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * height + 0.6),
+                             squeeze=False, layout="constrained")
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels) or panels[i] is None:
+            ax.set_axis_off()
+        elif panels[i][1] is None:
+            show_image(ax, image, panels[i][0])
+        else:
+            overlay_heatmap(ax, image, panels[i][1], cell=(stride, stride), title=panels[i][0])
+    fig.suptitle(textwrap.fill(caption, width=max(30, int(columns * width * 9))), fontsize=14)
+    return fig
+
+
+def figure_panels(pieces, maps, per_head):
+    """(panels, columns): <start>, then each token's map; with per-head maps, one row per token
+    (the mean, then every head)."""
+    if not per_head:
+        return [("<start>", None)] + list(zip(pieces, maps)), None
+    heads = maps.shape[1]
+    panels = [("<start>", None)] + [None] * heads
+    for piece, token_maps in zip(pieces, maps):
+        panels.append((f"{piece} (mean)", token_maps.mean(0)))
+        panels += [(f"{piece} h{h}", token_maps[h]) for h in range(heads)]
+    return panels, heads + 1
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import warnings
+
+    import numpy as np
+
+    from hw3core.figures import save_figure
+    from hw3core.files import atomic_path
+    from p2.decode import caption_folder
+
+    # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+    model, paths, tokenizer = load_for_captioning(args)
+    out = Path(args.out)
+    per_head = args.heads == "all"
+    written = 0
+    for path, image, result in caption_folder(model, paths, args.batch_size, beam=args.beam,
+                                              max_len=args.max_len, attention_layer=args.layer,
+                                              per_head=per_head):
+        pieces = tokenizer.pieces(result.tokens[1:])
+        panels, columns = figure_panels(pieces, result.attention, per_head)
+        columns = columns or panel_columns(len(panels), image.width / image.height)
+        fig = draw_caption_figure(image, tokenizer.decode(result.tokens), panels, columns,
+                                  model.stride)
+        save_figure(fig, out / f"{path.stem}.png")
+        if args.save_npy:
+            with atomic_path(out / f"{path.stem}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, result.attention.astype(np.float32))
+        written += 1
+    if not written:
+        raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
+    skipped = len(paths) - written
+    print(f"wrote {written} figure(s) to {out}"
+          + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,95 @@
+"""The full-size CATR: state-dict compatibility, loading released-format files, real photos."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hw3core.errors import UserError
+from p2.decode import caption_images, preprocess, reference_greedy
+from p2.model import build_model, load_captioner, save_captioner
+from p2.tokenizer import START_ID
+from tests.p2.p2_samples import sample_photos, small_model
+
+MANIFEST = Path(__file__).with_name("data") / "catr_v3_state_dict.json"
+
+
+@pytest.fixture(scope="module")
+def released_file(tmp_path_factory):
+    """A random full-size CATR saved as the released checkpoints are: {'model': state_dict}."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("catr") / "catr_random.pth"
+    torch.save({"model": build_model().state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def catr(released_file):
+    model, config = load_captioner(released_file)
+    return model
+
+
+def test_state_dict_matches_released_manifest(catr):
+    manifest = json.loads(MANIFEST.read_text())
+    state = catr.state_dict()
+    assert list(state) == list(manifest)
+    assert {k: list(v.shape) for k, v in state.items()} == manifest
+    assert sum(v.numel() for v in state.values()) == 84_392_954
+    bn = catr.backbone[0].body.bn1
+    assert bn.eps == 1e-5 and not any("num_batches_tracked" in k for k in state)
+
+
+def test_released_format_and_bare_state_dict_load_strictly(catr, released_file, tmp_path):
+    state = torch.load(released_file, weights_only=True)["model"]
+    bare = tmp_path / "bare.pth"
+    torch.save(state, bare)
+    model, config = load_captioner(bare)
+    assert config["backbone"] == "resnet101" and config["dec_layers"] == 6
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_captions_wide_tall_square_photos_with_own_grids(catr):
+    images = [preprocess(photo) for photo in sample_photos().values()]
+    results = caption_images(catr, images, max_len=4, attention_layer=-1)
+    for image, result in zip(images, results):
+        grid = tuple(math.ceil(size / 16) for size in image.shape[1:])
+        assert result.tokens[0] == START_ID and len(result.tokens) <= 4
+        assert result.attention.shape == (len(result.tokens) - 1, *grid)
+        np.testing.assert_allclose(result.attention.sum((1, 2)), 1.0, atol=1e-5)
+    assert [r.attention.shape[1:] for r in results] == [(5, 19), (19, 6), (19, 19)]
+
+
+def test_fast_decoding_matches_catr_loop_on_full_model(catr):
+    image = preprocess(sample_photos()["wide"])
+    tokens, _ = reference_greedy(catr, image, max_len=4)
+    assert caption_images(catr, [image], max_len=4)[0].tokens == tokens
+
+
+def test_project_checkpoint_keeps_its_config(tmp_path):
+    model = small_model()
+    path = tmp_path / "small.pt"
+    save_captioner(model, path)
+    loaded, config = load_captioner(path)
+    assert config == model.config and loaded.stride == 32
+
+
+@pytest.mark.parametrize("content", ["text", "vit", "missing"])
+def test_wrong_checkpoints_are_one_line_errors(tmp_path, content):
+    path = tmp_path / "wrong.pth"
+    if content == "text":
+        path.write_text("not a checkpoint\n")
+    elif content == "vit":
+        torch.save({"cls_token": torch.zeros(1, 1, 8), "pos_embed": torch.zeros(1, 5, 8)}, path)
+    with pytest.raises(UserError) as err:
+        load_captioner(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_config_is_refused():
+    with pytest.raises(UserError):
+        build_model({"hidden": 3})
+    with pytest.raises(UserError):
+        build_model({"backbone": "resnet18", "dilation": True})

@@ -1,0 +1,95 @@
+"""The entry points: hw3_2.sh, p2/visualize.py and p2/inference.py on a folder of photos."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hw3core.errors import run_cli
+from p2 import inference, visualize
+from p2.model import save_captioner
+from p2.tokenizer import END_ID, START_ID
+from tests.conftest import ROOT, script_env
+from tests.p2.p2_samples import sample_photos, small_model
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """wide.jpg, tall.png, square.jpg, plus an unreadable .jpg and a text file."""
+    folder = tmp_path_factory.mktemp("photos")
+    photos = sample_photos()
+    photos["wide"].save(folder / "wide.jpg")
+    photos["tall"].save(folder / "tall.png")
+    photos["square"].save(folder / "square.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """{'stops': a small model that ends every caption at once, 'runs': one that never ends}."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for name, bias in (("stops", 50.0), ("runs", -50.0)):
+        paths[name] = folder / f"{name}.pt"
+        save_captioner(small_model(end_bias=bias), paths[name])
+    return paths
+
+
+def test_hw3_2_sh_writes_one_png_per_readable_image(photo_dir, checkpoints, tmp_path):
+    out = tmp_path / "new" / "figures"
+    run = subprocess.run(["bash", str(ROOT / "hw3_2.sh"), str(photo_dir), str(out)],
+                         env=script_env(HW3_P2_CKPT=str(checkpoints["stops"]),
+                                        OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["square.png", "tall.png", "wide.png"]
+    assert "broken.jpg" in run.stderr and "notes.txt" not in run.stderr
+    with Image.open(out / "wide.png") as figure:
+        assert figure.format == "PNG" and figure.width > 200
+
+
+def test_visualize_saves_maps_per_head(photo_dir, checkpoints, tmp_path):
+    visualize.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
+                    "--out", str(tmp_path), "--max-len", "5", "--save-npy", "--heads", "all",
+                    "--layer", "0"])
+    maps = np.load(tmp_path / "tall.npy")
+    # tall.png is resized to 87 x 299: a 10 x 3 grid of 32-pixel cells in the small model
+    assert maps.dtype == np.float32 and maps.shape == (4, 4, 10, 3)
+    np.testing.assert_allclose(maps.sum((2, 3)), 1.0, atol=1e-5)
+    assert (tmp_path / "tall.png").is_file() and not (tmp_path / "broken.png").exists()
+
+
+def test_inference_writes_json_lines_in_name_order(photo_dir, checkpoints, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    inference.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
+                    "--out", str(out), "--max-len", "4", "--batch-size", "2"])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["file"] for line in lines] == ["square.jpg", "tall.png", "wide.jpg"]
+    for line in lines:
+        assert len(line["tokens"]) == 4 and line["tokens"][0] == START_ID
+        assert END_ID not in line["tokens"] and line["caption"][:1].isupper()
+    inference.main(["--checkpoint", str(checkpoints["stops"]), "--images", str(photo_dir),
+                    "--out", str(out)])
+    assert {line["caption"] for line in map(json.loads, out.read_text().splitlines())} == {""}
+    assert json.loads(out.read_text().splitlines()[0])["tokens"] == [START_ID, END_ID]
+
+
+@pytest.mark.parametrize("case", ["empty folder", "missing checkpoint", "text checkpoint"])
+def test_bad_inputs_are_one_line_errors(case, checkpoints, tmp_path, capsys):
+    images, checkpoint = tmp_path / "images", checkpoints["stops"]
+    images.mkdir()
+    (images / "readme.txt").write_text("no images here\n")
+    if case != "empty folder":
+        Image.new("RGB", (40, 30)).save(images / "black.png")
+        checkpoint = tmp_path / "missing.pth"
+        if case == "text checkpoint":
+            checkpoint.write_text("hello\n")
+    argv = ["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: visualize.main(argv))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: ") and message.count("\n") == 1
