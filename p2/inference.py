@@ -25,11 +25,11 @@ def add_captioning_args(p):
                    help="released CATR checkpoint, bare state dict or project checkpoint "
                    "(default: $HW3_P2_CKPT, else checkpoints/catr_v3.pth)")
     p.add_argument("--images", required=True, help="folder of images (other files are ignored)")
-    p.add_argument("--batch-size", type=int, default=8, help="images decoded together")
-    p.add_argument("--beam", type=int, default=1, help="beam size; 1: greedy, as CATR")
+    p.add_argument("--batch-size", type=int, default=8, help="images decoded together (%(default)s)")
+    p.add_argument("--beam", type=int, default=1, help="beam size; 1: greedy, as CATR (%(default)s)")
     p.add_argument("--max-len", type=int, default=128,
-                   help="caption positions, [CLS] included (CATR: 128)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+                   help="caption positions, [CLS] included (%(default)s, as CATR)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
 
 
 def load_for_captioning(args):
@@ -47,8 +47,7 @@ def load_for_captioning(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_captioning_args(p)
     p.add_argument("--out", required=True, help="JSON-lines file to write; its folder is created")
     return p.parse_args(argv)

@@ -25,14 +25,13 @@ MIN_PANEL_WIDTH = 1.4  # room for a word-piece title above a narrow image
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_captioning_args(p)
     p.add_argument("--out", required=True, help="folder for <stem>.png (created)")
     p.add_argument("--layer", type=int, default=-1,
-                   help="decoder layer whose cross-attention is shown; -1: the last")
+                   help="decoder layer whose cross-attention is shown; -1: the last (%(default)s)")
     p.add_argument("--heads", choices=("mean", "all"), default="mean",
-                   help="the mean over heads, or each head as well")
+                   help="the mean over heads, or each head as well (%(default)s)")
     p.add_argument("--save-npy", action="store_true", help="also write the maps as <stem>.npy")
     return p.parse_args(argv)
 
