@@ -5,6 +5,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
 from .files import atomic_path  # noqa: E402
 
 
@@ -41,3 +43,24 @@ def save_figure(fig, path, dpi=100):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_history(history, path, panels):
+    """Per-epoch metrics from ``history`` (one dict per epoch) as one PNG.
+
+    ``panels`` is [(title, y label, [(metric key, legend label), ...]), ...]; a metric the history
+    does not have (no validation set) is left out.
+    """
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, ylabel, lines) in zip(axes[0], panels):
+        for key, label in lines:
+            if key in history[0]:
+                ax.plot(epochs, [h[key] for h in history], "o-", label=label)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -28,11 +28,11 @@ def _shape_polygon(shape, box):
     if shape == "triangle":
         return [(x0 + w / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)]
     if shape == "cross":
-        t = w / 3
-        return [(x0 + t, y0), (x0 + 2 * t, y0), (x0 + 2 * t, y0 + t), (x1 - 1, y0 + t),
-                (x1 - 1, y0 + 2 * t), (x0 + 2 * t, y0 + 2 * t), (x0 + 2 * t, y1 - 1),
-                (x0 + t, y1 - 1), (x0 + t, y0 + 2 * t), (x0, y0 + 2 * t), (x0, y0 + t),
-                (x0 + t, y0 + t)]
+        tw, th = w / 3, h / 3
+        return [(x0 + tw, y0), (x0 + 2 * tw, y0), (x0 + 2 * tw, y0 + th), (x1 - 1, y0 + th),
+                (x1 - 1, y0 + 2 * th), (x0 + 2 * tw, y0 + 2 * th), (x0 + 2 * tw, y1 - 1),
+                (x0 + tw, y1 - 1), (x0 + tw, y0 + 2 * th), (x0, y0 + 2 * th), (x0, y0 + th),
+                (x0 + tw, y0 + th)]
     raise ValueError(shape)
 
 

@@ -5,10 +5,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -17,11 +14,12 @@ from tqdm import tqdm
 
 from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
 from hw3core.errors import UserError
-from hw3core.figures import save_figure
+from hw3core.figures import plot_history
 from hw3core.files import write_text_atomic
 from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.runtime import (autocast, init_distributed, is_main_process, pick_device, print0,
-                             rng_state, seed_everything, set_rng_state, shutdown_distributed)
+                             rng_states_of_all_ranks, seed_everything, set_rng_state,
+                             shutdown_distributed, sum_over_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
 from p1.model import (CHECKPOINT_FORMAT, DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
@@ -96,7 +94,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, *, prec
             progress.set_postfix(loss=f"{loss_sum.item() / max(images, 1):.4f}",
                                  lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     seconds = time.perf_counter() - start
-    totals = _sum_over_ranks([loss_sum.item(), images], device)
+    totals = sum_over_ranks([loss_sum.item(), images], device)
     return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]),
             "seconds": seconds}
 
@@ -116,17 +114,9 @@ def evaluate(model, loader, device, precision="auto", desc="val"):
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
         correct += (logits.argmax(1) == targets).sum().item()
         count += len(targets)
-    loss_sum, correct, count = _sum_over_ranks([loss_sum, correct, count], device)
+    loss_sum, correct, count = sum_over_ranks([loss_sum, correct, count], device)
     return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1),
             "val_images": int(count)}
-
-
-def _sum_over_ranks(values, device):
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
 
 
 def fit(args):
@@ -225,11 +215,7 @@ def _fit(args, dist_info):
         stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                      images_per_s=images_per_s, train_tflops=images_per_s * flops / 1e12)
         history.append(stats)
-        states = [None] * dist_info.world_size
-        if dist_info.enabled:
-            torch.distributed.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
+        states = rng_states_of_all_ranks()
         if not dist_info.is_main:
             continue
         payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "preprocess": preprocess,
@@ -250,8 +236,10 @@ def _fit(args, dist_info):
                         + (" (best)" if improved else ""))
         print0(summary + f", {images_per_s:.1f} images/s, {stats['train_tflops']:.3f} TFLOP/s")
     if dist_info.is_main and history:
-        plot_history(history, out / "curves.png",
-                     "train (label-smoothed)" if args.label_smoothing else "train")
+        train_label = "train (label-smoothed)" if args.label_smoothing else "train"
+        plot_history(history, out / "curves.png", [
+            ("loss", "cross-entropy", [("train_loss", train_label), ("val_loss", "validation")]),
+            ("validation accuracy", "accuracy", [("val_acc", "validation")])])
         print0(f"wrote {out / 'last.pt'}" + (f", best val acc {best_acc:.4f} in {out / 'best.pt'}"
                                               if best_acc >= 0 else ""))
 
@@ -277,24 +265,6 @@ def _mixing(args, num_classes):
     if args.cutmix > 0:
         choices.append(v2.CutMix(alpha=args.cutmix, num_classes=num_classes))
     return v2.RandomChoice(choices) if choices else None
-
-
-def plot_history(history, path, train_label="train"):
-    """Loss and accuracy per epoch, one PNG."""
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=train_label)
-    if "val_loss" in history[0]:
-        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-        ax_acc.plot(epochs, [h["val_acc"] for h in history], "o-", color="tab:green")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_loss.legend()
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
-    ax_acc.grid(alpha=0.3)
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 @torch.no_grad()

@@ -1,0 +1,289 @@
+"""Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
+and the whole run (fit) with resumable checkpoints."""
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from hw3core.checkpoints import load_checkpoint, save_checkpoint
+from hw3core.errors import UserError
+from hw3core.figures import plot_history
+from hw3core.files import write_text_atomic
+from hw3core.runtime import (autocast, init_distributed, is_main_process, pick_device, print0,
+                             rng_states_of_all_ranks, seed_everything, set_rng_state,
+                             shutdown_distributed, sum_over_ranks)
+from p2.data import (CaptionPairs, ReferenceImages, collate_pairs, collate_references,
+                     pad_tokens, read_caption_file, train_transform)
+from p2.decode import encode_images, greedy_search
+from p2.metrics import bleu4, cider, words
+from p2.model import build_model, load_captioner, make_config
+from p2.tokenizer import PAD_ID, CaptionTokenizer
+
+# Starting points for --config; options such as --hidden-dim change them further. "small" trains
+# on a CPU: ResNet-18 has basic blocks, which cannot be dilated, so its map has stride 32.
+CONFIGS = {
+    "catr": {},
+    "small": dict(backbone="resnet18", dilation=False, hidden_dim=128, nheads=4, enc_layers=2,
+                  dec_layers=3, dim_feedforward=512),
+}
+ARCHITECTURE_OPTIONS = ("backbone", "dilation", "hidden_dim", "nheads", "enc_layers",
+                        "dec_layers", "dim_feedforward")
+
+
+def config_from_args(args):
+    """The model configuration that --config and the architecture options describe."""
+    overrides = dict(CONFIGS[args.config or "catr"])
+    overrides.update({name: getattr(args, name) for name in (*ARCHITECTURE_OPTIONS, "dropout")
+                      if getattr(args, name) is not None})
+    return make_config(overrides)
+
+
+def build_optimizer(model, lr, lr_backbone, weight_decay):
+    """AdamW with CATR's two parameter groups: the backbone at ``lr_backbone``, the rest at
+    ``lr``. A backbone rate of 0 freezes the backbone, as in DETR and CATR."""
+    backbone, rest = [], []
+    for name, param in model.named_parameters():
+        if name.startswith("backbone."):
+            param.requires_grad_(lr_backbone > 0)
+            if lr_backbone > 0:
+                backbone.append(param)
+        elif param.requires_grad:
+            rest.append(param)
+    groups = [{"params": rest, "lr": lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": lr_backbone})
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def caption_loss(logits, tokens, reduction="mean"):
+    """Cross-entropy of the logits at positions 0..L-2 against the tokens at 1..L-1.
+
+    CATR's own loss also scores the [PAD] after [SEP]; here padding is ignored, so the loss
+    measures the caption alone and does not depend on how far a batch is padded.
+    """
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(),
+                           ignore_index=PAD_ID, reduction=reduction)
+
+
+def train_one_epoch(model, loader, optimizer, scaler, device, *, precision="auto", clip_grad=0.0,
+                    desc="train"):
+    """Teacher-forced training over ``loader`` once; returns {'train_loss' (per caption token),
+    'images', 'seconds'} summed over ranks."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    tokens_seen = images = 0
+    start = time.perf_counter()
+    progress = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True)
+    for batch in progress:
+        if batch is None:
+            continue
+        pixels, pixel_mask, tokens, padding = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, precision):
+            logits = model(pixels, pixel_mask, tokens[:, :-1], padding[:, :-1])
+        loss = caption_loss(logits, tokens)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        count = int((~padding[:, 1:]).sum())
+        loss_sum += loss.detach() * count
+        tokens_seen += count
+        images += len(pixels)
+        progress.set_postfix(loss=f"{loss_sum.item() / max(tokens_seen, 1):.4f}")
+    seconds = time.perf_counter() - start
+    loss_total, tokens_total, images_total = sum_over_ranks(
+        [loss_sum.item(), tokens_seen, images], device)
+    return {"train_loss": loss_total / max(tokens_total, 1), "images": int(images_total),
+            "seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_len=128,
+             desc="val"):
+    """Teacher-forced loss over every reference caption, and greedy captions scored against the
+    references: BLEU-4, CIDEr-D and the share of images whose caption equals a reference (as
+    words). Losses are summed exactly over ranks; captions are gathered from all of them.
+
+    ``model`` is the bare captioner (not a DDP wrapper). ``samples`` are the [(path, captions)]
+    that the loader's indices point into.
+    """
+    model.eval()
+    loss_sum = tokens_seen = 0.0
+    generated = {}
+    for batch in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True,
+                      leave=False):
+        if batch is None:
+            continue
+        indices = [index for _, index in batch]
+        with autocast(device, precision):
+            encoded = encode_images(model, [image.to(device) for image, _ in batch])
+            reference_ids = [tokenizer.encode(text)[:max_len]
+                             for index in indices for text in samples[index][1]]
+            rows = torch.tensor([row for row, index in enumerate(indices)
+                                 for _ in samples[index][1]], device=device)
+            tokens, padding = pad_tokens(reference_ids, device)
+            state = model.start_decoding(encoded)
+            state.select(rows)
+            logits, _ = model.decode(state, tokens[:, :-1], padding[:, :-1])
+            loss_sum += caption_loss(logits, tokens, reduction="sum").item()
+            tokens_seen += int((~padding[:, 1:]).sum())
+            captions, _ = greedy_search(model, encoded, max_len)
+        generated.update(zip(indices, (tokenizer.decode(ids) for ids in captions)))
+    loss_sum, tokens_seen = sum_over_ranks([loss_sum, tokens_seen], device)
+    if dist.is_available() and dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, generated)
+        generated = {k: v for part in parts for k, v in part.items()}
+    order = sorted(generated)
+    candidates = [generated[i] for i in order]
+    references = [samples[i][1] for i in order]
+    exact = sum(words(c) in [words(r) for r in refs] for c, refs in zip(candidates, references))
+    return {"val_loss": loss_sum / max(tokens_seen, 1),
+            "val_bleu4": bleu4(candidates, references) if order else 0.0,
+            "val_cider": cider(candidates, references) if order else 0.0,
+            "val_exact": exact / max(len(order), 1), "val_images": len(order),
+            "val_examples": candidates[:3]}
+
+
+def fit(args):
+    """The whole run that train.py describes: data, model, resume, epochs, checkpoints."""
+    dist_info = init_distributed()
+    try:
+        _fit(args, dist_info)
+    finally:
+        shutdown_distributed()
+
+
+def _initial_model(args):
+    """(model, config) for a new run: from --init's weights and configuration, or fresh."""
+    if not args.init:
+        seed_everything(args.seed)  # the same initial weights on every rank
+        config = config_from_args(args)
+        return build_model(config), config
+    given = [f"--{name.replace('_', '-')}" for name in ("config", *ARCHITECTURE_OPTIONS)
+             if getattr(args, name) is not None]
+    if given:
+        raise UserError(f"--init {args.init} fixes the architecture; leave out {', '.join(given)}")
+    model, config = load_captioner(args.init)
+    if args.dropout is not None and args.dropout != config["dropout"]:
+        config = make_config({**config, "dropout": args.dropout})
+        state_dict = model.state_dict()
+        model = build_model(config)
+        model.load_state_dict(state_dict)
+    return model, config
+
+
+def _fit(args, dist_info):
+    device = pick_device(args.device, dist_info)
+    out = Path(args.out)
+    tokenizer = CaptionTokenizer()
+    train_samples = read_caption_file(args.train_json, args.train_dir)
+    val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
+
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        if not isinstance(resume, dict) or "optimizer" not in resume:
+            raise UserError(f"{args.resume} is not a last.pt checkpoint (no optimizer state)")
+        config = make_config(resume["config"])
+        model = build_model(config)
+        model.load_state_dict(resume["model"])
+    else:
+        model, config = _initial_model(args)
+    model.to(device)
+
+    train_set = CaptionPairs(train_samples, tokenizer, train_transform(
+        args.rotate, args.color_jitter, args.hflip), args.max_len)
+    sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True,
+                                 seed=args.seed)
+    loader_rng = torch.Generator()
+    train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=False,
+                              num_workers=args.workers, collate_fn=collate_pairs,
+                              pin_memory=device.type == "cuda", generator=loader_rng)
+    val_loader = None
+    if val_samples:
+        # each rank captions every world_size-th image; evaluate() gathers the captions
+        val_set = torch.utils.data.Subset(ReferenceImages(val_samples),
+                                          range(dist_info.rank, len(val_samples),
+                                                dist_info.world_size))
+        val_loader = DataLoader(val_set, args.batch_size, num_workers=args.workers,
+                                collate_fn=collate_references)
+
+    optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    history, best_cider, start_epoch = [], -1.0, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        history, best_cider, start_epoch = resume["history"], resume["best_cider"], resume["epoch"]
+        set_rng_state(resume["rng"][dist_info.rank])
+    else:
+        seed_everything(args.seed + dist_info.rank)  # dropout and augmentation differ by rank
+
+    net = model
+    if dist_info.enabled:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "args.json", json.dumps(vars(args), indent=2) + "\n")
+        print0(f"captioner {config['backbone']}, hidden {config['hidden_dim']}, "
+               f"{config['enc_layers']}+{config['dec_layers']} layers: "
+               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
+               f"{len(train_set)} training captions of {len(train_samples)} images, "
+               f"{len(val_samples)} val images; {dist_info.world_size} process(es) on "
+               f"{device.type}")
+
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        loader_rng.manual_seed(args.seed * 10_000 + epoch)
+        stats = train_one_epoch(net, train_loader, optimizer, scaler, device,
+                                precision=args.precision, clip_grad=args.clip_grad,
+                                desc=f"epoch {epoch + 1}/{args.epochs}")
+        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
+                     images_per_s=stats["images"] / stats["seconds"])
+        scheduler.step()
+        if val_loader is not None:
+            stats.update(evaluate(model, val_loader, val_samples, tokenizer, device,
+                                  args.precision, args.max_len))
+        history.append(stats)
+        states = rng_states_of_all_ranks()
+        if not dist_info.is_main:
+            continue
+        payload = {"config": config, "model": model.state_dict(), "epoch": epoch + 1,
+                   "val": {k: v for k, v in stats.items() if k.startswith("val_")}}
+        improved = "val_cider" in stats and stats["val_cider"] > best_cider
+        if improved:
+            best_cider = stats["val_cider"]
+            save_checkpoint(payload, out / "best.pt")
+        save_checkpoint({**payload, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": states, "history": history, "best_cider": best_cider,
+                         "args": vars(args)}, out / "last.pt")
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
+        if "val_loss" in stats:
+            summary += (f", val loss {stats['val_loss']:.4f}, BLEU-4 {stats['val_bleu4']:.3f}, "
+                        f"CIDEr {stats['val_cider']:.3f}, exact {stats['val_exact']:.3f}"
+                        + (" (best)" if improved else "")
+                        + f"; e.g. {stats['val_examples'][0]!r}")
+        print0(summary + f"; {stats['images_per_s']:.1f} images/s")
+    if dist_info.is_main and history:
+        plot_history(history, out / "curves.png", [
+            ("loss", "cross-entropy per caption token",
+             [("train_loss", "train"), ("val_loss", "validation")]),
+            ("validation captions (greedy)", "score",
+             [("val_bleu4", "BLEU-4"), ("val_cider", "CIDEr-D"), ("val_exact", "exact")])])
+    if dist_info.is_main:
+        print0(f"wrote {out / 'last.pt'}" + (f", best val CIDEr {best_cider:.3f} in "
+                                              f"{out / 'best.pt'}" if best_cider >= 0 else ""))

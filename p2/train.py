@@ -1,0 +1,92 @@
+"""Train the CATR captioner on a COCO-format caption file and its image folder.
+
+    python p2/train.py --train-json captions_train.json --train-dir train/ \
+        --val-json captions_val.json --val-dir val/ --init checkpoints/catr_v3.pth --out runs/catr
+    python p2/train.py ... --config small --lr-backbone 1e-4   # a CPU-sized model from scratch
+    torchrun --nproc_per_node=4 p2/train.py ...               # several GPUs, one process each
+    python p2/train.py ... --resume runs/catr/last.pt         # the same command continues a run
+
+Defaults are CATR's recipe: AdamW, lr 1e-4 (backbone 1e-5), weight decay 1e-4, gradient norm
+clipped at 0.1, learning rates divided by 10 every 20 epochs, right-angle rotations and colour
+jitter. OUT gets metrics.jsonl, last.pt (the whole run) and best.pt (highest val CIDEr), which
+p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hw3core.errors import run_cli  # noqa: E402
+
+
+def parse_args(argv=None):
+    from p2.engine import CONFIGS
+    from p2.model import BACKBONES
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data = p.add_argument_group("data")
+    data.add_argument("--train-json", required=True, help="COCO-format caption file")
+    data.add_argument("--train-dir", required=True, help="folder its file names are relative to")
+    data.add_argument("--val-json", help="validation captions; picks best.pt by CIDEr")
+    data.add_argument("--val-dir", help="folder of the validation images")
+    data.add_argument("--out", required=True, help="folder for checkpoints and metrics")
+    data.add_argument("--max-len", type=int, default=128,
+                      help="caption positions, [CLS] and [SEP] included (%(default)s)")
+    data.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (%(default)s)")
+    model = p.add_argument_group("model (a new run; --init and --resume bring their own)")
+    model.add_argument("--init", help="released CATR checkpoint, bare state dict or checkpoint "
+                       "of this project to start from; default: random weights")
+    model.add_argument("--config", choices=tuple(CONFIGS),
+                       help="catr: CATR's own (default); small: ResNet-18, width 128, 2+3 layers")
+    model.add_argument("--backbone", choices=BACKBONES)
+    model.add_argument("--dilation", action=argparse.BooleanOptionalAction,
+                       help="dilate the last ResNet stage (stride 16 instead of 32)")
+    model.add_argument("--hidden-dim", type=int)
+    model.add_argument("--nheads", type=int)
+    model.add_argument("--enc-layers", type=int)
+    model.add_argument("--dec-layers", type=int)
+    model.add_argument("--dim-feedforward", type=int)
+    model.add_argument("--dropout", type=float, help="(CATR: 0.1; may change an --init model's)")
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=30, help="(%(default)s)")
+    optim.add_argument("--batch-size", type=int, default=32, help="captions per process and step (%(default)s)")
+    optim.add_argument("--lr", type=float, default=1e-4, help="transformer and head (%(default)s)")
+    optim.add_argument("--lr-backbone", type=float, default=1e-5,
+                       help="ResNet backbone; 0 freezes it (%(default)s)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="(%(default)s)")
+    optim.add_argument("--lr-drop", type=int, default=20,
+                       help="divide the learning rates by 10 every this many epochs (%(default)s)")
+    optim.add_argument("--clip-grad", type=float, default=0.1,
+                       help="max gradient norm; 0: off (%(default)s)")
+    aug = p.add_argument_group("augmentation (CATR's, except the flip)")
+    aug.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=True,
+                     help="rotate by 0, 90, 180 or 270 degrees; off for captions that say where "
+                     "things are (on)")
+    aug.add_argument("--color-jitter", action=argparse.BooleanOptionalAction, default=True,
+                     help="brightness, contrast and saturation (on)")
+    aug.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False,
+                     help="random horizontal flip; CATR's recipe has it, but it makes 'left of' "
+                     "and 'right of' captions wrong (off)")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
+    run.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                     help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    run.add_argument("--seed", type=int, default=0, help="(%(default)s)")
+    run.add_argument("--resume", help="OUT/last.pt of an interrupted run: rerun the same "
+                     "command with this added")
+    args = p.parse_args(argv)
+    if bool(args.val_json) != bool(args.val_dir):
+        p.error("--val-json and --val-dir go together")
+    if not 2 <= args.max_len <= 128:
+        p.error("--max-len must be between 2 and 128 (CATR's position table)")
+    return args
+
+
+def main(argv=None):
+    from p2.engine import fit
+    fit(parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,109 @@
+"""p2/train.py on a few synthetic scenes: learning, resuming exactly, starting from a checkpoint."""
+import json
+
+import pytest
+import torch
+
+from hw3core.checkpoints import load_checkpoint, save_checkpoint
+from hw3core.errors import UserError
+from p2 import inference
+from p2.data import make_scene_set
+from p2.engine import fit
+from p2.model import load_captioner
+from p2.train import parse_args
+import p2.engine
+
+# a very small captioner; the images are still resized to CATR's 299 pixels
+TINY = ["--config", "small", "--hidden-dim", "32", "--nheads", "2", "--enc-layers", "1",
+        "--dec-layers", "1", "--dim-feedforward", "64"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("p2_scenes")
+    make_scene_set(root / "train", 8, seed=1, size=(64, 32))
+    make_scene_set(root / "val", 4, seed=2, start_id=100, size=(64, 32))
+    return root
+
+
+def train_args(scenes, out, *extra, architecture=TINY):
+    return parse_args([
+        "--train-json", str(scenes / "train" / "captions.json"),
+        "--train-dir", str(scenes / "train" / "images"),
+        "--val-json", str(scenes / "val" / "captions.json"),
+        "--val-dir", str(scenes / "val" / "images"), "--out", str(out), *architecture,
+        "--epochs", "2", "--batch-size", "4", "--workers", "0", "--max-len", "12",
+        "--lr", "2e-3", "--lr-backbone", "1e-4", "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def straight_run(scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("p2_run")
+    fit(train_args(scenes, out))  # CATR's augmentation and dropout on: the RNG state matters
+    return out
+
+
+def test_training_lowers_the_loss_and_writes_the_run(straight_run):
+    history = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert history[1]["val_loss"] < history[0]["val_loss"]
+    for key in ("val_bleu4", "val_cider", "val_exact", "images_per_s"):
+        assert key in history[0]
+    best = load_checkpoint(straight_run / "best.pt")
+    assert "optimizer" not in best and best["config"]["hidden_dim"] == 32
+    last = load_checkpoint(straight_run / "last.pt")
+    assert last["epoch"] == 2 and len(last["rng"]) == 1
+
+
+def test_resume_continues_to_the_same_result(scenes, straight_run, tmp_path, monkeypatch):
+    real_epoch = p2.engine.train_one_epoch
+    calls = []
+
+    def interrupted_in_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(p2.engine, "train_one_epoch", interrupted_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(train_args(scenes, tmp_path))
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(p2.engine, "train_one_epoch", real_epoch)
+    fit(train_args(scenes, tmp_path, "--resume", str(tmp_path / "last.pt")))
+
+    resumed = load_checkpoint(tmp_path / "last.pt")
+    straight = load_checkpoint(straight_run / "last.pt")
+    assert resumed["epoch"] == straight["epoch"] == 2
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
+    assert ([h["train_loss"] for h in resumed["history"]]
+            == pytest.approx([h["train_loss"] for h in straight["history"]], abs=1e-6))
+
+
+def test_training_from_init_then_captioning_with_inference(scenes, straight_run, tmp_path):
+    start = tmp_path / "start.pt"
+    best = load_checkpoint(straight_run / "best.pt")
+    save_checkpoint({"config": best["config"], "model": best["model"]}, start)
+    fit(train_args(scenes, tmp_path / "run", "--init", str(start), "--epochs", "1",
+                   architecture=[]))
+    model, config = load_captioner(tmp_path / "run" / "best.pt")
+    assert config == best["config"]
+    out = tmp_path / "captions.jsonl"
+    inference.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--images",
+                    str(scenes / "val" / "images"), "--out", str(out), "--max-len", "12",
+                    "--device", "cpu"])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 4 and all(line["tokens"][0] == 101 for line in lines)
+
+
+def test_init_with_architecture_options_or_a_foreign_state_dict_is_refused(scenes, straight_run,
+                                                                           tmp_path):
+    with pytest.raises(UserError, match="fixes the architecture"):
+        fit(train_args(scenes, tmp_path, "--init", str(straight_run / "best.pt")))
+    # a bare {'model': ...} carries no configuration, so it must be CATR's own
+    bare = tmp_path / "bare.pth"
+    save_checkpoint({"model": load_checkpoint(straight_run / "best.pt")["model"]}, bare)
+    with pytest.raises(UserError, match="not a CATR checkpoint"):
+        fit(train_args(scenes, tmp_path, "--init", str(bare), architecture=[]))
