@@ -1,11 +1,12 @@
 """Checkpoint I/O: atomic saves, safe loads (weights_only=True), clear errors for wrong files."""
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 from .errors import UserError, run_cli
-from .files import atomic_path
+from .files import atomic_path, write_text_atomic
 
 
 def save_checkpoint(obj, path):
@@ -27,6 +28,20 @@ def load_checkpoint(path):
     except Exception as err:  # torch raises many types for foreign or damaged files
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"{path} is not a readable checkpoint ({first_line})") from None
+
+
+def save_epoch(out, weights, run_state, history, is_best):
+    """What a training run writes after each epoch, in folder ``out``.
+
+    best.pt: ``weights`` (what inference needs), when this epoch is the best so far; last.pt:
+    ``weights`` plus ``run_state`` (optimizer, scheduler, RNG states...) and ``history``, all that
+    --resume restores; metrics.jsonl: one line per epoch of ``history``.
+    """
+    out = Path(out)
+    if is_best:
+        save_checkpoint(weights, out / "best.pt")
+    save_checkpoint({**weights, **run_state, "history": history}, out / "last.pt")
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
 def unwrap_state_dict(obj, path):

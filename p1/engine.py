@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
+from hw3core.checkpoints import load_checkpoint, save_epoch, unwrap_state_dict
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.files import write_text_atomic
@@ -222,14 +222,11 @@ def _fit(args, dist_info):
                    "class_names": class_names, "model": model.state_dict(), "epoch": epoch + 1,
                    "val_acc": stats.get("val_acc")}
         improved = "val_acc" in stats and stats["val_acc"] > best_acc
-        if improved:
-            best_acc = stats["val_acc"]
-            save_checkpoint(payload, out / "best.pt")
-        save_checkpoint({**payload, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": states, "history": history, "best_acc": best_acc,
-                         "args": vars(args)}, out / "last.pt")
-        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        best_acc = max(best_acc, stats.get("val_acc", best_acc))
+        save_epoch(out, payload, {"optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(),
+                                  "scaler": scaler.state_dict(), "rng": states,
+                                  "best_acc": best_acc, "args": vars(args)}, history, improved)
         summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
         if "val_acc" in stats:
             summary += (f", val loss {stats['val_loss']:.4f}, val acc {stats['val_acc']:.4f}"

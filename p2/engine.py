@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from hw3core.checkpoints import load_checkpoint, save_checkpoint
+from hw3core.checkpoints import load_checkpoint, save_epoch
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.files import write_text_atomic
@@ -263,14 +263,11 @@ def _fit(args, dist_info):
         payload = {"config": config, "model": model.state_dict(), "epoch": epoch + 1,
                    "val": {k: v for k, v in stats.items() if k.startswith("val_")}}
         improved = "val_cider" in stats and stats["val_cider"] > best_cider
-        if improved:
-            best_cider = stats["val_cider"]
-            save_checkpoint(payload, out / "best.pt")
-        save_checkpoint({**payload, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": states, "history": history, "best_cider": best_cider,
-                         "args": vars(args)}, out / "last.pt")
-        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        best_cider = max(best_cider, stats.get("val_cider", best_cider))
+        save_epoch(out, payload, {"optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(),
+                                  "scaler": scaler.state_dict(), "rng": states,
+                                  "best_cider": best_cider, "args": vars(args)}, history, improved)
         summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
         if "val_loss" in stats:
             summary += (f", val loss {stats['val_loss']:.4f}, BLEU-4 {stats['val_bleu4']:.3f}, "
