@@ -78,7 +78,7 @@ def pointing(model, folder, tokenizer, batch_size=16):
     for start in range(0, len(files), batch_size):
         batch = files[start:start + batch_size]
         originals = [open_rgb(folder / "images" / name) for name in batch]
-        images = [preprocess(image) for image in originals]
+        images = [preprocess(image, model.config["input_size"]) for image in originals]
         encoded = encode_images(model, images)
         ids = [tokenizer.encode(captions[names[name]]) for name in batch]
         tokens, padding = pad_tokens(ids)
@@ -111,7 +111,8 @@ def caption_quality(model, folder, tokenizer, batch_size=16):
     candidates = []
     for start in range(0, len(entries), batch_size):
         batch = entries[start:start + batch_size]
-        images = [preprocess(open_rgb(folder / "images" / e["file_name"])) for e in batch]
+        images = [preprocess(open_rgb(folder / "images" / e["file_name"]), model.config["input_size"])
+                  for e in batch]
         candidates += [tokenizer.decode(r.tokens) for r in caption_images(model, images, 32)]
     truth = [references[e["id"]] for e in entries]
     exact = np.mean([words(c) == words(t) for c, t in zip(candidates, truth)])
@@ -121,11 +122,11 @@ def caption_quality(model, folder, tokenizer, batch_size=16):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", help="folder for the data and the run (default: temporary)")
-    p.add_argument("--train", type=int, default=1500, help="training scenes")
+    p.add_argument("--train", type=int, default=1000, help="training scenes")
     p.add_argument("--heldout", type=int, default=200, help="held-out scenes")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lr-backbone", type=float, default=0.0,
-                   help="0: the randomly initialised backbone stays frozen (%(default)s)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr-backbone", type=float, default=1e-3,
+                   help="0 freezes the randomly initialised backbone (%(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -142,7 +143,8 @@ def run(args, work):
         "--val-json", str(work / "val" / "captions.json"),
         "--val-dir", str(work / "val" / "images"), "--out", str(work / "run"),
         "--config", "small", "--epochs", str(args.epochs), "--batch-size", "16",
-        "--lr", "1e-3", "--lr-backbone", str(args.lr_backbone), "--lr-drop", "1000",
+        "--lr", "1e-3", "--lr-backbone", str(args.lr_backbone), "--schedule", "cosine",
+        "--warmup", "50",
         "--clip-grad", "1.0", "--dropout", "0", "--no-rotate", "--no-color-jitter",
         "--max-len", "32", "--workers", "1", "--device", "cpu", "--seed", str(args.seed)])
     start = time.perf_counter()

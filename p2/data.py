@@ -6,6 +6,7 @@ A caption file is COCO's: {"images": [{"id", "file_name"}, ...], "annotations": 
 """
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -81,14 +82,15 @@ class RightAngleRotation:
         return image.rotate(random.choice((0, 90, 180, 270)), expand=True)
 
 
-def train_transform(rotate=True, color_jitter=True, hflip=False):
-    """CATR's training augmentation, each part optional, then its preprocessing.
+def train_transform(side, rotate=True, color_jitter=True, hflip=False):
+    """CATR's training augmentation, each part optional, then its preprocessing (longer side
+    ``side``, the model's config["input_size"]).
 
     Rotations and flips change which object is left of which, so captions that say where things
     are need them off; a flip also mirrors any text in the image.
     """
     steps = [RightAngleRotation()] if rotate else []
-    steps.append(resize_for_catr)
+    steps.append(partial(resize_for_catr, side=side))
     if color_jitter:
         steps.append(transforms.ColorJitter(brightness=(0.5, 1.3), contrast=(0.8, 1.5),
                                             saturation=(0.2, 1.5)))
@@ -143,15 +145,16 @@ def collate_pairs(batch):
 class ReferenceImages(torch.utils.data.Dataset):
     """Evaluation images: (preprocessed tensor, index into ``samples``), None if unreadable."""
 
-    def __init__(self, samples):
+    def __init__(self, samples, side):
         self.samples = samples
+        self.side = side
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         try:
-            return preprocess(open_rgb(self.samples[index][0])), index
+            return preprocess(open_rgb(self.samples[index][0]), self.side), index
         except UnreadableImage as err:
             warn_unreadable(err)
             return None

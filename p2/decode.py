@@ -29,9 +29,10 @@ from p2.tokenizer import END_ID, PAD_ID, START_ID
 LONGER_SIDE = 299
 
 
-def resize_for_catr(image):
-    """Scale a PIL image so that its longer side is 299 pixels, keeping the aspect ratio."""
-    scale = LONGER_SIDE / max(image.size)
+def resize_for_catr(image, side=LONGER_SIDE):
+    """Scale a PIL image so that its longer side is ``side`` pixels (CATR: 299), keeping the
+    aspect ratio."""
+    scale = side / max(image.size)
     size = (int(image.width * scale), int(image.height * scale))
     # Pillow's default for Image.resize, named so that a change of default cannot change captions
     return image.resize(size, Image.Resampling.BICUBIC)
@@ -42,8 +43,9 @@ def to_model_input(resized):
     return TF.normalize(TF.to_tensor(resized), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def preprocess(image):
-    return to_model_input(resize_for_catr(image.convert("RGB")))
+def preprocess(image, side=LONGER_SIDE):
+    """A PIL image as the model's input tensor; ``side`` is the model's config["input_size"]."""
+    return to_model_input(resize_for_catr(image.convert("RGB"), side))
 
 
 def pad_batch(images):
@@ -242,7 +244,8 @@ def caption_folder(model, paths, batch_size=8, **options):
 
     Unreadable files are named on stderr and skipped. ``options`` go to caption_images.
     """
-    loader = torch.utils.data.DataLoader(ImageFileDataset(paths, resize_for_catr),
+    resize = partial(resize_for_catr, side=model.config["input_size"])
+    loader = torch.utils.data.DataLoader(ImageFileDataset(paths, resize),
                                          batch_size=batch_size, collate_fn=_readable)
     for batch in loader:
         results = caption_images(model, [to_model_input(image) for image, _ in batch], **options)

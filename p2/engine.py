@@ -1,6 +1,7 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
 import json
+import math
 import time
 from pathlib import Path
 
@@ -26,14 +27,16 @@ from p2.model import build_model, load_captioner, make_config
 from p2.tokenizer import PAD_ID, CaptionTokenizer
 
 # Starting points for --config; options such as --hidden-dim change them further. "small" trains
-# on a CPU: ResNet-18 has basic blocks, which cannot be dilated, so its map has stride 32.
+# from scratch on a CPU: ResNet-18 cut after layer3 (stride 16; basic blocks cannot be dilated)
+# with trainable batch norm, on images whose longer side is 128 pixels.
 CONFIGS = {
     "catr": {},
-    "small": dict(backbone="resnet18", dilation=False, hidden_dim=128, nheads=4, enc_layers=2,
+    "small": dict(backbone="resnet18", dilation=False, backbone_layer="layer3",
+                  backbone_norm="batch", input_size=128, hidden_dim=128, nheads=4, enc_layers=2,
                   dec_layers=3, dim_feedforward=512),
 }
-ARCHITECTURE_OPTIONS = ("backbone", "dilation", "hidden_dim", "nheads", "enc_layers",
-                        "dec_layers", "dim_feedforward")
+ARCHITECTURE_OPTIONS = ("backbone", "dilation", "backbone_layer", "backbone_norm", "input_size",
+                        "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward")
 
 
 def config_from_args(args):
@@ -72,7 +75,7 @@ def caption_loss(logits, tokens, reduction="mean"):
 
 
 def train_one_epoch(model, loader, optimizer, scaler, device, *, precision="auto", clip_grad=0.0,
-                    desc="train"):
+                    step_scheduler=None, desc="train"):
     """Teacher-forced training over ``loader`` once; returns {'train_loss' (per caption token),
     'images', 'seconds'} summed over ranks."""
     model.train()
@@ -94,6 +97,8 @@ def train_one_epoch(model, loader, optimizer, scaler, device, *, precision="auto
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
+        if step_scheduler is not None:
+            step_scheduler.step()
         count = int((~padding[:, 1:]).sum())
         loss_sum += loss.detach() * count
         tokens_seen += count
@@ -201,7 +206,7 @@ def _fit(args, dist_info):
     model.to(device)
 
     train_set = CaptionPairs(train_samples, tokenizer, train_transform(
-        args.rotate, args.color_jitter, args.hflip), args.max_len)
+        config["input_size"], args.rotate, args.color_jitter, args.hflip), args.max_len)
     sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True,
                                  seed=args.seed)
     loader_rng = torch.Generator()
@@ -211,14 +216,20 @@ def _fit(args, dist_info):
     val_loader = None
     if val_samples:
         # each rank captions every world_size-th image; evaluate() gathers the captions
-        val_set = torch.utils.data.Subset(ReferenceImages(val_samples),
+        val_set = torch.utils.data.Subset(ReferenceImages(val_samples, config["input_size"]),
                                           range(dist_info.rank, len(val_samples),
                                                 dist_info.world_size))
         val_loader = DataLoader(val_set, args.batch_size, num_workers=args.workers,
                                 collate_fn=collate_references)
 
     optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+    if args.schedule == "cosine":  # stepped after every batch
+        warmup, total = args.warmup, len(train_loader) * args.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)) * 0.5
+            * (1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / max(1, total - warmup)))))
+    else:  # CATR's: divided by 10 every lr_drop epochs
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     history, best_cider, start_epoch = [], -1.0, 0
     if resume is not None:
@@ -249,10 +260,12 @@ def _fit(args, dist_info):
         loader_rng.manual_seed(args.seed * 10_000 + epoch)
         stats = train_one_epoch(net, train_loader, optimizer, scaler, device,
                                 precision=args.precision, clip_grad=args.clip_grad,
+                                step_scheduler=scheduler if args.schedule == "cosine" else None,
                                 desc=f"epoch {epoch + 1}/{args.epochs}")
         stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                      images_per_s=stats["images"] / stats["seconds"])
-        scheduler.step()
+        if args.schedule == "step":
+            scheduler.step()
         if val_loader is not None:
             stats.update(evaluate(model, val_loader, val_samples, tokenizer, device,
                                   args.precision, args.max_len))

@@ -36,6 +36,10 @@ CATR_CONFIG = {
     "pad_token_id": 0,
     "max_position_embeddings": 128,
     "layer_norm_eps": 1e-12,
+    # Not CATR options but fixed in its code; smaller configs trained from scratch change them.
+    "input_size": 299,  # the longer image side after resizing
+    "backbone_layer": "layer4",  # the last ResNet stage kept; layer3 has stride 16 undilated
+    "backbone_norm": "frozen",  # frozen batch norm, or "batch" for a backbone trained from scratch
 }
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 HEAD_HIDDEN_DIM = 512  # CATR's MLP head width, fixed in its code rather than configured
@@ -51,8 +55,16 @@ def make_config(overrides=None):
     config = {**CATR_CONFIG, **overrides}
     if config["backbone"] not in BACKBONES:
         raise UserError(f"backbone {config['backbone']!r} is not one of {', '.join(BACKBONES)}")
+    if config["backbone_layer"] not in ("layer3", "layer4"):
+        raise UserError(f"backbone_layer must be layer3 or layer4, not {config['backbone_layer']!r}")
+    if config["backbone_norm"] not in ("frozen", "batch"):
+        raise UserError(f"backbone_norm must be frozen or batch, not {config['backbone_norm']!r}")
+    if config["dilation"] and config["backbone_layer"] != "layer4":
+        raise UserError("dilation applies to layer4, which a layer3 backbone leaves out")
     if config["dilation"] and config["backbone"] in ("resnet18", "resnet34"):
         raise UserError(f"{config['backbone']} has basic blocks, which cannot be dilated")
+    if not 32 <= config["input_size"] <= 4096:
+        raise UserError(f"input_size must be between 32 and 4096, not {config['input_size']}")
     if config["hidden_dim"] % config["nheads"] or config["hidden_dim"] % 2:
         raise UserError("hidden_dim must be even and a multiple of nheads")
     return config
@@ -63,19 +75,25 @@ def make_config(overrides=None):
 
 
 class Backbone(nn.Module):
-    """A torchvision ResNet with frozen batch norm, cut after layer4 (its only output)."""
+    """A torchvision ResNet cut after ``layer`` (its only output); CATR's: frozen batch norm,
+    layer4. A backbone trained from scratch needs real batch norm: frozen at its initial values
+    it is the identity, and the random network runs unnormalised."""
 
-    def __init__(self, name, dilation):
+    def __init__(self, name, dilation, layer="layer4", norm="frozen"):
         super().__init__()
         resnet = getattr(torchvision.models, name)(
-            weights=None, norm_layer=FrozenBatchNorm2d,
+            weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d,
             replace_stride_with_dilation=[False, False, dilation])
-        # conv1 .. layer4 in order; the pooling and classifier after layer4 are not part of CATR
-        self.body = nn.Sequential(OrderedDict(
-            (child_name, child) for child_name, child in resnet.named_children()
-            if child_name not in ("avgpool", "fc")))
-        self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
-        self.stride = 16 if dilation else 32
+        stages = []
+        for child_name, child in resnet.named_children():  # conv1 .. layer4 in order
+            stages.append((child_name, child))
+            if child_name == layer:
+                break
+        self.body = nn.Sequential(OrderedDict(stages))
+        basic = name in ("resnet18", "resnet34")
+        self.num_channels = {("layer3", True): 256, ("layer4", True): 512,
+                             ("layer3", False): 1024, ("layer4", False): 2048}[(layer, basic)]
+        self.stride = 16 if dilation or layer == "layer3" else 32
 
     def forward(self, images, pixel_mask):
         """Features (B, C, h, w) and their padding mask (B, h, w), True where there is no image."""
@@ -370,7 +388,8 @@ class Caption(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        backbone = Backbone(config["backbone"], config["dilation"])
+        backbone = Backbone(config["backbone"], config["dilation"], config["backbone_layer"],
+                            config["backbone_norm"])
         self.backbone = Joiner(backbone, SinePositionEncoding(config["hidden_dim"] // 2))
         self.input_proj = nn.Conv2d(backbone.num_channels, config["hidden_dim"], kernel_size=1)
         self.transformer = Transformer(config)

@@ -38,10 +38,17 @@ def parse_args(argv=None):
     model.add_argument("--init", help="released CATR checkpoint, bare state dict or checkpoint "
                        "of this project to start from; default: random weights")
     model.add_argument("--config", choices=tuple(CONFIGS),
-                       help="catr: CATR's own (default); small: ResNet-18, width 128, 2+3 layers")
+                       help="catr: CATR's own (default); small: ResNet-18 to layer3 with batch "
+                       "norm, 128-pixel input, width 128, 2+3 layers")
     model.add_argument("--backbone", choices=BACKBONES)
     model.add_argument("--dilation", action=argparse.BooleanOptionalAction,
                        help="dilate the last ResNet stage (stride 16 instead of 32)")
+    model.add_argument("--backbone-layer", choices=("layer3", "layer4"),
+                       help="last ResNet stage kept (CATR: layer4)")
+    model.add_argument("--backbone-norm", choices=("frozen", "batch"),
+                       help="frozen batch norm (CATR's) or trainable batch norm for a backbone "
+                       "trained from scratch")
+    model.add_argument("--input-size", type=int, help="longer image side in pixels (CATR: 299)")
     model.add_argument("--hidden-dim", type=int)
     model.add_argument("--nheads", type=int)
     model.add_argument("--enc-layers", type=int)
@@ -55,8 +62,13 @@ def parse_args(argv=None):
     optim.add_argument("--lr-backbone", type=float, default=1e-5,
                        help="ResNet backbone; 0 freezes it (%(default)s)")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="(%(default)s)")
+    optim.add_argument("--schedule", choices=("step", "cosine"), default="step",
+                       help="step: CATR's, divided by 10 every --lr-drop epochs; cosine: linear "
+                       "warm-up for --warmup steps, then cosine decay to 0 (%(default)s)")
     optim.add_argument("--lr-drop", type=int, default=20,
                        help="divide the learning rates by 10 every this many epochs (%(default)s)")
+    optim.add_argument("--warmup", type=int, default=50,
+                       help="warm-up steps of the cosine schedule (%(default)s)")
     optim.add_argument("--clip-grad", type=float, default=0.1,
                        help="max gradient norm; 0: off (%(default)s)")
     aug = p.add_argument_group("augmentation (CATR's, except the flip)")

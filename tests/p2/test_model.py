@@ -93,3 +93,30 @@ def test_unknown_config_is_refused():
         build_model({"hidden": 3})
     with pytest.raises(UserError):
         build_model({"backbone": "resnet18", "dilation": True})
+
+
+def test_from_scratch_backbone_options_give_stride_16_on_small_inputs(tmp_path):
+    config = dict(backbone="resnet18", dilation=False, backbone_layer="layer3",
+                  backbone_norm="batch", input_size=128, hidden_dim=64, nheads=4, enc_layers=1,
+                  dec_layers=1, dim_feedforward=128)
+    model = build_model(config)
+    assert model.stride == 16 and model.backbone[0].num_channels == 256
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    image = preprocess(sample_photos()["wide"], model.config["input_size"])
+    assert max(image.shape[1:]) == 128
+    (result,) = caption_images(model, [image], max_len=4, attention_layer=-1)
+    assert result.attention.shape[1:] == (math.ceil(image.shape[1] / 16),
+                                          math.ceil(image.shape[2] / 16))
+    save_captioner(model, tmp_path / "small.pt")  # batch-norm statistics round-trip too
+    loaded, loaded_config = load_captioner(tmp_path / "small.pt")
+    assert loaded_config == model.config
+    assert caption_images(loaded, [image], max_len=4)[0].tokens == result.tokens
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(backbone_layer="layer3", dilation=True), "dilation applies to layer4"),
+    (dict(backbone_layer="layer2"), "layer3 or layer4"),
+    (dict(backbone_norm="group"), "frozen or batch")])
+def test_impossible_backbone_choices_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        build_model(overrides)
