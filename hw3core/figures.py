@@ -4,7 +4,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .files import atomic_path  # noqa: E402

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .errors import UserError
+
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 
@@ -35,8 +37,6 @@ def list_images(folder):
 
 def require_images(folder):
     """``list_images(folder)``, or a UserError when the folder is missing or holds no image."""
-    from .errors import UserError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"not a folder: {folder}")
@@ -44,6 +44,16 @@ def require_images(folder):
     if not paths:
         raise UserError(f"no image files in {folder}")
     return paths
+
+
+def require_distinct_stems(paths, suffix=".png"):
+    """A UserError when two paths would write the same OUT/<stem><suffix> (x.jpg and x.png)."""
+    seen = {}
+    for path in map(Path, paths):
+        if path.stem in seen:
+            raise UserError(f"{seen[path.stem]} and {path} would both be written as "
+                            f"{path.stem}{suffix}: run them separately")
+        seen[path.stem] = path
 
 
 def _to_rgb(img):
@@ -108,6 +118,11 @@ class ImageFileDataset(torch.utils.data.Dataset):
             warn_unreadable(err)
             return None
         return self.transform(image), index
+
+
+def collate_list(batch):
+    """The readable items as a list, for images of different sizes that cannot be stacked."""
+    return [item for item in batch if item is not None]
 
 
 def collate_skip(batch):

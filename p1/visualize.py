@@ -19,7 +19,8 @@ import torch  # noqa: E402
 from hw3core.errors import UserError, run_cli  # noqa: E402
 from hw3core.figures import overlay_heatmap, plt, save_figure, show_image  # noqa: E402
 from hw3core.files import atomic_path  # noqa: E402
-from hw3core.images import ImageFileDataset, collate_skip, require_images  # noqa: E402
+from hw3core.images import (ImageFileDataset, collate_skip, require_distinct_stems,  # noqa: E402
+                            require_images)
 from hw3core.runtime import pick_device  # noqa: E402
 from p1.attention import (attention_rollout, block_index, cls_attention,  # noqa: E402
                           position_similarity)
@@ -94,12 +95,7 @@ def collect_images(specs):
             paths += require_images(spec)
         else:
             paths.append(spec)
-    stems = {}
-    for path in paths:
-        if path.stem in stems:
-            raise UserError(f"{stems[path.stem]} and {path} would both be written as "
-                            f"{path.stem}.png: run them separately")
-        stems[path.stem] = path
+    require_distinct_stems(paths)
     return paths
 
 

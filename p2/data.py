@@ -160,10 +160,6 @@ class ReferenceImages(torch.utils.data.Dataset):
             return None
 
 
-def collate_references(batch):
-    return [item for item in batch if item is not None] or None
-
-
 # ---------------------------------------------------------------------------------------------
 # Synthetic scenes
 

@@ -21,7 +21,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from hw3core.errors import UserError
-from hw3core.images import ImageFileDataset
+from hw3core.images import ImageFileDataset, collate_list
 from hw3core.runtime import autocast
 from p2.model import EncodedImages
 from p2.tokenizer import END_ID, PAD_ID, START_ID
@@ -234,11 +234,6 @@ def _attention_maps(rows, encoded: EncodedImages, index, per_head):
     return (maps if per_head else maps.mean(1)).cpu().numpy()
 
 
-def _readable(batch):
-    """Collate a batch of ImageFileDataset items, leaving out the unreadable ones (None)."""
-    return [item for item in batch if item is not None]
-
-
 def caption_folder(model, paths, batch_size=8, **options):
     """Yield (path, resized PIL image, Captioned) for each readable image in ``paths``, in order.
 
@@ -246,7 +241,7 @@ def caption_folder(model, paths, batch_size=8, **options):
     """
     resize = partial(resize_for_catr, side=model.config["input_size"])
     loader = torch.utils.data.DataLoader(ImageFileDataset(paths, resize),
-                                         batch_size=batch_size, collate_fn=_readable)
+                                         batch_size=batch_size, collate_fn=collate_list)
     for batch in loader:
         results = caption_images(model, [to_model_input(image) for image, _ in batch], **options)
         for (image, index), result in zip(batch, results):

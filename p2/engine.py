@@ -15,11 +15,12 @@ from tqdm import tqdm
 from hw3core.checkpoints import load_checkpoint, save_epoch
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
+from hw3core.images import collate_list
 from hw3core.files import write_text_atomic
 from hw3core.runtime import (autocast, init_distributed, is_main_process, pick_device, print0,
                              rng_states_of_all_ranks, seed_everything, set_rng_state,
                              shutdown_distributed, sum_over_ranks)
-from p2.data import (CaptionPairs, ReferenceImages, collate_pairs, collate_references,
+from p2.data import (CaptionPairs, ReferenceImages, collate_pairs,
                      pad_tokens, read_caption_file, train_transform)
 from p2.decode import encode_images, greedy_search
 from p2.metrics import bleu4, cider, words
@@ -126,7 +127,7 @@ def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_le
     generated = {}
     for batch in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True,
                       leave=False):
-        if batch is None:
+        if not batch:  # every image of this batch was unreadable
             continue
         indices = [index for _, index in batch]
         with autocast(device, precision):
@@ -220,7 +221,7 @@ def _fit(args, dist_info):
                                           range(dist_info.rank, len(val_samples),
                                                 dist_info.world_size))
         val_loader = DataLoader(val_set, args.batch_size, num_workers=args.workers,
-                                collate_fn=collate_references)
+                                collate_fn=collate_list)
 
     optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
     if args.schedule == "cosine":  # stepped after every batch

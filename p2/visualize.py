@@ -94,11 +94,13 @@ def main(argv=None):
 
     from hw3core.figures import save_figure
     from hw3core.files import atomic_path
+    from hw3core.images import require_distinct_stems
     from p2.decode import caption_folder
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
     warnings.filterwarnings("ignore", message="Glyph .* missing from font")
     model, paths, tokenizer = load_for_captioning(args)
+    require_distinct_stems(paths)
     out = Path(args.out)
     per_head = args.heads == "all"
     written = 0
