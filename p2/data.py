@@ -19,7 +19,7 @@ from hw3core.files import write_text_atomic
 from hw3core.images import UnreadableImage, open_rgb, warn_unreadable
 from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
 from p2.decode import pad_batch, preprocess, resize_for_catr, to_model_input
-from p2.tokenizer import PAD_ID
+from p2.tokenizer import END_ID, PAD_ID
 
 
 def read_caption_file(json_path, image_dir):
@@ -118,6 +118,17 @@ class CaptionPairs(torch.utils.data.Dataset):
             warn_unreadable(err)
             return None
         return self.transform(image), self.tokens[index]
+
+
+def caption_vocabulary(samples, tokenizer, max_len):
+    """Sorted ids of the word pieces that captions of ``samples`` [(path, captions)] ask a model
+    to produce when cut to ``max_len`` positions as in training; [SEP] always."""
+    ids = {END_ID}
+    for _, texts in samples:
+        for text in texts:
+            ids.update(tokenizer.encode(text)[1:max_len])
+    ids.discard(PAD_ID)
+    return sorted(ids)
 
 
 def pad_tokens(token_lists, device=None):

@@ -20,7 +20,7 @@ from hw3core.files import write_text_atomic
 from hw3core.runtime import (autocast, init_distributed, is_main_process, pick_device, print0,
                              rng_states_of_all_ranks, seed_everything, set_rng_state,
                              shutdown_distributed, sum_over_ranks)
-from p2.data import (CaptionPairs, ReferenceImages, collate_pairs,
+from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, train_transform)
 from p2.decode import encode_images, greedy_search
 from p2.metrics import bleu4, cider, words
@@ -28,14 +28,21 @@ from p2.model import build_model, load_captioner, make_config
 from p2.tokenizer import PAD_ID, CaptionTokenizer
 
 # Starting points for --config; options such as --hidden-dim change them further. "small" trains
-# from scratch on a CPU: ResNet-18 cut after layer3 (stride 16; basic blocks cannot be dilated)
-# with trainable batch norm, on images whose longer side is 128 pixels.
+# from scratch on a CPU: ResNet-18 cut after layer2 (stride 8, so that a word's map can single out
+# part of a small object) with trainable batch norm, on images whose longer side is 128 pixels.
 CONFIGS = {
     "catr": {},
-    "small": dict(backbone="resnet18", dilation=False, backbone_layer="layer3",
+    "small": dict(backbone="resnet18", dilation=False, backbone_layer="layer2",
                   backbone_norm="batch", input_size=128, hidden_dim=128, nheads=4, enc_layers=2,
                   dec_layers=3, dim_feedforward=512),
 }
+# The options that train "small" on p2.data's synthetic scenes (the demo and bench/p2_attention.py
+# add data, --epochs and --out). From scratch the backbone learns at the transformer's rate, after a
+# warm-up; "left of" captions rule out rotation and colour words rule out colour jitter.
+SCENE_RECIPE = ("--config", "small", "--output-vocab", "captions", "--batch-size", "16",
+                "--lr", "1e-3", "--lr-backbone", "1e-3", "--schedule", "cosine", "--warmup", "50",
+                "--clip-grad", "1.0", "--dropout", "0", "--no-rotate", "--no-color-jitter",
+                "--max-len", "32")
 ARCHITECTURE_OPTIONS = ("backbone", "dilation", "backbone_layer", "backbone_norm", "input_size",
                         "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward")
 
@@ -117,7 +124,8 @@ def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_le
              desc="val"):
     """Teacher-forced loss over every reference caption, and greedy captions scored against the
     references: BLEU-4, CIDEr-D and the share of images whose caption equals a reference (as
-    words). Losses are summed exactly over ranks; captions are gathered from all of them.
+    words). Losses are summed exactly over ranks; captions are gathered from all of them. The
+    loss leaves out reference words that a model with output_tokens cannot say.
 
     ``model`` is the bare captioner (not a DDP wrapper). ``samples`` are the [(path, captions)]
     that the loader's indices point into.
@@ -140,6 +148,10 @@ def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_le
             state = model.start_decoding(encoded)
             state.select(rows)
             logits, _ = model.decode(state, tokens[:, :-1], padding[:, :-1])
+            if model.output_tokens is not None:  # words it cannot say would score infinite loss
+                sayable = torch.isin(tokens, model.output_tokens)
+                tokens = tokens.masked_fill(~sayable, PAD_ID)
+                padding = padding | ~sayable
             loss_sum += caption_loss(logits, tokens, reduction="sum").item()
             tokens_seen += int((~padding[:, 1:]).sum())
             captions, _ = greedy_search(model, encoded, max_len)
@@ -169,19 +181,28 @@ def fit(args):
         shutdown_distributed()
 
 
-def _initial_model(args):
-    """(model, config) for a new run: from --init's weights and configuration, or fresh."""
-    if not args.init:
+def _initial_model(args, train_samples, tokenizer):
+    """(model, config) for a new run: from --init's weights and configuration, or fresh; with
+    --dropout and --output-vocab applied."""
+    if args.init:
+        given = [f"--{name.replace('_', '-')}" for name in ("config", *ARCHITECTURE_OPTIONS)
+                 if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--init {args.init} fixes the architecture; leave out "
+                            f"{', '.join(given)}")
+        model, config = load_captioner(args.init)
+    else:
         seed_everything(args.seed)  # the same initial weights on every rank
         config = config_from_args(args)
-        return build_model(config), config
-    given = [f"--{name.replace('_', '-')}" for name in ("config", *ARCHITECTURE_OPTIONS)
-             if getattr(args, name) is not None]
-    if given:
-        raise UserError(f"--init {args.init} fixes the architecture; leave out {', '.join(given)}")
-    model, config = load_captioner(args.init)
-    if args.dropout is not None and args.dropout != config["dropout"]:
-        config = make_config({**config, "dropout": args.dropout})
+        model = build_model(config)
+    changes = {}
+    if args.dropout is not None:
+        changes["dropout"] = args.dropout
+    if args.output_vocab is not None:
+        changes["output_tokens"] = (None if args.output_vocab == "full" else
+                                    caption_vocabulary(train_samples, tokenizer, args.max_len))
+    if any(config[key] != value for key, value in changes.items()):
+        config = make_config({**config, **changes})
         state_dict = model.state_dict()
         model = build_model(config)
         model.load_state_dict(state_dict)
@@ -203,8 +224,15 @@ def _fit(args, dist_info):
         model = build_model(config)
         model.load_state_dict(resume["model"])
     else:
-        model, config = _initial_model(args)
+        model, config = _initial_model(args, train_samples, tokenizer)
     model.to(device)
+    if config["output_tokens"] is not None and val_samples:
+        unsayable = sorted(set(caption_vocabulary(val_samples, tokenizer, args.max_len))
+                           - set(config["output_tokens"]))
+        if unsayable:
+            print0(f"warning: {args.val_json}: {len(unsayable)} word pieces of its captions "
+                   f"(e.g. {', '.join(tokenizer.pieces(unsayable[:3]))}) are not among the "
+                   f"{len(config['output_tokens'])} this model can say; val_loss leaves them out")
 
     train_set = CaptionPairs(train_samples, tokenizer, train_transform(
         config["input_size"], args.rotate, args.color_jitter, args.hflip), args.max_len)
@@ -293,8 +321,10 @@ def _fit(args, dist_info):
         plot_history(history, out / "curves.png", [
             ("loss", "cross-entropy per caption token",
              [("train_loss", "train"), ("val_loss", "validation")]),
-            ("validation captions (greedy)", "score",
-             [("val_bleu4", "BLEU-4"), ("val_cider", "CIDEr-D"), ("val_exact", "exact")])])
+            ("validation captions (greedy)", "score (0 to 1)",
+             [("val_bleu4", "BLEU-4"), ("val_exact", "exact caption share")]),
+            # CIDEr-D runs to 10, which would flatten the others on a shared axis
+            ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
     if dist_info.is_main:
         print0(f"wrote {out / 'last.pt'}" + (f", best val CIDEr {best_cider:.3f} in "
                                               f"{out / 'best.pt'}" if best_cider >= 0 else ""))

@@ -38,10 +38,13 @@ CATR_CONFIG = {
     "layer_norm_eps": 1e-12,
     # Not CATR options but fixed in its code; smaller configs trained from scratch change them.
     "input_size": 299,  # the longer image side after resizing
-    "backbone_layer": "layer4",  # the last ResNet stage kept; layer3 has stride 16 undilated
+    "backbone_layer": "layer4",  # the last ResNet stage kept: layer2 has stride 8, layer3 16
     "backbone_norm": "frozen",  # frozen batch norm, or "batch" for a backbone trained from scratch
+    # The token ids the head scores (sorted); the rest get -inf. None: the whole vocabulary.
+    "output_tokens": None,
 }
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+BACKBONE_LAYERS = ("layer2", "layer3", "layer4")  # strides 8, 16, 32
 HEAD_HIDDEN_DIM = 512  # CATR's MLP head width, fixed in its code rather than configured
 
 
@@ -55,18 +58,28 @@ def make_config(overrides=None):
     config = {**CATR_CONFIG, **overrides}
     if config["backbone"] not in BACKBONES:
         raise UserError(f"backbone {config['backbone']!r} is not one of {', '.join(BACKBONES)}")
-    if config["backbone_layer"] not in ("layer3", "layer4"):
-        raise UserError(f"backbone_layer must be layer3 or layer4, not {config['backbone_layer']!r}")
+    if config["backbone_layer"] not in BACKBONE_LAYERS:
+        raise UserError(f"backbone_layer must be one of {', '.join(BACKBONE_LAYERS)}, not "
+                        f"{config['backbone_layer']!r}")
     if config["backbone_norm"] not in ("frozen", "batch"):
         raise UserError(f"backbone_norm must be frozen or batch, not {config['backbone_norm']!r}")
     if config["dilation"] and config["backbone_layer"] != "layer4":
-        raise UserError("dilation applies to layer4, which a layer3 backbone leaves out")
+        raise UserError(f"dilation applies to layer4, which a {config['backbone_layer']} "
+                        "backbone leaves out")
     if config["dilation"] and config["backbone"] in ("resnet18", "resnet34"):
         raise UserError(f"{config['backbone']} has basic blocks, which cannot be dilated")
     if not 32 <= config["input_size"] <= 4096:
         raise UserError(f"input_size must be between 32 and 4096, not {config['input_size']}")
     if config["hidden_dim"] % config["nheads"] or config["hidden_dim"] % 2:
         raise UserError("hidden_dim must be even and a multiple of nheads")
+    tokens = config["output_tokens"]
+    if tokens is not None:
+        if (not isinstance(tokens, (list, tuple)) or not tokens
+                or not all(isinstance(t, int) and 0 <= t < config["vocab_size"] for t in tokens)
+                or list(tokens) != sorted(set(tokens))):
+            raise UserError("output_tokens must be None or sorted, distinct token ids below "
+                            f"vocab_size ({config['vocab_size']})")
+        config["output_tokens"] = list(tokens)
     return config
 
 
@@ -90,10 +103,10 @@ class Backbone(nn.Module):
             if child_name == layer:
                 break
         self.body = nn.Sequential(OrderedDict(stages))
+        depth = BACKBONE_LAYERS.index(layer)  # 0 for layer2
         basic = name in ("resnet18", "resnet34")
-        self.num_channels = {("layer3", True): 256, ("layer4", True): 512,
-                             ("layer3", False): 1024, ("layer4", False): 2048}[(layer, basic)]
-        self.stride = 16 if dilation or layer == "layer3" else 32
+        self.num_channels = 128 * 2 ** depth * (1 if basic else 4)
+        self.stride = 8 * 2 ** depth // (2 if dilation else 1)
 
     def forward(self, images, pixel_mask):
         """Features (B, C, h, w) and their padding mask (B, h, w), True where there is no image."""
@@ -361,10 +374,14 @@ class MLP(nn.Module):
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
+    def forward(self, x, rows=None):
+        """With ``rows`` (1-D indices), only those outputs of the last layer are computed."""
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        last = self.layers[-1]
+        if rows is None:
+            return last(x)
+        return F.linear(x, last.weight[rows], last.bias[rows])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,6 +411,10 @@ class Caption(nn.Module):
         self.input_proj = nn.Conv2d(backbone.num_channels, config["hidden_dim"], kernel_size=1)
         self.transformer = Transformer(config)
         self.mlp = MLP(config["hidden_dim"], HEAD_HIDDEN_DIM, config["vocab_size"], 3)
+        # Not in the state dict, which stays CATR's; the config carries the list.
+        tokens = config["output_tokens"]
+        self.register_buffer("output_tokens", None if tokens is None else torch.tensor(tokens),
+                             persistent=False)
 
     @property
     def stride(self):
@@ -444,7 +465,17 @@ class Caption(nn.Module):
             if i == attention_layer:
                 weights = layer_weights
         state.length += n
-        return self.mlp(self.transformer.decoder.norm(t)), weights
+        return self.head(self.transformer.decoder.norm(t)), weights
+
+    def head(self, hidden):
+        """Logits over the whole vocabulary. A model with output_tokens scores only those
+        (the others are -inf): a head over a few dozen words instead of 30,522 is most of a
+        small captioner's training step."""
+        if self.output_tokens is None:
+            return self.mlp(hidden)
+        scores = self.mlp(hidden, rows=self.output_tokens)
+        logits = scores.new_full((*scores.shape[:-1], self.config["vocab_size"]), float("-inf"))
+        return logits.index_copy(-1, self.output_tokens, scores)
 
     def forward(self, images, pixel_mask, caption, caption_padding):
         """CATR's forward pass: logits (B, L, vocab) for a whole caption buffer."""

@@ -22,7 +22,7 @@ from hw3core.errors import run_cli  # noqa: E402
 
 def parse_args(argv=None):
     from p2.engine import CONFIGS
-    from p2.model import BACKBONES
+    from p2.model import BACKBONE_LAYERS, BACKBONES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data = p.add_argument_group("data")
@@ -43,8 +43,8 @@ def parse_args(argv=None):
     model.add_argument("--backbone", choices=BACKBONES)
     model.add_argument("--dilation", action=argparse.BooleanOptionalAction,
                        help="dilate the last ResNet stage (stride 16 instead of 32)")
-    model.add_argument("--backbone-layer", choices=("layer3", "layer4"),
-                       help="last ResNet stage kept (CATR: layer4)")
+    model.add_argument("--backbone-layer", choices=BACKBONE_LAYERS,
+                       help="last ResNet stage kept, stride 8, 16 or 32 (CATR: layer4, dilated)")
     model.add_argument("--backbone-norm", choices=("frozen", "batch"),
                        help="frozen batch norm (CATR's) or trainable batch norm for a backbone "
                        "trained from scratch")
@@ -55,6 +55,10 @@ def parse_args(argv=None):
     model.add_argument("--dec-layers", type=int)
     model.add_argument("--dim-feedforward", type=int)
     model.add_argument("--dropout", type=float, help="(CATR: 0.1; may change an --init model's)")
+    model.add_argument("--output-vocab", choices=("full", "captions"),
+                       help="full: the head scores all 30,522 word pieces (CATR); captions: only "
+                       "those of the training captions, about twice as fast for a small model, "
+                       "which can then say no other word (default: --init's, else full)")
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=30, help="(%(default)s)")
     optim.add_argument("--batch-size", type=int, default=32, help="captions per process and step (%(default)s)")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hw3core.errors import UserError
-from p2.decode import caption_images, preprocess, reference_greedy
+from p2.decode import caption_images, encode_images, preprocess, reference_greedy
 from p2.model import build_model, load_captioner, save_captioner
-from p2.tokenizer import START_ID
+from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import sample_photos, small_model
 
 MANIFEST = Path(__file__).with_name("data") / "catr_v3_state_dict.json"
@@ -95,18 +95,20 @@ def test_unknown_config_is_refused():
         build_model({"backbone": "resnet18", "dilation": True})
 
 
-def test_from_scratch_backbone_options_give_stride_16_on_small_inputs(tmp_path):
-    config = dict(backbone="resnet18", dilation=False, backbone_layer="layer3",
+@pytest.mark.parametrize("layer,stride,channels", [("layer2", 8, 128), ("layer3", 16, 256)])
+def test_from_scratch_backbone_options_give_finer_grids_on_small_inputs(tmp_path, layer, stride,
+                                                                         channels):
+    config = dict(backbone="resnet18", dilation=False, backbone_layer=layer,
                   backbone_norm="batch", input_size=128, hidden_dim=64, nheads=4, enc_layers=1,
                   dec_layers=1, dim_feedforward=128)
     model = build_model(config)
-    assert model.stride == 16 and model.backbone[0].num_channels == 256
+    assert model.stride == stride and model.backbone[0].num_channels == channels
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
     image = preprocess(sample_photos()["wide"], model.config["input_size"])
     assert max(image.shape[1:]) == 128
     (result,) = caption_images(model, [image], max_len=4, attention_layer=-1)
-    assert result.attention.shape[1:] == (math.ceil(image.shape[1] / 16),
-                                          math.ceil(image.shape[2] / 16))
+    assert result.attention.shape[1:] == (math.ceil(image.shape[1] / stride),
+                                          math.ceil(image.shape[2] / stride))
     save_captioner(model, tmp_path / "small.pt")  # batch-norm statistics round-trip too
     loaded, loaded_config = load_captioner(tmp_path / "small.pt")
     assert loaded_config == model.config
@@ -115,8 +117,36 @@ def test_from_scratch_backbone_options_give_stride_16_on_small_inputs(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(backbone_layer="layer3", dilation=True), "dilation applies to layer4"),
-    (dict(backbone_layer="layer2"), "layer3 or layer4"),
+    (dict(backbone_layer="layer1"), "layer2, layer3, layer4"),
     (dict(backbone_norm="group"), "frozen or batch")])
 def test_impossible_backbone_choices_are_refused(overrides, message):
     with pytest.raises(UserError, match=message):
         build_model(overrides)
+
+
+def test_output_tokens_restrict_what_the_head_can_say(tmp_path):
+    full = small_model()
+    allowed = [END_ID, 1037, 2417, 4418]  # [SEP], a, red, circle
+    restricted = build_model({**full.config, "output_tokens": allowed})
+    restricted.load_state_dict(full.state_dict())  # the state dict is still CATR's, every row
+    image = preprocess(sample_photos()["wide"], 128)
+    encoded_full, encoded = (encode_images(m, [image]) for m in (full, restricted))
+    tokens = torch.tensor([[START_ID, 1037, 2417]])
+    reference = full.decode(full.start_decoding(encoded_full), tokens)[0]
+    logits = restricted.decode(restricted.start_decoding(encoded), tokens)[0]
+    torch.testing.assert_close(logits[..., allowed], reference[..., allowed])
+    others = torch.ones(full.config["vocab_size"], dtype=torch.bool)
+    others[allowed] = False
+    assert torch.isneginf(logits[..., others]).all()
+    (result,) = caption_images(restricted, [image], max_len=6)
+    assert set(result.tokens[1:]) <= set(allowed)
+    save_captioner(restricted, tmp_path / "restricted.pt")
+    loaded, config = load_captioner(tmp_path / "restricted.pt")
+    assert config["output_tokens"] == allowed
+    assert caption_images(loaded, [image], max_len=6)[0].tokens == result.tokens
+
+
+@pytest.mark.parametrize("tokens", [[], [102, 101], [5, 5], [30522], "102"])
+def test_impossible_output_tokens_are_refused(tokens):
+    with pytest.raises(UserError, match="output_tokens"):
+        build_model({"output_tokens": tokens})

@@ -1,5 +1,6 @@
 """p2/train.py on a few synthetic scenes: learning, resuming exactly, starting from a checkpoint."""
 import json
+import math
 
 import pytest
 import torch
@@ -7,9 +8,10 @@ import torch
 from hw3core.checkpoints import load_checkpoint, save_checkpoint
 from hw3core.errors import UserError
 from p2 import inference
-from p2.data import make_scene_set
+from p2.data import CAPTION_WORDS, make_scene_set
 from p2.engine import fit
 from p2.model import load_captioner
+from p2.tokenizer import CaptionTokenizer
 from p2.train import parse_args
 import p2.engine
 
@@ -107,3 +109,21 @@ def test_init_with_architecture_options_or_a_foreign_state_dict_is_refused(scene
     save_checkpoint({"model": load_checkpoint(straight_run / "best.pt")["model"]}, bare)
     with pytest.raises(UserError, match="not a CATR checkpoint"):
         fit(train_args(scenes, tmp_path, "--init", str(bare), architecture=[]))
+
+
+def test_output_vocab_of_the_captions_is_stored_and_val_words_beyond_it_warned(scenes, tmp_path,
+                                                                               capsys):
+    content = json.loads((scenes / "val" / "captions.json").read_text())
+    content["annotations"][0]["caption"] = "a purple circle"
+    val_json = tmp_path / "val.json"
+    val_json.write_text(json.dumps(content))
+    fit(train_args(scenes, tmp_path / "run", "--output-vocab", "captions", "--epochs", "1",
+                   "--val-json", str(val_json)))
+    tokenizer = CaptionTokenizer()
+    config = load_checkpoint(tmp_path / "run" / "best.pt")["config"]
+    said = set(tokenizer.pieces(config["output_tokens"]))
+    assert "<end>" in said and "purple" not in said
+    assert said - {"<end>"} <= set(CAPTION_WORDS)
+    assert f"{val_json}: 1 word pieces" in capsys.readouterr().out
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert math.isfinite(history[0]["val_loss"])

@@ -1,0 +1,16 @@
+"""p2/demo.py end to end: scenes, the scene recipe's training, hw3_2.sh figures, caption report."""
+from hw3core.checkpoints import load_checkpoint
+from p2 import demo
+from p2.data import CAPTION_WORDS
+from p2.tokenizer import CaptionTokenizer
+
+
+def test_demo_trains_the_small_captioner_and_draws_held_out_scenes(tmp_path, capsys):
+    demo.main(["--out", str(tmp_path), "--epochs", "1", "--train-scenes", "16", "--show", "2"])
+    figures = sorted(p.name for p in (tmp_path / "p2_figures").glob("*.png"))
+    assert figures == ["scene_000046.png", "scene_000047.png"]
+    assert "held-out captions exactly right" in capsys.readouterr().out
+    config = load_checkpoint(tmp_path / "p2_run" / "best.pt")["config"]
+    assert config["backbone"] == "resnet18" and config["input_size"] == 128
+    said = set(CaptionTokenizer().pieces(config["output_tokens"]))
+    assert said - {"<end>"} <= set(CAPTION_WORDS)
