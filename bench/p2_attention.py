@@ -116,6 +116,7 @@ def pointing(model, folder, tokenizer, batch_size=16):
                     tolerant[layer].append(distance.flat[heat.argmax()] <= TOLERANCE)
     kinds = np.array(kinds)
     by_kind = {layer: {kind: float(np.mean(np.array(hits)[kinds == kind]))
+                       if (kinds == kind).any() else float("nan")
                        for kind in ("color", "shape")} for layer, hits in strict.items()}
     return ({layer: (float(np.mean(strict[layer])), float(np.mean(tolerant[layer])))
              for layer in strict}, tuple(np.mean(chance, axis=0).tolist()), by_kind)
@@ -178,7 +179,8 @@ def run(args, work):
     print(f"small captioner ({config['backbone']} to {config['backbone_layer']}, stride "
           f"{model.stride}, {config['input_size']}-pixel input, hidden {config['hidden_dim']}, "
           f"{config['enc_layers']}+{config['dec_layers']} layers, head over "
-          f"{len(config['output_tokens'] or ())} word pieces), backbone lr {args.lr_backbone}; "
+          f"{len(config['output_tokens'] or ()) or config['vocab_size']} word pieces), backbone lr "
+          f"{args.lr_backbone}; "
           f"{args.train} training scenes of 1-3 objects, {args.epochs} epochs, trained in "
           f"{train_seconds:.0f} s; {args.heldout} held-out scenes evaluated in "
           f"{eval_seconds:.0f} s\n")

@@ -209,6 +209,32 @@ def _initial_model(args, train_samples, tokenizer):
     return model, config
 
 
+def _check_output_vocab(args, config, train_samples, val_samples, tokenizer, resume):
+    """Refuse training captions the model cannot say (their loss would be infinite) and a
+    --output-vocab that differs from the resumed run's; warn about such validation words."""
+    sayable = config["output_tokens"]
+    if resume is not None and args.output_vocab is not None:
+        wanted = (None if args.output_vocab == "full" else
+                  caption_vocabulary(train_samples, tokenizer, args.max_len))
+        if wanted != sayable:
+            raise UserError(f"--resume {args.resume}: that run has another output vocabulary; "
+                            "leave out --output-vocab or start a new run")
+    if sayable is None:
+        return
+    for name, samples, refuse in ((args.train_json, train_samples, True),
+                                  (args.val_json, val_samples, False)):
+        unsayable = sorted(set(caption_vocabulary(samples, tokenizer, args.max_len))
+                           - set(sayable))
+        if not unsayable:
+            continue
+        problem = (f"{name}: {len(unsayable)} word pieces of its captions (e.g. "
+                   f"{', '.join(tokenizer.pieces(unsayable[:3]))}) are not among the "
+                   f"{len(sayable)} this model can say")
+        if refuse:
+            raise UserError(problem + "; train with --output-vocab captions or full")
+        print0(f"warning: {problem}; val_loss leaves them out")
+
+
 def _fit(args, dist_info):
     device = pick_device(args.device, dist_info)
     out = Path(args.out)
@@ -226,13 +252,7 @@ def _fit(args, dist_info):
     else:
         model, config = _initial_model(args, train_samples, tokenizer)
     model.to(device)
-    if config["output_tokens"] is not None and val_samples:
-        unsayable = sorted(set(caption_vocabulary(val_samples, tokenizer, args.max_len))
-                           - set(config["output_tokens"]))
-        if unsayable:
-            print0(f"warning: {args.val_json}: {len(unsayable)} word pieces of its captions "
-                   f"(e.g. {', '.join(tokenizer.pieces(unsayable[:3]))}) are not among the "
-                   f"{len(config['output_tokens'])} this model can say; val_loss leaves them out")
+    _check_output_vocab(args, config, train_samples, val_samples, tokenizer, resume)
 
     train_set = CaptionPairs(train_samples, tokenizer, train_transform(
         config["input_size"], args.rotate, args.color_jitter, args.hflip), args.max_len)

@@ -127,3 +127,21 @@ def test_output_vocab_of_the_captions_is_stored_and_val_words_beyond_it_warned(s
     assert f"{val_json}: 1 word pieces" in capsys.readouterr().out
     history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
     assert math.isfinite(history[0]["val_loss"])
+
+
+def test_training_captions_a_restricted_model_cannot_say_are_refused(scenes, tmp_path):
+    fit(train_args(scenes, tmp_path / "run", "--output-vocab", "captions", "--epochs", "1"))
+    content = json.loads((scenes / "train" / "captions.json").read_text())
+    content["annotations"][0]["caption"] = "a purple circle"
+    train_json = tmp_path / "train.json"
+    train_json.write_text(json.dumps(content))
+    start = ["--init", str(tmp_path / "run" / "best.pt"), "--train-json", str(train_json)]
+    with pytest.raises(UserError, match=f"{train_json}: 1 word pieces .* purple"):
+        fit(train_args(scenes, tmp_path / "again", *start, architecture=[]))
+    fit(train_args(scenes, tmp_path / "again", *start, "--output-vocab", "captions",
+                   "--epochs", "1", architecture=[]))
+    history = load_checkpoint(tmp_path / "again" / "last.pt")["history"]
+    assert math.isfinite(history[0]["train_loss"])
+    with pytest.raises(UserError, match="another output vocabulary"):
+        fit(train_args(scenes, tmp_path / "again", *start, "--output-vocab", "full",
+                       "--resume", str(tmp_path / "again" / "last.pt"), architecture=[]))
