@@ -257,11 +257,3 @@ def load_masks(folder, name):
     with Image.open(Path(folder) / "masks" / name) as labels:
         labels = np.asarray(labels)
     return np.stack([labels == k for k in range(1, int(labels.max()) + 1)])
-
-
-def scale_box(box, from_size, to_size):
-    """``box`` in an image of ``from_size`` (w, h) mapped onto the same image at ``to_size``."""
-    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    x0, y0, x1, y1 = box
-    return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-

@@ -1,5 +1,6 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
+import functools
 import json
 import math
 import time
@@ -181,7 +182,13 @@ def fit(args):
         shutdown_distributed()
 
 
-def _initial_model(args, train_samples, tokenizer):
+def _requested_output_tokens(args, train_vocabulary):
+    """The output_tokens that --output-vocab (given) asks for; ``train_vocabulary()`` returns
+    the training captions' word pieces."""
+    return None if args.output_vocab == "full" else train_vocabulary()
+
+
+def _initial_model(args, train_vocabulary):
     """(model, config) for a new run: from --init's weights and configuration, or fresh; with
     --dropout and --output-vocab applied."""
     if args.init:
@@ -199,8 +206,7 @@ def _initial_model(args, train_samples, tokenizer):
     if args.dropout is not None:
         changes["dropout"] = args.dropout
     if args.output_vocab is not None:
-        changes["output_tokens"] = (None if args.output_vocab == "full" else
-                                    caption_vocabulary(train_samples, tokenizer, args.max_len))
+        changes["output_tokens"] = _requested_output_tokens(args, train_vocabulary)
     if any(config[key] != value for key, value in changes.items()):
         config = make_config({**config, **changes})
         state_dict = model.state_dict()
@@ -209,22 +215,21 @@ def _initial_model(args, train_samples, tokenizer):
     return model, config
 
 
-def _check_output_vocab(args, config, train_samples, val_samples, tokenizer, resume):
+def _check_output_vocab(args, config, train_vocabulary, val_samples, tokenizer, resume):
     """Refuse training captions the model cannot say (their loss would be infinite) and a
     --output-vocab that differs from the resumed run's; warn about such validation words."""
     sayable = config["output_tokens"]
     if resume is not None and args.output_vocab is not None:
-        wanted = (None if args.output_vocab == "full" else
-                  caption_vocabulary(train_samples, tokenizer, args.max_len))
-        if wanted != sayable:
+        if _requested_output_tokens(args, train_vocabulary) != sayable:
             raise UserError(f"--resume {args.resume}: that run has another output vocabulary; "
                             "leave out --output-vocab or start a new run")
     if sayable is None:
         return
-    for name, samples, refuse in ((args.train_json, train_samples, True),
-                                  (args.val_json, val_samples, False)):
-        unsayable = sorted(set(caption_vocabulary(samples, tokenizer, args.max_len))
-                           - set(sayable))
+    for name, vocabulary, refuse in (
+            (args.train_json, train_vocabulary, True),
+            (args.val_json, lambda: caption_vocabulary(val_samples, tokenizer, args.max_len),
+             False)):
+        unsayable = sorted(set(vocabulary()) - set(sayable))
         if not unsayable:
             continue
         problem = (f"{name}: {len(unsayable)} word pieces of its captions (e.g. "
@@ -242,6 +247,9 @@ def _fit(args, dist_info):
     train_samples = read_caption_file(args.train_json, args.train_dir)
     val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
 
+    # tokenising every training caption takes a while on COCO: once, and only if needed
+    train_vocabulary = functools.cache(
+        lambda: caption_vocabulary(train_samples, tokenizer, args.max_len))
     resume = load_checkpoint(args.resume) if args.resume else None
     if resume is not None:
         if not isinstance(resume, dict) or "optimizer" not in resume:
@@ -250,9 +258,9 @@ def _fit(args, dist_info):
         model = build_model(config)
         model.load_state_dict(resume["model"])
     else:
-        model, config = _initial_model(args, train_samples, tokenizer)
+        model, config = _initial_model(args, train_vocabulary)
     model.to(device)
-    _check_output_vocab(args, config, train_samples, val_samples, tokenizer, resume)
+    _check_output_vocab(args, config, train_vocabulary, val_samples, tokenizer, resume)
 
     train_set = CaptionPairs(train_samples, tokenizer, train_transform(
         config["input_size"], args.rotate, args.color_jitter, args.hflip), args.max_len)
