@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project, in one go (under 6 minutes on one H100):
+# Every GPU measurement of the project, and the offline demo on CUDA as the check of the bf16
+# training, inference and figure paths that CI (CPU only) never runs; in one go, about 5 minutes:
 #   bash bench/gpu.sh [OUT_DIR]
 # The GPU machine's Python already has torch, torchvision, timm and tokenizers. For the
 # pytorch-pretrained-vit column, put its wheel in .whl/ first (from the repository root):
-#   python3 -m pip download --no-deps -d .whl pytorch-pretrained-vit==0.0.7
+#   python3 -m pip wheel --no-deps -w .whl pytorch-pretrained-vit==0.0.7   (PyPI has only its sdist)
 # Each table is printed and also saved under OUT_DIR (default bench/out) for bench/RESULTS.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,14 @@ run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept
     echo "== $name"
     timeout "$limit" "$@" 2> >(grep -v "it/s" >&2) | tee "$out/$name.md" || status=1
 }
-run p1_speed 150 python3 bench/p1_speed.py --device cuda
-run p2_speed 150 python3 bench/p2_speed.py --device cuda
+run p1_speed 120 python3 bench/p1_speed.py --device cuda
+run p2_speed 120 python3 bench/p2_speed.py --device cuda
+# the demo's data, checkpoints and figures stay out of OUT_DIR but for the figures worth a look
+demo=$(mktemp -d)
+run demo_cuda 240 bash demo.sh "$demo"
+for figure in "$demo/p1_run/curves.png" "$demo/p2_run/curves.png" \
+              "$(ls "$demo"/p2_figures/*.png 2>/dev/null | head -n 1)"; do
+    [ -f "$figure" ] && cp "$figure" "$out/demo_$(basename "$(dirname "$figure")")_$(basename "$figure")"
+done
+rm -rf "$demo"
 exit "$status"
