@@ -1,9 +1,11 @@
-"""What the benchmarks share: a description of the machine and a synchronising timer."""
+"""What the benchmarks share: a description of the machine, a synchronising timer, and the
+geometry of a map's cells against an object's box for the pointing rules."""
 import platform
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -38,3 +40,24 @@ def median_seconds(fn, repeats, device=torch.device("cpu"), warmup=True):
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cell_geometry(grid, cell_size, box):
+    """How each cell of an attention map lies against an object's box, in the image's pixels.
+
+    Cell (r, c) covers [r*ch, (r+1)*ch) x [c*cw, (c+1)*cw), (ch, cw) = ``cell_size``; ``box`` is
+    (x0, y0, x1, y1) with exclusive ends. Returns three (rows, cols) arrays: the cell's area
+    inside the box, whether its centre lies inside the box, and the distance from its centre to
+    the box (0 inside). They give the pointing rules: the map's highest cell overlaps the box,
+    has its centre in it, or lies within a tolerance of it (the pointing game's 15 pixels).
+    """
+    (rows, cols), (ch, cw) = grid, cell_size
+    x0, y0, x1, y1 = box
+    top, left = np.arange(rows) * ch, np.arange(cols) * cw
+    over_y = np.clip(np.minimum(y1, top + ch) - np.maximum(y0, top), 0, None)
+    over_x = np.clip(np.minimum(x1, left + cw) - np.maximum(x0, left), 0, None)
+    cy, cx = top + ch / 2, left + cw / 2
+    inside = np.outer((cy >= y0) & (cy < y1), (cx >= x0) & (cx < x1))
+    dy = np.maximum(np.maximum(y0 - cy, cy - y1), 0)
+    dx = np.maximum(np.maximum(x0 - cx, cx - x1), 0)
+    return np.outer(over_y, over_x), inside, np.hypot(dy[:, None], dx[None, :])

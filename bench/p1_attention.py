@@ -26,7 +26,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.measure import machine  # noqa: E402
+from bench.measure import cell_geometry, machine  # noqa: E402
 from hw3core.images import ImageFileDataset, collate_skip, list_images  # noqa: E402
 from p1.attention import attention_rollout, cls_attention, position_similarity  # noqa: E402
 from p1.data import eval_transform, make_shapes_set  # noqa: E402
@@ -37,34 +37,12 @@ from p1.train import parse_args as parse_train_args  # noqa: E402
 TARGET_POINTING = 0.8
 
 
-def cell_box_overlap(grid, image_size, box):
-    """Area (pixels) of each map cell that lies inside ``box`` (x0, y0, x1, y1): (rows, cols).
-
-    Cell (r, c) covers pixels [r*ph, (r+1)*ph) x [c*pw, (c+1)*pw), ph = height / rows.
-    """
-    (rows, cols), (height, width) = grid, image_size
-    x0, y0, x1, y1 = box
-    ph, pw = height / rows, width / cols
-    top, left = np.arange(rows) * ph, np.arange(cols) * pw
-    over_y = np.clip(np.minimum(y1, top + ph) - np.maximum(y0, top), 0, None)
-    over_x = np.clip(np.minimum(x1, left + pw) - np.maximum(x0, left), 0, None)
-    return np.outer(over_y, over_x)
-
-
-def centre_in_box(grid, image_size, box):
-    (rows, cols), (height, width) = grid, image_size
-    x0, y0, x1, y1 = box
-    cy = (np.arange(rows) + 0.5) * height / rows
-    cx = (np.arange(cols) + 0.5) * width / cols
-    return np.outer((cy >= y0) & (cy < y1), (cx >= x0) & (cx < x1))
-
-
 def score_map(heat, image_size, box):
     """Pointing hits (overlap rule, centre rule), their chance levels, and the mass ratio."""
-    overlap = cell_box_overlap(heat.shape, image_size, box)
-    centre = centre_in_box(heat.shape, image_size, box)
-    best = np.unravel_index(np.argmax(heat), heat.shape)
     height, width = image_size
+    overlap, centre, _ = cell_geometry(heat.shape, (height / heat.shape[0], width / heat.shape[1]),
+                                       box)
+    best = np.unravel_index(np.argmax(heat), heat.shape)
     cell_area = height * width / heat.size
     box_share = overlap.sum() / (height * width)
     mass_in_box = float((heat * overlap / cell_area).sum() / heat.sum())
