@@ -17,10 +17,11 @@ sys.path.insert(0, str(ROOT))
 
 from hw3core.errors import run_cli  # noqa: E402
 
-# Shapes are learnt only after 16,000 to 24,000 training images, at a point that varies from run
-# to run (bench/RESULTS.md). On a CPU the demo stops at 16,000 to stay near five minutes; a GPU
-# trains ten times faster and affords 30,000.
+# Shapes are learnt only after about 12,000 to 24,000 training images, at a point that varies
+# from run to run (bench/RESULTS.md). On a CPU the demo stops at 16,000 to stay near five
+# minutes; a GPU trains ten times faster and affords 30,000.
 TRAINING_SIZE = {"cpu": (2000, 8), "cuda": (3000, 10)}  # (scenes, epochs)
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,7 +83,8 @@ def main(argv=None):
     if val_exact < 0.5:
         print(f"Only {val_exact:.0%} of the validation captions are exactly right: the captioner "
               f"has not yet learnt the shapes (colours come first). Train longer: python3 "
-              f"{os.path.relpath(__file__)} --out {out} --epochs {args.epochs + 4}")
+              f"{os.path.relpath(__file__)} --out {out} --train-scenes {args.train_scenes} "
+              f"--epochs {args.epochs + 4}")
 
 
 if __name__ == "__main__":
