@@ -146,6 +146,19 @@ def test_output_tokens_restrict_what_the_head_can_say(tmp_path):
     assert caption_images(loaded, [image], max_len=6)[0].tokens == result.tokens
 
 
+def test_restricted_head_beams_wider_than_its_words_say_only_its_words():
+    # 3 words besides [SEP], which is made unlikely: beams of 4 and 8 have more slots than there
+    # are sayable continuations, so -inf candidates fill the rest and must never be the answer
+    full = small_model(end_bias=-50.0)
+    allowed = [END_ID, 1037, 2417, 4418]
+    restricted = build_model({**full.config, "output_tokens": allowed})
+    restricted.load_state_dict(full.state_dict())
+    images = [preprocess(photo, 128) for photo in sample_photos().values()]
+    for beam in (4, 8):
+        for result in caption_images(restricted, images, max_len=6, beam=beam):
+            assert len(result.tokens) == 6 and set(result.tokens[1:]) <= set(allowed)
+
+
 @pytest.mark.parametrize("tokens", [[], [102, 101], [5, 5], [30522], "102"])
 def test_impossible_output_tokens_are_refused(tokens):
     with pytest.raises(UserError, match="output_tokens"):
