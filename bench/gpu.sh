@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project, and the offline demo on CUDA as the check of the bf16
-# training, inference and figure paths that CI (CPU only) never runs; in one go, about 5 minutes:
+# training, inference and figure paths that CI (CPU only) never runs; in one go, about 6 minutes:
 #   bash bench/gpu.sh [OUT_DIR]
 # The GPU machine's Python already has torch, torchvision, timm and tokenizers. For the
 # pytorch-pretrained-vit column, put its wheel in .whl/ first (from the repository root):
@@ -25,12 +25,13 @@ run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept
 }
 run p1_speed 120 python3 bench/p1_speed.py --device cuda
 run p2_speed 120 python3 bench/p2_speed.py --device cuda
-# the demo's data, checkpoints and figures stay out of OUT_DIR but for the figures worth a look
-demo=$(mktemp -d)
-run demo_cuda 240 bash demo.sh "$demo"
-for figure in "$demo/p1_run/curves.png" "$demo/p2_run/curves.png" \
-              "$(ls "$demo"/p2_figures/*.png 2>/dev/null | head -n 1)"; do
-    [ -f "$figure" ] && cp "$figure" "$out/demo_$(basename "$(dirname "$figure")")_$(basename "$figure")"
+# the demo's data and checkpoints stay out of OUT_DIR; its curves and one word-map figure go in
+demo=$(mktemp -d) || exit 1
+trap 'rm -rf "$demo"' EXIT
+run demo_cuda 420 bash demo.sh "$demo"
+shopt -s nullglob
+word_maps=("$demo"/p2_figures/*.png)
+for figure in "$demo/p1_run/curves.png" "$demo/p2_run/curves.png" "${word_maps[@]:0:1}"; do
+    cp "$figure" "$out/demo_$(basename "$(dirname "$figure")")_$(basename "$figure")" || status=1
 done
-rm -rf "$demo"
 exit "$status"

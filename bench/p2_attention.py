@@ -56,7 +56,8 @@ def named_objects(token_ids, tokenizer):
     return named
 
 
-RULES = ("centre", "overlap", "tolerance")  # see cell_geometry
+# the three ways a word map's highest cell can hit the named object (see pointing())
+RULES = {"centre": "centre", "overlap": "overlap", "tolerance": f"{TOLERANCE}-px"}
 
 
 @torch.no_grad()
@@ -187,13 +188,14 @@ def run(args, work):
     for layer, rates in hits.items():
         name = f"{layer}" + (" (last)" if layer == len(hits) - 1 else "")
         print(f"| {name} | {rates['centre']:.3f} | {by_kind[layer]['color']:.3f} | "
-              f"{by_kind[layer]['shape']:.3f} | {rates['overlap']:.3f} | {rates['tolerance']:.3f} |")
+              f"{by_kind[layer]['shape']:.3f} | {rates['overlap']:.3f} | "
+              f"{rates['tolerance']:.3f} |")
     print(f"| chance (a uniformly random cell) | {chance['centre']:.3f} | | | "
           f"{chance['overlap']:.3f} | {chance['tolerance']:.3f} |")
     best = hits[best_layer]
     verdicts = ", ".join(f"{best[rule]:.3f} by the {label} rule "
                          f"({'met' if best[rule] >= TARGET_POINTING else 'NOT met'})"
-                         for rule, label in zip(RULES, ("centre", "overlap", f"{TOLERANCE}-px")))
+                         for rule, label in RULES.items())
     print(f"\nBest-localising layer: decoder layer {best_layer}. Targets: exact "
           f"{'met' if exact >= TARGET_EXACT else 'NOT met'}; pointing {TARGET_POINTING}: "
           f"{verdicts}.\n")

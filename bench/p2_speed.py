@@ -61,8 +61,9 @@ def main():
         model.mlp.layers[-1].bias[END_ID] = -1e4  # captions run to max_len
     photo = Image.fromarray(data.astronaut()).crop((0, 64, 512, 448))  # 4:3, like most COCO
     image = preprocess(photo)
-    caption_images(model, [image], max_len=3)  # warm-up, both procedures: on a GPU the first
-    reference_greedy(model, image, max_len=3)  # call's kernel selection takes seconds
+    # warm up both procedures: on a GPU the first call's kernel selection takes seconds
+    caption_images(model, [image], max_len=3)
+    reference_greedy(model, image, max_len=3)
     repeats = 3  # medians: the cheap measurements are noisy on a shared machine
     with torch.inference_mode(), autocast(device):
         encoded = encode_images(model, [image.to(device)])

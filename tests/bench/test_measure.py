@@ -12,11 +12,8 @@ def test_cell_geometry_gives_overlap_centre_and_distance_of_each_cell():
     np.testing.assert_allclose(distance, [[0, 3, 13], [7, np.hypot(7, 3), np.hypot(7, 13)]])
 
 
-def test_cell_geometry_handles_non_square_cells_of_a_resized_image():
-    # a 256 x 128 scene seen through an 8 x 16 grid: cells of 16 x 16 original pixels; with
-    # cells of 16 x 32 the same box is covered by half as many columns
-    box = (40, 20, 72, 52)
-    square, _, _ = cell_geometry((8, 16), (16, 16), box)
-    wide, _, _ = cell_geometry((8, 8), (16, 32), box)
-    assert square.sum() == wide.sum() == 32 * 32
-    assert (square > 0).sum() == 3 * 3 and (wide > 0).sum() == 3 * 2
+def test_cell_geometry_keeps_height_and_width_apart_for_non_square_cells():
+    # cells 10 high and 20 wide; the box spans x 25..45, y 5..15: columns 1 and 2, rows 0 and 1
+    area, inside, _ = cell_geometry((2, 3), (10, 20), (25, 5, 45, 15))
+    np.testing.assert_array_equal(area, [[0, 75, 25], [0, 75, 25]])
+    np.testing.assert_array_equal(inside, [[False, True, False], [False, False, False]])

@@ -1,4 +1,8 @@
 """p2/demo.py end to end: scenes, the scene recipe's training, hw3_2.sh figures, caption report."""
+import os
+import shlex
+import sys
+
 from hw3core.checkpoints import load_checkpoint
 from p2 import demo
 from p2.data import CAPTION_WORDS
@@ -12,8 +16,9 @@ def test_demo_trains_the_small_captioner_and_draws_held_out_scenes(tmp_path, cap
     out = capsys.readouterr().out
     assert "held-out captions exactly right" in out
     # one epoch on 16 scenes leaves the shapes unlearnt: the demo says how to train longer
-    assert (f"Train longer: python3 p2/demo.py --out {tmp_path} --train-scenes 16 --epochs 5"
-            in out)
+    command = [sys.executable, os.path.relpath(demo.__file__), "--out", str(tmp_path),
+               "--train-scenes", "16", "--epochs", "5"]
+    assert f"Train longer: {shlex.join(command)}" in out
     config = load_checkpoint(tmp_path / "p2_run" / "best.pt")["config"]
     assert config["backbone"] == "resnet18" and config["input_size"] == 128
     said = set(CaptionTokenizer().pieces(config["output_tokens"]))
