@@ -1,4 +1,6 @@
-"""One exception type for mistakes a user can fix, and the wrapper that turns it into one line."""
+"""One exception type for mistakes a user can fix, the wrapper that turns it into one line, and
+the argparse type that does the same for numbers out of range."""
+import argparse
 import sys
 
 
@@ -16,3 +18,19 @@ def run_cli(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def at_least(minimum, kind=int):
+    """argparse ``type=``: a ``kind`` number no smaller than ``minimum``. argparse reports a bad
+    one as ``error: argument --epochs: must be at least 1, not 0`` and exits with status 2,
+    instead of a traceback from deep in torch when training starts."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+    return parse

@@ -14,14 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hw3core.errors import run_cli  # noqa: E402
+from hw3core.errors import at_least, run_cli  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="folder for the data, run and predictions")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--train-images", type=int, default=2000)
+    p.add_argument("--epochs", type=at_least(1), default=5)
+    p.add_argument("--train-images", type=at_least(1), default=2000)
     args = p.parse_args(argv)
     from p1.data import make_shapes_set
     from p1.engine import fit

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import UserError, run_cli  # noqa: E402
+from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "p1_vit.pt"
 
@@ -26,8 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="CSV file to write; its folder is created")
     p.add_argument("--checkpoint", default=os.environ.get("HW3_P1_CKPT", str(DEFAULT_CHECKPOINT)),
                    help="train.py checkpoint or bare ViT state dict (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="(%(default)s)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="(%(default)s)")
+    p.add_argument("--workers", type=at_least(0), default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes (%(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
     return p.parse_args(argv)

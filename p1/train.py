@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import run_cli  # noqa: E402
+from hw3core.errors import at_least, run_cli  # noqa: E402
 from p1.model import PRESETS  # noqa: E402
 
 
@@ -21,38 +21,38 @@ def parse_args(argv=None):
     data.add_argument("--train-dir", required=True, help="{label}_{id}.jpg files or class subfolders")
     data.add_argument("--val-dir", help="validation images, same layout; picks best.pt")
     data.add_argument("--out", required=True, help="folder for checkpoints, metrics and curves")
-    data.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (%(default)s)")
+    data.add_argument("--workers", type=at_least(0), default=4, help="DataLoader worker processes (%(default)s)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="B_16_imagenet1k",
                        help=f"a preset ({', '.join(PRESETS)}) or any timm ViT name (%(default)s)")
     model.add_argument("--pretrained", help="pytorch-pretrained-vit or timm state dict, or a "
                        "checkpoint of this project, to start from")
-    model.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"),
+    model.add_argument("--image-size", type=at_least(1), nargs="+", metavar=("H", "W"),
                        help="input size (one value: square); default: the model's")
     model.add_argument("--freeze-backbone", action="store_true",
                        help="train the classification head only (fixed feature extractor)")
-    model.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (%(default)s)")
+    model.add_argument("--drop-path", type=at_least(0.0, float), default=0.1, help="stochastic depth rate (%(default)s)")
     optim = p.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=10, help="(%(default)s)")
-    optim.add_argument("--batch-size", type=int, default=32, help="images per process and step (%(default)s)")
-    optim.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (%(default)s)")
+    optim.add_argument("--epochs", type=at_least(1), default=10, help="(%(default)s)")
+    optim.add_argument("--batch-size", type=at_least(1), default=32, help="images per process and step (%(default)s)")
+    optim.add_argument("--grad-accum", type=at_least(1), default=1, help="micro-batches per optimizer step (%(default)s)")
     optim.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                        help="SGD with momentum 0.9, or AdamW (%(default)s)")
-    optim.add_argument("--lr", type=float, default=1e-3,
+    optim.add_argument("--lr", type=at_least(0.0, float), default=1e-3,
                        help="peak learning rate, after warm-up (%(default)s)")
-    optim.add_argument("--weight-decay", type=float, default=0.0,
+    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=0.0,
                        help="on weight matrices only (%(default)s)")
-    optim.add_argument("--warmup-epochs", type=float, default=1.0,
+    optim.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0,
                        help="linear warm-up, then cosine decay to 0 (%(default)s)")
-    optim.add_argument("--label-smoothing", type=float, default=0.1, help="(%(default)s)")
-    optim.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0: off (%(default)s)")
+    optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.1, help="(%(default)s)")
+    optim.add_argument("--clip-grad", type=at_least(0.0, float), default=1.0, help="max gradient norm; 0: off (%(default)s)")
     aug = p.add_argument_group("augmentation")
     aug.add_argument("--augment", choices=("randaugment", "trivialaugment", "none"),
                      default="randaugment", help="policy after crop and flip (%(default)s)")
-    aug.add_argument("--min-crop", type=float, default=0.25,
+    aug.add_argument("--min-crop", type=at_least(0.0, float), default=0.25,
                      help="smallest area fraction of the random resized crop (%(default)s)")
-    aug.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha; 0: off (%(default)s)")
-    aug.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha; 0: off (%(default)s)")
+    aug.add_argument("--mixup", type=at_least(0.0, float), default=0.0, help="MixUp alpha; 0: off (%(default)s)")
+    aug.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, help="CutMix alpha; 0: off (%(default)s)")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
     run.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",

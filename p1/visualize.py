@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hw3core.errors import UserError, run_cli  # noqa: E402
+from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
 from hw3core.figures import overlay_heatmap, plt, save_figure, show_image  # noqa: E402
 from hw3core.files import atomic_path  # noqa: E402
 from hw3core.images import (ImageFileDataset, collate_skip, require_distinct_stems,  # noqa: E402
@@ -249,12 +249,9 @@ def parse_args(argv=None):
                      help="with --method last: 1 = first block, -1 = last (default: last)")
     att.add_argument("--save-npy", action="store_true",
                      help="also write OUT/<stem>.npy: (rows, cols), or (heads, rows, cols)")
-    att.add_argument("--batch-size", type=int, default=8)
+    att.add_argument("--batch-size", type=at_least(1), default=8)
     att.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = p.parse_args(argv)
-    if args.command == "attention" and args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None):

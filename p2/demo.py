@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hw3core.errors import run_cli  # noqa: E402
+from hw3core.errors import at_least, run_cli  # noqa: E402
 
 # Shapes are learnt only after about 12,000 to 20,000 training images, at a point that varies
 # from run to run (bench/RESULTS.md). On a CPU the demo stops at 16,000 to stay near five
@@ -27,10 +27,10 @@ TRAINING_SIZE = {"cpu": (2000, 8), "cuda": (3000, 10)}  # (scenes, epochs)
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="folder for the data, run and figures")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=at_least(1), default=None,
                    help="8 on a CPU (about 40 s each on 2 cores with 2,000 scenes), 10 on a GPU")
-    p.add_argument("--train-scenes", type=int, default=None, help="2,000 on a CPU, 3,000 on a GPU")
-    p.add_argument("--show", type=int, default=4, help="held-out scenes captioned by hw3_2.sh")
+    p.add_argument("--train-scenes", type=at_least(1), default=None, help="2,000 on a CPU, 3,000 on a GPU")
+    p.add_argument("--show", type=at_least(1), default=4, help="held-out scenes captioned by hw3_2.sh")
     args = p.parse_args(argv)
     import torch
 

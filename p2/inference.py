@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import UserError, run_cli  # noqa: E402
+from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "catr_v3.pth"
 
@@ -25,8 +25,8 @@ def add_captioning_args(p):
                    help="released CATR checkpoint, bare state dict or project checkpoint "
                    "(default: $HW3_P2_CKPT, else checkpoints/catr_v3.pth)")
     p.add_argument("--images", required=True, help="folder of images (other files are ignored)")
-    p.add_argument("--batch-size", type=int, default=8, help="images decoded together (%(default)s)")
-    p.add_argument("--beam", type=int, default=1, help="beam size; 1: greedy, as CATR (%(default)s)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="images decoded together (%(default)s)")
+    p.add_argument("--beam", type=at_least(1), default=1, help="beam size; 1: greedy, as CATR (%(default)s)")
     p.add_argument("--max-len", type=int, default=128,
                    help="caption positions, [CLS] included (%(default)s, as CATR)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
@@ -40,8 +40,6 @@ def load_for_captioning(args):
     from p2.tokenizer import CaptionTokenizer
 
     paths = require_images(args.images)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     model, _ = load_captioner(args.checkpoint)
     return model.to(pick_device(args.device)), paths, CaptionTokenizer()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import run_cli  # noqa: E402
+from hw3core.errors import at_least, run_cli  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     data.add_argument("--out", required=True, help="folder for checkpoints and metrics")
     data.add_argument("--max-len", type=int, default=128,
                       help="caption positions, [CLS] and [SEP] included (%(default)s)")
-    data.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (%(default)s)")
+    data.add_argument("--workers", type=at_least(0), default=4, help="DataLoader worker processes (%(default)s)")
     model = p.add_argument_group("model (a new run; --init and --resume bring their own)")
     model.add_argument("--init", help="released CATR checkpoint, bare state dict or checkpoint "
                        "of this project to start from; default: random weights")
@@ -48,32 +48,32 @@ def parse_args(argv=None):
     model.add_argument("--backbone-norm", choices=("frozen", "batch"),
                        help="frozen batch norm (CATR's) or trainable batch norm for a backbone "
                        "trained from scratch")
-    model.add_argument("--input-size", type=int, help="longer image side in pixels (CATR: 299)")
-    model.add_argument("--hidden-dim", type=int)
-    model.add_argument("--nheads", type=int)
-    model.add_argument("--enc-layers", type=int)
-    model.add_argument("--dec-layers", type=int)
-    model.add_argument("--dim-feedforward", type=int)
-    model.add_argument("--dropout", type=float, help="(CATR: 0.1; may change an --init model's)")
+    model.add_argument("--input-size", type=at_least(32), help="longer image side in pixels (CATR: 299)")
+    model.add_argument("--hidden-dim", type=at_least(1))
+    model.add_argument("--nheads", type=at_least(1))
+    model.add_argument("--enc-layers", type=at_least(0))
+    model.add_argument("--dec-layers", type=at_least(1))
+    model.add_argument("--dim-feedforward", type=at_least(1))
+    model.add_argument("--dropout", type=at_least(0.0, float), help="(CATR: 0.1; may change an --init model's)")
     model.add_argument("--output-vocab", choices=("full", "captions"),
                        help="full: the head scores all 30,522 word pieces (CATR); captions: only "
                        "those of the training captions, about twice as fast for a small model, "
                        "which can then say no other word (default: --init's, else full)")
     optim = p.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=30, help="(%(default)s)")
-    optim.add_argument("--batch-size", type=int, default=32, help="captions per process and step (%(default)s)")
-    optim.add_argument("--lr", type=float, default=1e-4, help="transformer and head (%(default)s)")
-    optim.add_argument("--lr-backbone", type=float, default=1e-5,
+    optim.add_argument("--epochs", type=at_least(1), default=30, help="(%(default)s)")
+    optim.add_argument("--batch-size", type=at_least(1), default=32, help="captions per process and step (%(default)s)")
+    optim.add_argument("--lr", type=at_least(0.0, float), default=1e-4, help="transformer and head (%(default)s)")
+    optim.add_argument("--lr-backbone", type=at_least(0.0, float), default=1e-5,
                        help="ResNet backbone; 0 freezes it (%(default)s)")
-    optim.add_argument("--weight-decay", type=float, default=1e-4, help="(%(default)s)")
+    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=1e-4, help="(%(default)s)")
     optim.add_argument("--schedule", choices=("step", "cosine"), default="step",
                        help="step: CATR's, divided by 10 every --lr-drop epochs; cosine: linear "
                        "warm-up for --warmup steps, then cosine decay to 0 (%(default)s)")
-    optim.add_argument("--lr-drop", type=int, default=20,
+    optim.add_argument("--lr-drop", type=at_least(1), default=20,
                        help="divide the learning rates by 10 every this many epochs (%(default)s)")
-    optim.add_argument("--warmup", type=int, default=50,
+    optim.add_argument("--warmup", type=at_least(0), default=50,
                        help="warm-up steps of the cosine schedule (%(default)s)")
-    optim.add_argument("--clip-grad", type=float, default=0.1,
+    optim.add_argument("--clip-grad", type=at_least(0.0, float), default=0.1,
                        help="max gradient norm; 0: off (%(default)s)")
     aug = p.add_argument_group("augmentation (CATR's, except the flip)")
     aug.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=True,

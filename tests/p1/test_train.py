@@ -10,6 +10,7 @@ from tests.conftest import ROOT, script_env, tiny_args
 from hw3core.checkpoints import load_checkpoint
 from p1.data import make_shapes_set
 from p1.engine import fit
+from p1.train import parse_args
 import p1.engine
 
 
@@ -103,3 +104,12 @@ def test_fine_tuned_b16_exports_back_to_pytorch_pretrained_vit(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(theirs.eval()(x), ours.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"),
+                                         ("--grad-accum", "0"), ("--lr", "-1"), ("--workers", "-1")])
+def test_numbers_out_of_range_are_one_line_errors(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2
+    assert f"error: argument {flag}: must be at least" in capsys.readouterr().err.splitlines()[-1]

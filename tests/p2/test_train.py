@@ -145,3 +145,13 @@ def test_training_captions_a_restricted_model_cannot_say_are_refused(scenes, tmp
     with pytest.raises(UserError, match="another output vocabulary"):
         fit(train_args(scenes, tmp_path / "again", *start, "--output-vocab", "full",
                        "--resume", str(tmp_path / "again" / "last.pt"), architecture=[]))
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "-1"),
+                                         ("--nheads", "0"), ("--workers", "-1")])
+def test_numbers_out_of_range_are_one_line_errors(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--train-json", str(tmp_path / "c.json"), "--train-dir", str(tmp_path),
+                    "--out", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2
+    assert f"error: argument {flag}: must be at least" in capsys.readouterr().err.splitlines()[-1]

@@ -1,0 +1,33 @@
+"""Numbers out of range on the command line: one argparse line, not a traceback from torch."""
+import argparse
+
+import pytest
+
+from hw3core.errors import at_least
+
+
+def test_at_least_accepts_the_bound_and_above():
+    assert at_least(1)("1") == 1 and at_least(0)("7") == 7
+    assert at_least(0.0, float)("0") == 0.0 and at_least(0.0, float)("1e-4") == 1e-4
+
+
+@pytest.mark.parametrize("number, text, message", [
+    (at_least(1), "0", "must be at least 1, not 0"),
+    (at_least(0), "-2", "must be at least 0, not -2"),
+    (at_least(1), "1.5", "'1.5' is not an integer"),
+    (at_least(0.0, float), "-1e-3", "must be at least 0.0, not -1e-3"),
+    (at_least(0.0, float), "nan", "must be at least 0.0, not nan"),
+    (at_least(0.0, float), "fast", "'fast' is not a number")])
+def test_at_least_refuses_with_the_reason(number, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        number(text)
+
+
+def test_a_parser_turns_it_into_one_line_and_status_2(capsys):
+    parser = argparse.ArgumentParser(prog="train.py")
+    parser.add_argument("--epochs", type=at_least(1))
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--epochs", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        "train.py: error: argument --epochs: must be at least 1, not 0"
