@@ -1,1 +1,2 @@
-"""What both problems share: image files, checkpoints, runtime choices, figures, errors."""
+"""What both problems share: image files, checkpoints, runtime choices, training plumbing, figures,
+errors."""

@@ -24,10 +24,13 @@ class Distributed:
         return self.world_size > 1
 
 
-def init_distributed():
-    """Join the process group that torchrun describes in the environment; single process otherwise."""
+@contextlib.contextmanager
+def distributed():
+    """The process group that torchrun describes in the environment, joined for the ``with``
+    block and left after it, also when it fails; a single process without torchrun."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return Distributed()
+        yield Distributed()
+        return
     info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                        int(os.environ.get("LOCAL_RANK", "0")))
     if torch.cuda.is_available():
@@ -35,11 +38,9 @@ def init_distributed():
         dist.init_process_group("nccl", device_id=torch.device("cuda", info.local_rank))
     else:
         dist.init_process_group("gloo")
-    return info
-
-
-def shutdown_distributed():
-    if dist.is_available() and dist.is_initialized():
+    try:
+        yield info
+    finally:
         dist.destroy_process_group()
 
 

@@ -1,5 +1,4 @@
 """Training: optimizer and schedule factories, one epoch, evaluation, and the whole run (fit)."""
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -7,19 +6,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from hw3core.checkpoints import load_checkpoint, save_epoch, unwrap_state_dict
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
-from hw3core.files import write_text_atomic
 from hw3core.images import ImageFileDataset, collate_skip
-from hw3core.runtime import (autocast, init_distributed, is_main_process, pick_device, print0,
-                             rng_states_of_all_ranks, seed_everything, set_rng_state,
-                             shutdown_distributed, sum_over_ranks)
+from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
+                             rng_states_of_all_ranks, seed_everything, sum_over_ranks)
+from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
+                              wrap_for_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
 from p1.model import (CHECKPOINT_FORMAT, DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
@@ -121,11 +119,8 @@ def evaluate(model, loader, device, precision="auto", desc="val"):
 
 def fit(args):
     """The whole run that train.py describes: data, model, resume, epochs, checkpoints, curves."""
-    dist_info = init_distributed()
-    try:
+    with distributed() as dist_info:
         _fit(args, dist_info)
-    finally:
-        shutdown_distributed()
 
 
 def _fit(args, dist_info):
@@ -160,12 +155,8 @@ def _fit(args, dist_info):
 
     train_set = LabelledImages(train_samples, train_transform(
         arch["image_size"], preprocess["mean"], preprocess["std"], args.augment, args.min_crop))
-    sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True,
-                                 seed=args.seed)
-    loader_rng = torch.Generator()
-    train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=False,
-                              num_workers=args.workers, collate_fn=collate_skip,
-                              pin_memory=device.type == "cuda", generator=loader_rng)
+    train_loader = EpochLoader(train_set, args.batch_size, args.workers, collate_skip, device,
+                               dist_info, args.seed)
     val_loader = None
     if val_samples:
         # Each rank takes every world_size-th image, so the summed counts are exact.
@@ -180,32 +171,21 @@ def _fit(args, dist_info):
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     history, best_acc, start_epoch = [], -1.0, 0
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        history, best_acc, start_epoch = resume["history"], resume["best_acc"], resume["epoch"]
-        set_rng_state(resume["rng"][dist_info.rank])
+        history, start_epoch = restore_run(resume, optimizer, scheduler, scaler, dist_info.rank)
+        best_acc = resume["best_acc"]
 
-    net = model
-    if args.compile:
-        net = torch.compile(net)
-    if dist_info.enabled:
-        net = DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
     mix = _mixing(args, len(class_names))
     flops = 3 * forward_flops_per_image(model)  # forward + backward
     if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "args.json", json.dumps(vars(args), indent=2) + "\n")
+        start_run_folder(out, args)
         print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
                f"parameters, grid {grid_size(model)}, {len(class_names)} classes, "
                f"{len(train_samples)} train / {len(val_samples)} val images, "
                f"{dist_info.world_size} process(es) on {device.type}")
 
     for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        loader_rng.manual_seed(args.seed * 10_000 + epoch)
-        stats = train_one_epoch(net, train_loader, optimizer, scheduler, scaler, device,
+        stats = train_one_epoch(net, train_loader.epoch(epoch), optimizer, scheduler, scaler, device,
                                 precision=args.precision, grad_accum=args.grad_accum,
                                 label_smoothing=args.label_smoothing, mix=mix,
                                 clip_grad=args.clip_grad, desc=f"epoch {epoch + 1}/{args.epochs}")
@@ -223,10 +203,8 @@ def _fit(args, dist_info):
                    "val_acc": stats.get("val_acc")}
         improved = "val_acc" in stats and stats["val_acc"] > best_acc
         best_acc = max(best_acc, stats.get("val_acc", best_acc))
-        save_epoch(out, payload, {"optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(),
-                                  "scaler": scaler.state_dict(), "rng": states,
-                                  "best_acc": best_acc, "args": vars(args)}, history, improved)
+        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, states, args,
+                                           best_acc=best_acc), history, improved)
         summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
         if "val_acc" in stats:
             summary += (f", val loss {stats['val_loss']:.4f}, val acc {stats['val_acc']:.4f}"

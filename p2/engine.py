@@ -1,7 +1,6 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
 import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -9,18 +8,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from hw3core.checkpoints import load_checkpoint, save_epoch
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import collate_list
-from hw3core.files import write_text_atomic
-from hw3core.runtime import (autocast, init_distributed, is_main_process, pick_device, print0,
-                             rng_states_of_all_ranks, seed_everything, set_rng_state,
-                             shutdown_distributed, sum_over_ranks)
+from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
+                             rng_states_of_all_ranks, seed_everything, sum_over_ranks)
+from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
+                              wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, train_transform)
 from p2.decode import encode_images, greedy_search
@@ -175,11 +173,8 @@ def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_le
 
 def fit(args):
     """The whole run that train.py describes: data, model, resume, epochs, checkpoints."""
-    dist_info = init_distributed()
-    try:
+    with distributed() as dist_info:
         _fit(args, dist_info)
-    finally:
-        shutdown_distributed()
 
 
 def _requested_output_tokens(args, train_vocabulary):
@@ -264,12 +259,8 @@ def _fit(args, dist_info):
 
     train_set = CaptionPairs(train_samples, tokenizer, train_transform(
         config["input_size"], args.rotate, args.color_jitter, args.hflip), args.max_len)
-    sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True,
-                                 seed=args.seed)
-    loader_rng = torch.Generator()
-    train_loader = DataLoader(train_set, args.batch_size, sampler=sampler, drop_last=False,
-                              num_workers=args.workers, collate_fn=collate_pairs,
-                              pin_memory=device.type == "cuda", generator=loader_rng)
+    train_loader = EpochLoader(train_set, args.batch_size, args.workers, collate_pairs, device,
+                               dist_info, args.seed)
     val_loader = None
     if val_samples:
         # each rank captions every world_size-th image; evaluate() gathers the captions
@@ -290,21 +281,14 @@ def _fit(args, dist_info):
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     history, best_cider, start_epoch = [], -1.0, 0
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        history, best_cider, start_epoch = resume["history"], resume["best_cider"], resume["epoch"]
-        set_rng_state(resume["rng"][dist_info.rank])
+        history, start_epoch = restore_run(resume, optimizer, scheduler, scaler, dist_info.rank)
+        best_cider = resume["best_cider"]
     else:
         seed_everything(args.seed + dist_info.rank)  # dropout and augmentation differ by rank
 
-    net = model
-    if dist_info.enabled:
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap_for_ranks(model, device, dist_info)
     if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "args.json", json.dumps(vars(args), indent=2) + "\n")
+        start_run_folder(out, args)
         print0(f"captioner {config['backbone']}, hidden {config['hidden_dim']}, "
                f"{config['enc_layers']}+{config['dec_layers']} layers: "
                f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
@@ -313,9 +297,7 @@ def _fit(args, dist_info):
                f"{device.type}")
 
     for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        loader_rng.manual_seed(args.seed * 10_000 + epoch)
-        stats = train_one_epoch(net, train_loader, optimizer, scaler, device,
+        stats = train_one_epoch(net, train_loader.epoch(epoch), optimizer, scaler, device,
                                 precision=args.precision, clip_grad=args.clip_grad,
                                 step_scheduler=scheduler if args.schedule == "cosine" else None,
                                 desc=f"epoch {epoch + 1}/{args.epochs}")
@@ -334,10 +316,8 @@ def _fit(args, dist_info):
                    "val": {k: v for k, v in stats.items() if k.startswith("val_")}}
         improved = "val_cider" in stats and stats["val_cider"] > best_cider
         best_cider = max(best_cider, stats.get("val_cider", best_cider))
-        save_epoch(out, payload, {"optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(),
-                                  "scaler": scaler.state_dict(), "rng": states,
-                                  "best_cider": best_cider, "args": vars(args)}, history, improved)
+        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, states, args,
+                                           best_cider=best_cider), history, improved)
         summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
         if "val_loss" in stats:
             summary += (f", val loss {stats['val_loss']:.4f}, BLEU-4 {stats['val_bleu4']:.3f}, "

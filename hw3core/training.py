@@ -1,0 +1,66 @@
+"""What both training runs share around their own model and loss: the sharded training loader,
+the DDP wrapper, the run folder, and the run state that last.pt keeps for --resume."""
+import json
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .files import write_text_atomic
+from .runtime import set_rng_state
+
+
+class EpochLoader:
+    """This rank's share of the training set, shuffled anew each epoch.
+
+    The sampler and the loader's generator are both reseeded from (seed, epoch), so that a run
+    resumed at epoch k draws the same batches and the same augmentations as one that never
+    stopped.
+    """
+
+    def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed):
+        self.seed = seed
+        self.sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
+                                          shuffle=True, seed=seed)
+        self.generator = torch.Generator()
+        self.loader = DataLoader(dataset, batch_size, sampler=self.sampler, drop_last=False,
+                                 num_workers=workers, collate_fn=collate_fn,
+                                 pin_memory=device.type == "cuda", generator=self.generator)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def epoch(self, epoch):
+        self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(self.seed * 10_000 + epoch)
+        return self.loader
+
+
+def wrap_for_ranks(model, device, dist_info):
+    """``model`` itself in a single process, else wrapped in DistributedDataParallel."""
+    if not dist_info.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def start_run_folder(out, args):
+    """Create ``out`` and record the run's resolved options in out/args.json (rank 0 only)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "args.json", json.dumps(vars(args), indent=2) + "\n")
+
+
+def run_state(optimizer, scheduler, scaler, rng_states, args, **extra):
+    """What last.pt holds beside the weights so that --resume continues exactly (restore_run)."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_states, "args": vars(args), **extra}
+
+
+def restore_run(resume, optimizer, scheduler, scaler, rank):
+    """Put a last.pt's run state back in place; returns (history, epochs already done)."""
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    scaler.load_state_dict(resume["scaler"])
+    set_rng_state(resume["rng"][rank])
+    return resume["history"], resume["epoch"]
