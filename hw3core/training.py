@@ -14,9 +14,10 @@ from .runtime import set_rng_state
 class EpochLoader:
     """This rank's share of the training set, shuffled anew each epoch.
 
-    The sampler and the loader's generator are both reseeded from (seed, epoch), so that a run
-    resumed at epoch k draws the same batches and the same augmentations as one that never
-    stopped.
+    The sampler and the loader's generator, which seeds the worker processes, are reseeded from
+    (seed, epoch), so that a run resumed at epoch k draws the same batches and, in workers, the
+    same augmentations as one that never stopped. Without workers the augmentations draw from
+    the global generator, whose state last.pt keeps.
     """
 
     def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed):
