@@ -1,6 +1,8 @@
 """What both training runs share around their own model and loss: the sharded training loader,
-the DDP wrapper, the run folder, and the run state that last.pt keeps for --resume."""
+the warm-up and cosine schedule, the DDP wrapper, the run folder, and the run state that last.pt
+keeps for --resume."""
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -36,6 +38,17 @@ class EpochLoader:
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.seed * 10_000 + epoch)
         return self.loader
+
+
+def warmup_cosine(optimizer, warmup_steps, total_steps):
+    """A scheduler stepped once per optimizer step: linear warm-up over ``warmup_steps``, then
+    cosine decay to zero at ``total_steps``."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def wrap_for_ranks(model, device, dist_info):

@@ -17,7 +17,7 @@ from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
                              rng_states_of_all_ranks, seed_everything, sum_over_ranks)
 from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
-                              wrap_for_ranks)
+                              warmup_cosine, wrap_for_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
 from p1.model import (CHECKPOINT_FORMAT, DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
@@ -42,19 +42,11 @@ def build_optimizer(model, name, lr, weight_decay):
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def warmup_cosine(step, warmup_steps, total_steps):
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs):
-    """Linear warm-up, then cosine decay to zero, stepped once per optimizer step."""
+    """Linear warm-up for ``warmup_epochs``, then cosine decay to zero, stepped once per
+    optimizer step."""
     total = steps_per_epoch * epochs
-    warmup = min(total, round(steps_per_epoch * warmup_epochs))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup, total))
+    return warmup_cosine(optimizer, min(total, round(steps_per_epoch * warmup_epochs)), total)
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, *, precision="auto",

@@ -32,15 +32,14 @@ def main(argv=None):
     p.add_argument("--train-scenes", type=at_least(1), default=None, help="2,000 on a CPU, 3,000 on a GPU")
     p.add_argument("--show", type=at_least(1), default=4, help="held-out scenes captioned by hw3_2.sh")
     args = p.parse_args(argv)
-    import torch
-
     from hw3core.checkpoints import load_checkpoint
+    from hw3core.runtime import pick_device
     from p2.data import make_scene_set
     from p2.engine import SCENE_RECIPE, fit
     from p2.metrics import words
     from p2.train import parse_args
 
-    scenes_default, epochs_default = TRAINING_SIZE["cuda" if torch.cuda.is_available() else "cpu"]
+    scenes_default, epochs_default = TRAINING_SIZE[pick_device().type]
     if args.train_scenes is None:
         args.train_scenes = scenes_default
     if args.epochs is None:

@@ -1,7 +1,6 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
 import functools
-import math
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
                              rng_states_of_all_ranks, seed_everything, sum_over_ranks)
 from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
-                              wrap_for_ranks)
+                              warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, train_transform)
 from p2.decode import encode_images, greedy_search
@@ -272,10 +271,7 @@ def _fit(args, dist_info):
 
     optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
     if args.schedule == "cosine":  # stepped after every batch
-        warmup, total = args.warmup, len(train_loader) * args.epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)) * 0.5
-            * (1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / max(1, total - warmup)))))
+        scheduler = warmup_cosine(optimizer, args.warmup, len(train_loader) * args.epochs)
     else:  # CATR's: divided by 10 every lr_drop epochs
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")

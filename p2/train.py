@@ -38,7 +38,7 @@ def parse_args(argv=None):
     model.add_argument("--init", help="released CATR checkpoint, bare state dict or checkpoint "
                        "of this project to start from; default: random weights")
     model.add_argument("--config", choices=tuple(CONFIGS),
-                       help="catr: CATR's own (default); small: ResNet-18 to layer3 with batch "
+                       help="catr: CATR's own (default); small: ResNet-18 to layer2 with batch "
                        "norm, 128-pixel input, width 128, 2+3 layers")
     model.add_argument("--backbone", choices=BACKBONES)
     model.add_argument("--dilation", action=argparse.BooleanOptionalAction,
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     model.add_argument("--backbone-norm", choices=("frozen", "batch"),
                        help="frozen batch norm (CATR's) or trainable batch norm for a backbone "
                        "trained from scratch")
-    model.add_argument("--input-size", type=at_least(32), help="longer image side in pixels (CATR: 299)")
+    model.add_argument("--input-size", type=at_least(1), help="longer image side in pixels (CATR: 299)")
     model.add_argument("--hidden-dim", type=at_least(1))
     model.add_argument("--nheads", type=at_least(1))
     model.add_argument("--enc-layers", type=at_least(0))
