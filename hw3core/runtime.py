@@ -8,12 +8,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+# The compute threads torch chose at start (OMP_NUM_THREADS or the cores); share_cores never
+# raises the count above it, so a cap set by the user or a test holds.
+_THREADS_AT_START = torch.get_num_threads()
+
 
 @dataclass(frozen=True)
 class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # the processes on this machine, which share its cores
 
     @property
     def is_main(self):
@@ -32,7 +37,8 @@ def distributed():
         yield Distributed()
         return
     info = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                       int(os.environ.get("LOCAL_RANK", "0")))
+                       int(os.environ.get("LOCAL_RANK", "0")),
+                       int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
         dist.init_process_group("nccl", device_id=torch.device("cuda", info.local_rank))
@@ -53,6 +59,31 @@ def pick_device(name="auto", dist_info=Distributed()):
             raise UserError("--device cuda asked for, but no CUDA GPU is visible")
         return torch.device("cuda", dist_info.local_rank)
     return torch.device(name)
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def share_cores(workers, device, processes=1):
+    """Split this process's share of the cores between DataLoader workers and compute threads.
+
+    Returns the number of workers to start, at most the cores less one. ``workers`` None picks:
+    none on a CPU, whose cores compute either way, and up to 4 beside a GPU, to keep it fed.
+    Sets torch's compute threads to the cores left, so that threads plus workers never exceed
+    the cores: more make torch's threads wait for each other, which on 2 cores spent half the
+    CPU time in the kernel. ``processes``: the processes sharing the machine (torchrun's
+    LOCAL_WORLD_SIZE).
+    """
+    cores = max(1, usable_cores() // max(1, processes))
+    wanted = (0 if device.type == "cpu" else 4) if workers is None else workers
+    kept = min(wanted, cores - 1)
+    torch.set_num_threads(max(1, min(_THREADS_AT_START, cores - kept)))
+    if workers is not None and kept < workers:
+        print0(f"note: {cores} core(s) here: {kept} data loader worker(s) instead of {workers}, "
+               f"{torch.get_num_threads()} compute thread(s)")
+    return kept
 
 
 def autocast(device, precision="auto"):

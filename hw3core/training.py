@@ -3,8 +3,10 @@ the warm-up and cosine schedule, the DDP wrapper, the run folder, and the run st
 keeps for --resume."""
 import json
 import math
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -13,30 +15,71 @@ from .files import write_text_atomic
 from .runtime import set_rng_state
 
 
-class EpochLoader:
-    """This rank's share of the training set, shuffled anew each epoch.
+class SeededItems(torch.utils.data.Dataset):
+    """``dataset`` indexed by (epoch, index): each item's random draws (its augmentations) come
+    from generators seeded with (seed, epoch, index) alone.
 
-    The sampler and the loader's generator, which seeds the worker processes, are reseeded from
-    (seed, epoch), so that a run resumed at epoch k draws the same batches and, in workers, the
-    same augmentations as one that never stopped. Without workers the augmentations draw from
-    the global generator, whose state last.pt keeps.
+    So an item is the same whichever process loads it, however many workers there are, whether
+    they persist across epochs, and whatever ran before it: a run resumed at any point draws
+    what an uninterrupted one would. The caller's own random state is left as it was.
     """
 
-    def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed):
+    def __init__(self, dataset, seed):
+        self.dataset = dataset
         self.seed = seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        torch_seed, python_seed = np.random.SeedSequence(
+            (self.seed % 2**63, epoch, index)).generate_state(2, np.uint64).tolist()
+        python_state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(torch_seed)
+                random.seed(python_seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """A sampler's indices paired with the current epoch, as SeededItems takes them."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class EpochLoader:
+    """This rank's share of the training set, shuffled anew each epoch from (seed, epoch), each
+    item's augmentations drawn from (seed, epoch, index) (SeededItems). Worker processes start
+    once and serve every epoch."""
+
+    def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed):
         self.sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
                                           shuffle=True, seed=seed)
-        self.generator = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size, sampler=self.sampler, drop_last=False,
-                                 num_workers=workers, collate_fn=collate_fn,
-                                 pin_memory=device.type == "cuda", generator=self.generator)
+        self.keys = _EpochKeys(self.sampler)
+        # a generator of its own: starting workers then draws nothing from the global one
+        self.loader = DataLoader(SeededItems(dataset, seed), batch_size, sampler=self.keys,
+                                 drop_last=False, num_workers=workers, collate_fn=collate_fn,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                 generator=torch.Generator())
 
     def __len__(self):
         return len(self.loader)
 
     def epoch(self, epoch):
         self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(self.seed * 10_000 + epoch)
+        self.keys.epoch = epoch
         return self.loader
 
 

@@ -15,7 +15,8 @@ from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
-                             rng_states_of_all_ranks, seed_everything, sum_over_ranks)
+                             rng_states_of_all_ranks, seed_everything, share_cores,
+                             sum_over_ranks)
 from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
                               warmup_cosine, wrap_for_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
@@ -117,6 +118,7 @@ def fit(args):
 
 def _fit(args, dist_info):
     device = pick_device(args.device, dist_info)
+    workers = share_cores(args.workers, device, dist_info.local_world_size)
     seed_everything(args.seed + dist_info.rank)  # before the model's random initialisation
     out = Path(args.out)
     train_samples, class_names = discover(args.train_dir)
@@ -147,15 +149,16 @@ def _fit(args, dist_info):
 
     train_set = LabelledImages(train_samples, train_transform(
         arch["image_size"], preprocess["mean"], preprocess["std"], args.augment, args.min_crop))
-    train_loader = EpochLoader(train_set, args.batch_size, args.workers, collate_skip, device,
+    train_loader = EpochLoader(train_set, args.batch_size, workers, collate_skip, device,
                                dist_info, args.seed)
     val_loader = None
     if val_samples:
         # Each rank takes every world_size-th image, so the summed counts are exact.
         val_set = LabelledImages(val_samples[dist_info.rank::dist_info.world_size], eval_transform(
             arch["image_size"], preprocess["mean"], preprocess["std"]))
-        val_loader = DataLoader(val_set, args.batch_size * 2, num_workers=args.workers,
-                                collate_fn=collate_skip, pin_memory=device.type == "cuda")
+        val_loader = DataLoader(val_set, args.batch_size * 2, num_workers=workers,
+                                collate_fn=collate_skip, pin_memory=device.type == "cuda",
+                                persistent_workers=workers > 0)
 
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
@@ -235,13 +238,14 @@ def _mixing(args, num_classes):
 
 
 @torch.no_grad()
-def predict_files(model, preprocess, paths, device, batch_size=64, workers=4, precision="auto"):
+def predict_files(model, preprocess, paths, device, batch_size=64, workers=None,
+                  precision="auto"):
     """Class index for each readable file in ``paths``: {path: index}. Unreadable files are
     named on stderr by the dataset and are absent from the result."""
     dataset = ImageFileDataset(paths, eval_transform(preprocess["image_size"], preprocess["mean"],
                                                      preprocess["std"]))
-    loader = DataLoader(dataset, batch_size, num_workers=workers, collate_fn=collate_skip,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size, num_workers=share_cores(workers, device),
+                        collate_fn=collate_skip, pin_memory=device.type == "cuda")
     model.eval().to(device)
     predictions = {}
     for batch in tqdm(loader, desc="predict", disable=not is_main_process(), dynamic_ncols=True):

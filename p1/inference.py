@@ -27,8 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default=os.environ.get("HW3_P1_CKPT", str(DEFAULT_CHECKPOINT)),
                    help="train.py checkpoint or bare ViT state dict (%(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="(%(default)s)")
-    p.add_argument("--workers", type=at_least(0), default=min(4, os.cpu_count() or 1),
-                   help="DataLoader worker processes (%(default)s)")
+    p.add_argument("--workers", type=at_least(0),
+                   help="DataLoader worker processes (default: none on a CPU, up to 4 beside a GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
     return p.parse_args(argv)
 

@@ -21,7 +21,9 @@ def parse_args(argv=None):
     data.add_argument("--train-dir", required=True, help="{label}_{id}.jpg files or class subfolders")
     data.add_argument("--val-dir", help="validation images, same layout; picks best.pt")
     data.add_argument("--out", required=True, help="folder for checkpoints, metrics and curves")
-    data.add_argument("--workers", type=at_least(0), default=4, help="DataLoader worker processes (%(default)s)")
+    data.add_argument("--workers", type=at_least(0), help="DataLoader worker processes "
+                      "(default: none on a CPU, up to 4 beside a GPU; never more than the cores "
+                      "less one)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="B_16_imagenet1k",
                        help=f"a preset ({', '.join(PRESETS)}) or any timm ViT name (%(default)s)")

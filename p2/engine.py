@@ -15,7 +15,8 @@ from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
-                             rng_states_of_all_ranks, seed_everything, sum_over_ranks)
+                             rng_states_of_all_ranks, seed_everything, share_cores,
+                             sum_over_ranks)
 from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
                               warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
@@ -70,20 +71,27 @@ def build_optimizer(model, lr, lr_backbone, weight_decay):
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
-def caption_loss(logits, tokens, reduction="mean"):
+def caption_loss(logits, tokens, reduction="mean", output_tokens=None):
     """Cross-entropy of the logits at positions 0..L-2 against the tokens at 1..L-1.
 
+    With ``output_tokens`` (sorted ids), ``logits`` are a restricted head's scores of those ids
+    alone (Caption.head(restricted=True)), and every non-padding token must be one of them.
     CATR's own loss also scores the [PAD] after [SEP]; here padding is ignored, so the loss
     measures the caption alone and does not depend on how far a batch is padded.
     """
-    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(),
-                           ignore_index=PAD_ID, reduction=reduction)
+    targets = tokens[:, 1:]
+    if output_tokens is not None:
+        padding = targets == PAD_ID
+        targets = torch.searchsorted(output_tokens, targets.contiguous()).masked_fill(padding, -100)
+    else:
+        targets = targets.masked_fill(targets == PAD_ID, -100)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 
-def train_one_epoch(model, loader, optimizer, scaler, device, *, precision="auto", clip_grad=0.0,
-                    step_scheduler=None, desc="train"):
+def train_one_epoch(model, loader, optimizer, scaler, device, *, output_tokens=None,
+                    precision="auto", clip_grad=0.0, step_scheduler=None, desc="train"):
     """Teacher-forced training over ``loader`` once; returns {'train_loss' (per caption token),
-    'images', 'seconds'} summed over ranks."""
+    'images', 'seconds'} summed over ranks. ``output_tokens``: the bare model's, if restricted."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     tokens_seen = images = 0
@@ -94,8 +102,8 @@ def train_one_epoch(model, loader, optimizer, scaler, device, *, precision="auto
             continue
         pixels, pixel_mask, tokens, padding = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device, precision):
-            logits = model(pixels, pixel_mask, tokens[:, :-1], padding[:, :-1])
-        loss = caption_loss(logits, tokens)
+            logits = model(pixels, pixel_mask, tokens[:, :-1], padding[:, :-1], restricted=True)
+        loss = caption_loss(logits, tokens, output_tokens=output_tokens)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad:
@@ -236,6 +244,7 @@ def _check_output_vocab(args, config, train_vocabulary, val_samples, tokenizer, 
 
 def _fit(args, dist_info):
     device = pick_device(args.device, dist_info)
+    workers = share_cores(args.workers, device, dist_info.local_world_size)
     out = Path(args.out)
     tokenizer = CaptionTokenizer()
     train_samples = read_caption_file(args.train_json, args.train_dir)
@@ -258,7 +267,7 @@ def _fit(args, dist_info):
 
     train_set = CaptionPairs(train_samples, tokenizer, train_transform(
         config["input_size"], args.rotate, args.color_jitter, args.hflip), args.max_len)
-    train_loader = EpochLoader(train_set, args.batch_size, args.workers, collate_pairs, device,
+    train_loader = EpochLoader(train_set, args.batch_size, workers, collate_pairs, device,
                                dist_info, args.seed)
     val_loader = None
     if val_samples:
@@ -266,8 +275,8 @@ def _fit(args, dist_info):
         val_set = torch.utils.data.Subset(ReferenceImages(val_samples, config["input_size"]),
                                           range(dist_info.rank, len(val_samples),
                                                 dist_info.world_size))
-        val_loader = DataLoader(val_set, args.batch_size, num_workers=args.workers,
-                                collate_fn=collate_list)
+        val_loader = DataLoader(val_set, args.batch_size, num_workers=workers,
+                                collate_fn=collate_list, persistent_workers=workers > 0)
 
     optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
     if args.schedule == "cosine":  # stepped after every batch
@@ -294,7 +303,7 @@ def _fit(args, dist_info):
 
     for epoch in range(start_epoch, args.epochs):
         stats = train_one_epoch(net, train_loader.epoch(epoch), optimizer, scaler, device,
-                                precision=args.precision, clip_grad=args.clip_grad,
+                                output_tokens=model.output_tokens, precision=args.precision, clip_grad=args.clip_grad,
                                 step_scheduler=scheduler if args.schedule == "cosine" else None,
                                 desc=f"epoch {epoch + 1}/{args.epochs}")
         stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],

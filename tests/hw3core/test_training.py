@@ -1,5 +1,6 @@
 """The training plumbing both problems share: what makes a resumed run draw the same batches."""
 import argparse
+import random
 
 import torch
 
@@ -8,13 +9,14 @@ from hw3core.training import EpochLoader, restore_run, run_state
 
 
 class NoisyItems(torch.utils.data.Dataset):
-    """Item i and a random number drawn in the loader, as an augmentation would draw one."""
+    """Item i and random numbers drawn in the loader, as augmentations draw them (torchvision's
+    from torch, CATR's rotation from Python's random)."""
 
     def __len__(self):
         return 12
 
     def __getitem__(self, index):
-        return index, torch.rand(())
+        return index, torch.rand(()) + random.random()
 
 
 def batches(loader):
@@ -29,6 +31,23 @@ def test_an_epoch_draws_the_same_batches_whatever_came_before():
     first, second = batches(straight.epoch(0)), batches(straight.epoch(1))
     assert batches(resumed.epoch(1)) == second  # epoch 0 never ran here
     assert first != second and sorted(sum((b[0] for b in first), [])) == list(range(12))
+
+
+def test_items_do_not_depend_on_workers_or_the_callers_random_state():
+    cpu = torch.device("cpu")
+    runs = {}
+    for workers in (0, 2):
+        loader = EpochLoader(NoisyItems(), 4, workers, None, cpu, Distributed(), seed=3)
+        torch.manual_seed(workers)  # the caller's own draws differ between the runs
+        random.seed(workers)
+        expected_torch, expected_python = torch.rand(()), random.random()
+        torch.manual_seed(workers)
+        random.seed(workers)
+        runs[workers] = [batches(loader.epoch(epoch)) for epoch in (0, 1, 2)]
+        # loading drew nothing from the caller's generators
+        assert torch.rand(()) == expected_torch and random.random() == expected_python
+    assert runs[0] == runs[2]  # and the persistent workers drew anew each epoch
+    assert runs[0][0] != runs[0][1] != runs[0][2]
 
 
 def test_ranks_share_out_the_items():
