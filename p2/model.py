@@ -20,6 +20,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
 from hw3core.errors import UserError
+from p2.tokenizer import START_ID
 
 # The configuration of all released CATR checkpoints (v1, v2, v3).
 CATR_CONFIG = {
@@ -332,18 +333,29 @@ class Encoder(nn.Module):
 
 
 class DecoderEmbeddings(nn.Module):
-    """Word plus learned position embeddings, normalised (BERT style)."""
+    """Word plus learned position embeddings, normalised (BERT style).
 
-    def __init__(self, config):
+    With ``words`` (sorted token ids, [PAD] among them) only their rows are kept: a restricted
+    model reads no other word. Any other id reads the padding row.
+    """
+
+    def __init__(self, config, words=None):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config["vocab_size"], config["hidden_dim"],
-                                            padding_idx=config["pad_token_id"])
+        pad = config["pad_token_id"]
+        self.word_embeddings = nn.Embedding(
+            config["vocab_size"] if words is None else len(words), config["hidden_dim"],
+            padding_idx=pad if words is None else words.index(pad))
         self.position_embeddings = nn.Embedding(config["max_position_embeddings"],
                                                 config["hidden_dim"])
         self.LayerNorm = nn.LayerNorm(config["hidden_dim"], eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["dropout"])
+        self.register_buffer("words", None if words is None else torch.tensor(words),
+                             persistent=False)
 
     def forward(self, tokens, start):
+        if self.words is not None:
+            rows = torch.searchsorted(self.words, tokens.contiguous()).clamp(max=len(self.words) - 1)
+            tokens = rows.masked_fill(self.words[rows] != tokens, self.word_embeddings.padding_idx)
         positions = self.position_embeddings.weight[start:start + tokens.shape[1]]
         return self.dropout(self.LayerNorm(self.word_embeddings(tokens) + positions))
 
@@ -359,10 +371,10 @@ class Decoder(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, words=None):
         super().__init__()
         self.encoder = Encoder(config)
-        self.embeddings = DecoderEmbeddings(config)
+        self.embeddings = DecoderEmbeddings(config, words)
         self.decoder = Decoder(config)
 
 
@@ -374,14 +386,10 @@ class MLP(nn.Module):
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
-    def forward(self, x, rows=None):
-        """With ``rows`` (1-D indices), only those outputs of the last layer are computed."""
+    def forward(self, x):
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
-        last = self.layers[-1]
-        if rows is None:
-            return last(x)
-        return F.linear(x, last.weight[rows], last.bias[rows])
+        return self.layers[-1](x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,12 +417,20 @@ class Caption(nn.Module):
                             config["backbone_norm"])
         self.backbone = Joiner(backbone, SinePositionEncoding(config["hidden_dim"] // 2))
         self.input_proj = nn.Conv2d(backbone.num_channels, config["hidden_dim"], kernel_size=1)
-        self.transformer = Transformer(config)
-        self.mlp = MLP(config["hidden_dim"], HEAD_HIDDEN_DIM, config["vocab_size"], 3)
-        # Not in the state dict, which stays CATR's; the config carries the list.
+        # A model restricted to output_tokens keeps only the head rows of those words, and only
+        # the word embeddings of those it reads (them, [PAD] and [CLS]): training then updates a
+        # few dozen rows instead of 2 x 30,522. Its state dict is still CATR's (_VOCABULARY_ROWS).
         tokens = config["output_tokens"]
+        words = None if tokens is None else sorted({config["pad_token_id"], START_ID, *tokens})
+        self.transformer = Transformer(config, words)
+        self.mlp = MLP(config["hidden_dim"], HEAD_HIDDEN_DIM,
+                       config["vocab_size"] if tokens is None else len(tokens), 3)
+        # Not in the state dict; the config carries the list.
         self.register_buffer("output_tokens", None if tokens is None else torch.tensor(tokens),
                              persistent=False)
+        if tokens is not None:
+            self.register_state_dict_post_hook(_rows_to_vocabulary)
+            self.register_load_state_dict_pre_hook(_rows_from_vocabulary)
 
     @property
     def stride(self):
@@ -438,7 +454,8 @@ class Caption(nn.Module):
                   for layer in self.transformer.decoder.layers]
         return DecoderState(layers, encoded.padding.flatten(1))
 
-    def decode(self, state, tokens, caption_padding=None, attention_layer=None):
+    def decode(self, state, tokens, caption_padding=None, attention_layer=None,
+               restricted=False):
         """Logits (B, n, vocab) for the ``tokens`` (B, n) that follow the positions in ``state``.
 
         ``caption_padding`` (B, n), True on padding, masks keys as CATR's caption mask does.
@@ -465,22 +482,49 @@ class Caption(nn.Module):
             if i == attention_layer:
                 weights = layer_weights
         state.length += n
-        return self.head(self.transformer.decoder.norm(t)), weights
+        return self.head(self.transformer.decoder.norm(t), restricted), weights
 
-    def head(self, hidden):
-        """Logits over the whole vocabulary. A model with output_tokens scores only those
-        (the others are -inf): a head over a few dozen words instead of 30,522 is most of a
-        small captioner's training step."""
-        if self.output_tokens is None:
-            return self.mlp(hidden)
-        scores = self.mlp(hidden, rows=self.output_tokens)
+    def head(self, hidden, restricted=False):
+        """Logits over the whole vocabulary. A model with output_tokens scores only those (the
+        others are -inf); with ``restricted`` it returns just their scores, (..., len(output_tokens)),
+        which is all a training loss needs: 30,522 columns would be most of a small captioner's
+        step."""
+        scores = self.mlp(hidden)
+        if self.output_tokens is None or restricted:
+            return scores
         logits = scores.new_full((*scores.shape[:-1], self.config["vocab_size"]), float("-inf"))
         return logits.index_copy(-1, self.output_tokens, scores)
 
-    def forward(self, images, pixel_mask, caption, caption_padding):
-        """CATR's forward pass: logits (B, L, vocab) for a whole caption buffer."""
+    def forward(self, images, pixel_mask, caption, caption_padding, restricted=False):
+        """CATR's forward pass: logits (B, L, vocab) for a whole caption buffer; ``restricted``
+        as in head()."""
         encoded = self.encode(*self.image_features(images, pixel_mask))
-        return self.decode(self.start_decoding(encoded), caption, caption_padding)[0]
+        state = self.start_decoding(encoded)
+        return self.decode(state, caption, caption_padding, restricted=restricted)[0]
+
+
+# The parameters with one row per vocabulary word: (state-dict key, the Caption attribute path
+# of the token ids whose rows a restricted model keeps)
+_VOCABULARY_ROWS = (("mlp.layers.2.weight", "output_tokens"), ("mlp.layers.2.bias", "output_tokens"),
+                    ("transformer.embeddings.word_embeddings.weight", "transformer.embeddings.words"))
+
+
+def _rows_to_vocabulary(model, state_dict, prefix, local_metadata):
+    """State-dict hook of a restricted model: each kept row placed at its token id in CATR's
+    vocabulary-sized parameter; the rows of other words are zeros."""
+    for key, ids in _VOCABULARY_ROWS:
+        rows = state_dict[prefix + key]
+        ids = model.get_buffer(ids).to(rows.device)
+        full = rows.new_zeros((model.config["vocab_size"], *rows.shape[1:]))
+        state_dict[prefix + key] = full.index_copy(0, ids, rows)
+
+
+def _rows_from_vocabulary(model, state_dict, prefix, *args):
+    """Load hook of a restricted model: from a vocabulary-sized parameter, the rows it keeps."""
+    for key, ids in _VOCABULARY_ROWS:
+        value = state_dict.get(prefix + key)
+        if value is not None and value.shape[0] == model.config["vocab_size"]:
+            state_dict[prefix + key] = value[model.get_buffer(ids).to(value.device)]
 
 
 def build_model(config=None):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hw3core.errors import UserError
-from p2.decode import caption_images, encode_images, preprocess, reference_greedy
+from p2.decode import caption_images, encode_images, pad_batch, preprocess, reference_greedy
 from p2.model import build_model, load_captioner, save_captioner
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import sample_photos, small_model
@@ -163,3 +163,53 @@ def test_restricted_head_beams_wider_than_its_words_say_only_its_words():
 def test_impossible_output_tokens_are_refused(tokens):
     with pytest.raises(UserError, match="output_tokens"):
         build_model({"output_tokens": tokens})
+
+
+def test_a_restricted_model_keeps_only_its_words_rows_and_saves_catrs_shapes():
+    full = small_model()
+    allowed = [END_ID, 1037, 2417, 4418]
+    restricted = build_model({**full.config, "output_tokens": allowed})
+    restricted.load_state_dict(full.state_dict())
+    # training updates the rows of 4 head words and 6 read words ([PAD], [CLS], the 4), not 2 x 30,522
+    assert restricted.mlp.layers[-1].weight.shape[0] == 4
+    assert restricted.transformer.embeddings.word_embeddings.weight.shape[0] == 6
+    saved = restricted.state_dict()
+    for key, value in full.state_dict().items():
+        assert saved[key].shape == value.shape, key
+    vocabulary_rows = ("mlp.layers.2.weight", "mlp.layers.2.bias",
+                       "transformer.embeddings.word_embeddings.weight")
+    read = [0, START_ID, *allowed]
+    for key in vocabulary_rows:
+        kept = allowed if key.startswith("mlp") else read
+        torch.testing.assert_close(saved[key][kept], full.state_dict()[key][kept], rtol=0, atol=0)
+        others = torch.ones(len(saved[key]), dtype=torch.bool)
+        others[kept] = False
+        assert not saved[key][others].any()  # words it cannot say or read are saved as zeros
+
+
+def test_a_restricted_model_reads_an_unknown_word_as_padding():
+    full = small_model()
+    restricted = build_model({**full.config, "output_tokens": [END_ID, 1037]})
+    restricted.load_state_dict(full.state_dict())
+    embeddings = restricted.transformer.embeddings.eval()
+    torch.testing.assert_close(embeddings(torch.tensor([[1037, 9999]]), 0)[0, 1],
+                               embeddings(torch.tensor([[1037, 0]]), 0)[0, 1])
+
+
+def test_the_training_loss_over_a_restricted_heads_words_equals_it_over_the_vocabulary():
+    from p2.engine import caption_loss
+    full = small_model()
+    allowed = [END_ID, 1037, 2417, 4418]
+    restricted = build_model({**full.config, "output_tokens": allowed}).train()
+    restricted.load_state_dict(full.state_dict())
+    image = preprocess(sample_photos()["wide"], 128)
+    images, pixel_mask = pad_batch([image, image])
+    tokens = torch.tensor([[START_ID, 1037, 2417, 4418, END_ID], [START_ID, 2417, END_ID, 0, 0]])
+    padding = tokens == 0
+    torch.manual_seed(0)
+    vocabulary = caption_loss(restricted(images, pixel_mask, tokens[:, :-1], padding[:, :-1]), tokens)
+    torch.manual_seed(0)
+    scores = restricted(images, pixel_mask, tokens[:, :-1], padding[:, :-1], restricted=True)
+    assert scores.shape[-1] == 4
+    torch.testing.assert_close(caption_loss(scores, tokens, output_tokens=restricted.output_tokens),
+                               vocabulary)
