@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# The offline demo, both problems, on synthetic data (about 7 minutes on 2 CPU cores):
+# The offline demo, both problems, on synthetic data; makes .venv from requirements.txt on first
+# use (see venv.sh):
 #   Problem 1: fine-tune the tiny ViT, predict held-out images with hw3_1.sh, print the accuracy;
 #   Problem 2: train the small captioner, caption held-out scenes with hw3_2.sh, print captions.
-#   bash demo.sh [OUT_DIR]      (default demo_out; p1/demo.py and p2/demo.py take more options)
+#   bash demo.sh [OUT_DIR] [--seed N]   (default demo_out; p1/demo.py and p2/demo.py take more)
 set -euo pipefail
-here="$(dirname "$0")"
-out="${1:-demo_out}"
-python3 "$here/p1/demo.py" --out "$out"
-python3 "$here/p2/demo.py" --out "$out"
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/venv.sh"
+python="$(hw3_venv)"
+out=demo_out
+seed=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --seed) seed=(--seed "$2"); shift 2 ;;
+        *) out="$1"; shift ;;
+    esac
+done
+start=$SECONDS
+"$python" "$here/p1/demo.py" --out "$out" "${seed[@]}"
+"$python" "$here/p2/demo.py" --out "$out" "${seed[@]}"
+echo "demo done in $((SECONDS - start)) s"

@@ -6,4 +6,6 @@ if [ "$#" -ne 2 ]; then
     echo "usage: bash hw3_1.sh IMAGE_DIR OUTPUT.csv" >&2
     exit 2
 fi
-exec python3 "$(dirname "$0")/p1/inference.py" --images "$1" --out "$2"
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/venv.sh"  # the interpreter: $PYTHON, else .venv beside this script, else python3
+exec "$(hw3_python)" "$here/p1/inference.py" --images "$1" --out "$2"

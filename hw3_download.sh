@@ -12,6 +12,8 @@ dest="${HW3_CKPT_DIR:-$here/checkpoints}"
 vit_url="${HW3_VIT_URL:-https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2/B_16_imagenet1k.pth}"
 catr_url="${HW3_CATR_URL:-https://github.com/saahiluppal/catr/releases/download/0.2/weight493084032.pth}"
 mkdir -p "$dest" || exit 1
+. "$here/venv.sh"  # checks downloads with $PYTHON, else .venv beside this script, else python3
+python="$(hw3_python)"
 
 fetch() {  # fetch NAME URL
     local target="$dest/$1" url="$2" tmp
@@ -26,7 +28,7 @@ fetch() {  # fetch NAME URL
         echo "error: could not download $url; download it by hand and save it as $target" >&2
         return 1
     fi
-    if ! PYTHONPATH="$here" python3 -m hw3core.checkpoints "$tmp" >/dev/null 2>&1; then
+    if ! PYTHONPATH="$here" "$python" -m hw3core.checkpoints "$tmp" >/dev/null 2>&1; then
         rm -f "$tmp"
         echo "error: $url did not give a loadable checkpoint; download it by hand and save it as $target" >&2
         return 1

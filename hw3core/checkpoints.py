@@ -60,4 +60,4 @@ if __name__ == "__main__":
     # `python3 -m hw3core.checkpoints FILE`: exit 0 only if FILE loads safely (hw3_download.sh).
     if len(sys.argv) != 2:
         sys.exit("usage: python3 -m hw3core.checkpoints FILE")
-    run_cli(lambda: load_checkpoint(sys.argv[1]))
+    run_cli(lambda argv: load_checkpoint(sys.argv[1]))

@@ -8,10 +8,10 @@ class UserError(Exception):
     """A bad input (missing file, wrong checkpoint, empty folder) described in one line."""
 
 
-def run_cli(main):
-    """Call ``main()``; a UserError becomes ``error: ...`` on stderr and exit status 2."""
+def run_cli(main, argv=None):
+    """Call ``main(argv)``; a UserError becomes ``error: ...`` on stderr and exit status 2."""
     try:
-        main()
+        main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

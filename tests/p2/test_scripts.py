@@ -89,7 +89,7 @@ def test_bad_inputs_are_one_line_errors(case, checkpoints, tmp_path, capsys):
             checkpoint.write_text("hello\n")
     argv = ["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: visualize.main(argv))
+        run_cli(visualize.main, argv)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert message.startswith("error: ") and message.count("\n") == 1
@@ -103,7 +103,7 @@ def test_images_that_would_share_a_figure_are_refused(checkpoints, tmp_path, cap
     argv = ["--checkpoint", str(checkpoints["stops"]), "--images", str(images),
             "--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: visualize.main(argv))
+        run_cli(visualize.main, argv)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert "bike.jpg" in message and "bike.png" in message and message.count("\n") == 1
