@@ -1,6 +1,6 @@
 """Synthetic scenes with known answers: coloured shapes at known boxes on varied backgrounds.
 
-Problem 1 uses one shape per image (its class is the shape); Problem 2 uses several and names them
+Problem 1 uses one shape per image (its class is the colour); Problem 2 uses several and names them
 in a caption. Every object comes with its box and its pixel mask, so a benchmark can check where
 an attention map points.
 """

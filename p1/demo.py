@@ -22,6 +22,7 @@ def main(argv=None):
     p.add_argument("--out", default="demo_out", help="folder for the data, run and predictions")
     p.add_argument("--epochs", type=at_least(1), default=5)
     p.add_argument("--train-images", type=at_least(1), default=2000)
+    p.add_argument("--seed", type=int, default=0, help="of the training run (%(default)s)")
     args = p.parse_args(argv)
     from p1.data import make_shapes_set
     from p1.engine import fit
@@ -37,10 +38,10 @@ def main(argv=None):
         "--val-dir", str(out / "shapes" / "val"), "--out", str(out / "p1_run"),
         "--epochs", str(args.epochs), "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3",
         "--weight-decay", "0.05", "--augment", "none", "--min-crop", "0.8", "--drop-path", "0",
-        "--workers", "2"]))
+        "--workers", "0", "--seed", str(args.seed)]))
     print("3/3 predicting the held-out images with hw3_1.sh", flush=True)
     csv_path = out / "p1_pred.csv"
-    env = dict(os.environ, HW3_P1_CKPT=str(out / "p1_run" / "best.pt"))
+    env = dict(os.environ, HW3_P1_CKPT=str(out / "p1_run" / "best.pt"), PYTHON=sys.executable)
     subprocess.run(["bash", str(ROOT / "hw3_1.sh"), str(out / "shapes" / "val"), str(csv_path)],
                    env=env, check=True)
     with open(csv_path, newline="", encoding="utf-8") as f:

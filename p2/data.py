@@ -217,21 +217,24 @@ def make_scene(rng, size=SCENE_SIZE, max_objects=3, min_frac=0.35, max_frac=0.6)
     return render_scene(size, objects, rng)
 
 
-def make_scene_set(out_dir, count, seed=0, start_id=0, size=SCENE_SIZE, max_objects=3):
-    """Write ``count`` synthetic scenes with their captions, boxes and masks.
+def make_scene_set(out_dir, count, seed=0, start_id=0, size=SCENE_SIZE, max_objects=3,
+                   masks=False):
+    """Write ``count`` synthetic scenes with their captions and boxes, and masks if asked.
 
     out_dir/images/scene_<id>.png   the images (only images: hw3_2.sh can caption the folder)
     out_dir/captions.json           COCO format, one caption per image (describe())
     out_dir/scenes.json             {file name: [{"shape", "color", "box": [x0, y0, x1, y1]}]},
                                     objects left to right, x1 and y1 exclusive
-    out_dir/masks/scene_<id>.png    8-bit label map: k on the pixels of the k-th object (1-based)
+    out_dir/masks/scene_<id>.png    with ``masks``: 8-bit label map, k on the pixels of the k-th
+                                    object (1-based)
     """
     from p2.tokenizer import CaptionTokenizer
 
     check_caption_words(CaptionTokenizer())
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(exist_ok=True)
+    if masks:
+        (out_dir / "masks").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     images, annotations, scenes = [], [], {}
     for i in range(count):
@@ -239,10 +242,11 @@ def make_scene_set(out_dir, count, seed=0, start_id=0, size=SCENE_SIZE, max_obje
         name = f"scene_{image_id:06d}.png"
         image, objects = make_scene(rng, size, max_objects)
         image.save(out_dir / "images" / name)
-        labels = np.zeros((size[1], size[0]), dtype=np.uint8)
-        for k, obj in enumerate(objects, 1):
-            labels[obj.mask] = k
-        Image.fromarray(labels, "L").save(out_dir / "masks" / name)
+        if masks:
+            labels = np.zeros((size[1], size[0]), dtype=np.uint8)
+            for k, obj in enumerate(objects, 1):
+                labels[obj.mask] = k
+            Image.fromarray(labels, "L").save(out_dir / "masks" / name)
         images.append({"id": image_id, "file_name": name})
         annotations.append({"id": image_id, "image_id": image_id, "caption": describe(objects)})
         scenes[name] = [{"shape": o.shape, "color": o.color, "box": list(o.box)} for o in objects]

@@ -16,11 +16,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hw3core.checkpoints import load_checkpoint  # noqa: E402
 from hw3core.errors import at_least, run_cli  # noqa: E402
+from hw3core.runtime import pick_device  # noqa: E402
+from p2 import inference  # noqa: E402
+from p2.data import make_scene_set  # noqa: E402
+from p2.engine import SCENE_RECIPE, fit  # noqa: E402
+from p2.metrics import words  # noqa: E402
+from p2.train import parse_args  # noqa: E402
 
-# Shapes are learnt only after about 12,000 to 20,000 training images, at a point that varies
-# from run to run (bench/RESULTS.md). On a CPU the demo stops at 16,000 to stay near five
-# minutes; a GPU, about seven times faster even with the demo's one loader worker, affords 30,000.
+# The demo's captioner has no encoder: the decoder reads the backbone's features directly, which
+# learns the shapes after about 8,000 to 12,000 training images instead of the 12,000 to 20,000
+# of the encoder's recipe (bench/RESULTS.md), at 15% less time per step. bench/p2_attention.py
+# keeps the encoder, whose maps localise better.
+DEMO_RECIPE = (*SCENE_RECIPE, "--enc-layers", "0")
 TRAINING_SIZE = {"cpu": (2000, 8), "cuda": (3000, 10)}  # (scenes, epochs)
 
 
@@ -28,16 +37,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="folder for the data, run and figures")
     p.add_argument("--epochs", type=at_least(1), default=None,
-                   help="8 on a CPU (about 40 s each on 2 cores with 2,000 scenes), 10 on a GPU")
+                   help="8 on a CPU, 10 on a GPU")
     p.add_argument("--train-scenes", type=at_least(1), default=None, help="2,000 on a CPU, 3,000 on a GPU")
     p.add_argument("--show", type=at_least(1), default=4, help="held-out scenes captioned by hw3_2.sh")
+    p.add_argument("--seed", type=int, default=0, help="of the training run (%(default)s)")
     args = p.parse_args(argv)
-    from hw3core.checkpoints import load_checkpoint
-    from hw3core.runtime import pick_device
-    from p2.data import make_scene_set
-    from p2.engine import SCENE_RECIPE, fit
-    from p2.metrics import words
-    from p2.train import parse_args
 
     scenes_default, epochs_default = TRAINING_SIZE[pick_device().type]
     if args.train_scenes is None:
@@ -56,19 +60,16 @@ def main(argv=None):
         "--train-json", str(scenes / "train" / "captions.json"),
         "--train-dir", str(scenes / "train" / "images"),
         "--val-json", str(scenes / "val" / "captions.json"),
-        "--val-dir", str(scenes / "val" / "images"), "--out", str(run), *SCENE_RECIPE,
-        "--epochs", str(args.epochs), "--workers", "1"]))
+        "--val-dir", str(scenes / "val" / "images"), "--out", str(run), *DEMO_RECIPE,
+        "--epochs", str(args.epochs), "--workers", "0", "--seed", str(args.seed)]))
     print("3/3 captioning the held-out scenes with hw3_2.sh", flush=True)
     figures = out / "p2_figures"
-    # hw3_2.sh runs `python3`: make that the interpreter running this demo (a venv's, say)
-    env = dict(os.environ, HW3_P2_CKPT=str(run / "best.pt"),
-               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(os.environ, HW3_P2_CKPT=str(run / "best.pt"), PYTHON=sys.executable)
     subprocess.run(["bash", str(ROOT / "hw3_2.sh"), str(scenes / "heldout" / "images"),
                     str(figures)], env=env, check=True)
     # the same checkpoint through inference.py, for the caption texts to compare
-    subprocess.run([sys.executable, str(ROOT / "p2" / "inference.py"), "--images",
-                    str(scenes / "heldout" / "images"), "--out", str(out / "p2_captions.jsonl"),
-                    "--max-len", "32"], env=env, check=True)
+    inference.main(["--images", str(scenes / "heldout" / "images"), "--checkpoint",
+                    str(run / "best.pt"), "--out", str(out / "p2_captions.jsonl"), "--max-len", "32"])
     content = json.loads((scenes / "heldout" / "captions.json").read_text())
     truth = {entry["file_name"]: a["caption"] for entry in content["images"]
              for a in content["annotations"] if a["image_id"] == entry["id"]}

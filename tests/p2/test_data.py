@@ -15,7 +15,7 @@ from p2.tokenizer import PAD_ID, CaptionTokenizer
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scenes")
-    return folder, make_scene_set(folder, 40, seed=3)
+    return folder, make_scene_set(folder, 40, seed=3, masks=True)
 
 
 def test_every_caption_word_is_one_word_piece():
