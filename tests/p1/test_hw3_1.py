@@ -1,4 +1,5 @@
-"""hw3_1.sh end to end, as the course contract states it."""
+"""hw3_1.sh end to end, as the course contract states it. The shell wrapper itself runs in a few
+tests; the rest call p1/inference.py's main in this process, which is what the wrapper runs."""
 import shutil
 import subprocess
 
@@ -6,8 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, script_env
-from p1.model import build_model, make_arch
+from tests.conftest import ROOT, run_entry_point, script_env
+from hw3core.images import list_images
+from hw3core.runtime import pick_device
+from p1 import inference
+from p1.engine import predict_files
+from p1.model import build_model, load_classifier, make_arch
 
 AWKWARD_NAMES = ["dog.jpg", "1.jpg", "My Cat.PNG", "é chat, 2.jpeg", "0_0.jpg", "Zebra.png",
                  "whatever.png"]
@@ -53,27 +58,35 @@ def test_csv_follows_the_contract(awkward_folder, trained_tiny, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["pred.csv"]  # no temporary left behind
 
 
-def test_predictions_match_the_labels_of_the_images(shapes_data, trained_tiny, tmp_path):
+def test_csv_holds_the_models_prediction_for_every_image(shapes_data, trained_tiny, tmp_path,
+                                                         capsys):
     out = tmp_path / "pred.csv"
-    assert run_hw3_1(shapes_data[1], out, trained_tiny / "best.pt").returncode == 0
+    status, _, _ = run_entry_point(inference.main, ["--images", shapes_data[1], "--out", out,
+                                                    "--checkpoint", trained_tiny / "best.pt"], capsys)
+    assert status == 0
+    model, preprocess, class_names = load_classifier(trained_tiny / "best.pt")
+    paths = list_images(shapes_data[1])
+    expected = predict_files(model, preprocess, paths, pick_device("cpu"), batch_size=7, workers=0)
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
-    assert len(rows) == 200
-    accuracy = sum(name.split("_")[0] == label for name, label in rows) / len(rows)
-    assert accuracy >= 0.85
+    assert rows == [[path.name, class_names[expected[path]]] for path in paths]
+    assert len(rows) == 200 and len({label for _, label in rows}) > 1
 
 
-def test_bare_state_dict_predicts_model_class_ids(awkward_folder, tmp_path):
+def test_bare_state_dict_predicts_model_class_ids(awkward_folder, tmp_path, capsys):
     model = build_model(make_arch("tiny", 7, (32, 32)))
     torch.save(model.state_dict(), tmp_path / "bare.pth")
-    run = run_hw3_1(awkward_folder, tmp_path / "p.csv", tmp_path / "bare.pth")
-    assert run.returncode == 0, run.stderr
-    labels = {line.split(",")[-1] for line in (tmp_path / "p.csv").read_text().splitlines()[1:]}
-    assert labels <= {str(i) for i in range(7)}
+    status, _, err = run_entry_point(inference.main, ["--images", awkward_folder, "--out",
+                                                      tmp_path / "p.csv", "--checkpoint",
+                                                      tmp_path / "bare.pth"], capsys)
+    assert status == 0, err
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(AWKWARD_NAMES)
+    assert {row.rsplit(",", 1)[-1] for row in rows} <= {str(i) for i in range(7)}
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing folder", "missing checkpoint",
-                                  "wrong checkpoint", "no arguments"])
-def test_bad_calls_fail_with_one_clear_line(case, tmp_path, trained_tiny, awkward_folder):
+                                  "wrong checkpoint"])
+def test_bad_calls_fail_with_one_clear_line(case, tmp_path, trained_tiny, awkward_folder, capsys):
     images, checkpoint = awkward_folder, trained_tiny / "best.pt"
     if case == "empty folder":
         images = tmp_path / "empty"
@@ -87,12 +100,23 @@ def test_bad_calls_fail_with_one_clear_line(case, tmp_path, trained_tiny, awkwar
         checkpoint = tmp_path / "wrong.pt"
         checkpoint.write_text("hello")
     out = tmp_path / "out.csv"
-    if case == "no arguments":
-        run = subprocess.run(["bash", str(ROOT / "hw3_1.sh")], env=script_env(),
-                             capture_output=True, text=True)
-    else:
-        run = run_hw3_1(images, out, checkpoint)
-    assert run.returncode != 0
-    message = run.stderr.strip().splitlines()
-    assert len(message) == 1 and ("error" in message[0] or "usage" in message[0]), run.stderr
+    status, _, err = run_entry_point(inference.main, ["--images", images, "--out", out,
+                                                      "--checkpoint", checkpoint], capsys)
+    assert status == 2
+    message = err.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith("error: "), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("arguments", [[], ["only_one"]])
+def test_the_wrapper_wants_two_arguments(arguments):
+    run = subprocess.run(["bash", str(ROOT / "hw3_1.sh"), *arguments], env=script_env(),
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr == "usage: bash hw3_1.sh IMAGE_DIR OUTPUT.csv\n"
+
+
+def test_the_wrapper_passes_errors_through_as_status_2(tmp_path, trained_tiny):
+    run = run_hw3_1(tmp_path / "nope", tmp_path / "out.csv", trained_tiny / "best.pt")
+    assert run.returncode == 2
+    assert run.stderr == f"error: not a folder: {tmp_path / 'nope'}\n"

@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import ROOT, script_env, tiny_args
 from hw3core.checkpoints import load_checkpoint
+from p1 import export
 from p1.data import make_shapes_set
 from p1.engine import fit
 from p1.train import parse_args
@@ -17,8 +18,11 @@ import p1.engine
 def test_tiny_preset_learns_the_synthetic_set(trained_tiny):
     history = [json.loads(line) for line in (trained_tiny / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert max(h["val_acc"] for h in history) >= 0.9
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # 3.2 times chance (4 classes). bench/sweep_learned.py (5 seeds x 1 and 2 threads x plain
+    # and native kernels): best val acc 0.92 at the lowest, 0.956 on average; the last epoch's
+    # train loss is at most 0.47 of the first's.
+    assert max(h["val_acc"] for h in history) >= 0.8
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     best = load_checkpoint(trained_tiny / "best.pt")
     assert best["val_acc"] == max(h["val_acc"] for h in history)
     assert best["class_names"] == ["0", "1", "2", "3"]
@@ -80,7 +84,7 @@ def test_torchrun_two_processes_write_one_checkpoint(shapes_data, tmp_path):
     last = load_checkpoint(tmp_path / "last.pt")
     assert len(last["rng"]) == 2  # each rank's generators, for an exact resume
     (metrics,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert metrics["images"] == 600 and metrics["val_images"] == 200  # no image dropped or doubled
+    assert metrics["images"] == 1200 and metrics["val_images"] == 200  # no image dropped or doubled
 
 
 def test_fine_tuned_b16_exports_back_to_pytorch_pretrained_vit(tmp_path):
@@ -91,10 +95,7 @@ def test_fine_tuned_b16_exports_back_to_pytorch_pretrained_vit(tmp_path):
     fit(tiny_args(tmp_path / "data", tmp_path / "data", tmp_path / "run", "--model",
                   "B_16_imagenet1k", "--epochs", "1", "--batch-size", "4",
                   "--pretrained", str(tmp_path / "B_16_imagenet1k.pth")))
-    export = subprocess.run([sys.executable, str(ROOT / "p1" / "export.py"), "--checkpoint",
-                             str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "v.pth")],
-                            capture_output=True, text=True)
-    assert export.returncode == 0, export.stderr
+    export.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "v.pth")])
     classes = load_checkpoint(tmp_path / "run" / "best.pt")["class_names"]
     theirs = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False,
                                         num_classes=len(classes), image_size=32)

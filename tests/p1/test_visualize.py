@@ -1,23 +1,24 @@
 """p1/visualize.py end to end: figures, .npy maps, unreadable files, and one-line errors."""
-import subprocess
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import run_entry_point
+from p1 import visualize
 from p1.data import make_shapes_set
 from p1.model import CHECKPOINT_FORMAT, build_model, make_arch
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "p1" / "visualize.py"
 
-
-def run(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+@pytest.fixture
+def run(capsys):
+    """p1/visualize.py with these arguments, in this process: its status, stdout and stderr."""
+    def call(*args):
+        status, out, err = run_entry_point(visualize.main, args, capsys)
+        return SimpleNamespace(returncode=status, stdout=out, stderr=err)
+    return call
 
 
 def save_train_checkpoint(path, image_size):
@@ -48,7 +49,7 @@ def good_stems(root):
     return sorted(p.stem for p in (root / "images").glob("*.png"))
 
 
-def test_attention_folder_with_npy_and_a_bad_file(setup):
+def test_attention_folder_with_npy_and_a_bad_file(setup, run):
     out = setup["root"] / "new" / "nested" / "maps"
     result = run("attention", "--checkpoint", setup["square"], "--images",
                  setup["root"] / "images", "--out", out, "--save-npy", "--batch-size", "2")
@@ -64,7 +65,7 @@ def test_attention_folder_with_npy_and_a_bad_file(setup):
             assert img.format == "PNG" and img.width > 2 * img.height
 
 
-def test_attention_all_heads_on_a_non_square_grid(setup):
+def test_attention_all_heads_on_a_non_square_grid(setup, run):
     out = setup["root"] / "heads"
     first = sorted((setup["root"] / "images").glob("*.png"))[0]
     result = run("attention", "--checkpoint", setup["wide"], "--images", first, "--out", out,
@@ -74,7 +75,7 @@ def test_attention_all_heads_on_a_non_square_grid(setup):
     assert (out / f"{first.stem}.png").is_file()
 
 
-def test_rollout_on_a_file_list(setup):
+def test_rollout_on_a_file_list(setup, run):
     out = setup["root"] / "rollout"
     files = sorted((setup["root"] / "images").glob("*.png"))[:2]
     result = run("attention", "--checkpoint", setup["wide"], "--images", *files, "--out", out,
@@ -84,7 +85,7 @@ def test_rollout_on_a_file_list(setup):
         assert np.load(out / f"{path.stem}.npy").shape == (8, 12)
 
 
-def test_posemb_figure(setup):
+def test_posemb_figure(setup, run):
     out = setup["root"] / "figs" / "posemb.png"
     result = run("posemb", "--checkpoint", setup["wide"], "--out", out)
     assert result.returncode == 0, result.stderr
@@ -93,7 +94,7 @@ def test_posemb_figure(setup):
 
 
 @pytest.mark.parametrize("problem", ["missing checkpoint", "empty folder", "bad layer"])
-def test_user_errors_are_one_line(setup, problem):
+def test_user_errors_are_one_line(setup, problem, run):
     empty = setup["root"] / "empty"
     empty.mkdir(exist_ok=True)
     checkpoint = setup["root"] / "nope.pt" if problem == "missing checkpoint" else setup["square"]

@@ -1,4 +1,5 @@
 """Decoding with a small random CATR: fast paths against CATR's own loop, batching, beams, maps."""
+import itertools
 import math
 
 import numpy as np
@@ -6,8 +7,11 @@ import pytest
 import torch
 
 from hw3core.errors import UserError
-from p2.decode import caption_images, pad_batch, preprocess, reference_greedy, resize_for_catr
-from p2.model import EncodedImages
+from PIL import ImageOps
+
+from p2.decode import (beam_search, caption_images, encode_images, greedy_search, pad_batch,
+                       preprocess, reference_greedy, resize_for_catr)
+from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import sample_photos, small_model
 
@@ -85,10 +89,18 @@ def test_stops_at_end_token_and_at_max_len(images):
         assert len(result.tokens) == 6 and END_ID not in result.tokens
 
 
-def test_beam_one_is_greedy_and_beams_are_valid(model, images):
-    greedy = caption_images(model, images, max_len=7, attention_layer=-1)
-    beam_one = caption_images(model, images, max_len=7, beam=1, attention_layer=-1)
-    assert [r.tokens for r in beam_one] == [r.tokens for r in greedy]
+def test_a_beam_of_one_finds_the_greedy_caption(model, images):
+    # beam_search itself, not caption_images, which hands beam=1 to greedy_search
+    with torch.inference_mode():
+        encoded = encode_images(model, images)
+        greedy = greedy_search(model, encoded, 7, attention_layer=1)
+        beam_one = beam_search(model, encoded, 7, attention_layer=1, beam=1)
+    assert beam_one[0] == greedy[0]
+    for ours, theirs in zip(beam_one[1], greedy[1]):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_beams_are_valid(model, images):
     for result in caption_images(model, images, max_len=7, beam=3, attention_layer=-1):
         assert result.tokens[0] == START_ID and 2 <= len(result.tokens) <= 7
         assert result.attention.shape[0] == len(result.tokens) - 1
@@ -109,3 +121,74 @@ def test_maps_are_each_images_own_grid_and_rows_sum_to_one(model, images):
 def test_bad_options_are_user_errors(model, images, options):
     with pytest.raises(UserError):
         caption_images(model, images[:1], **options)
+
+
+WORDS = [1037, 2417, 4418]  # a, red, circle
+
+
+@pytest.fixture(scope="module")
+def three_word_model():
+    """A small captioner that can say three words and [SEP]."""
+    full = small_model(seed=1)
+    restricted = build_model({**full.config, "output_tokens": sorted([END_ID, *WORDS])})
+    restricted.load_state_dict(full.state_dict())
+    return restricted
+
+
+def every_caption(max_len):
+    """Every caption of WORDS a search can return within ``max_len`` positions, [CLS] first."""
+    ended = [[START_ID, *middle, END_ID] for length in range(max_len - 1)
+             for middle in itertools.product(WORDS, repeat=length)]
+    return ended + [[START_ID, *words] for words in itertools.product(WORDS, repeat=max_len - 1)]
+
+
+def teacher_forced(model, encoded, caption, layer):
+    """(mean log-probability of the generated tokens, the README's ranking; that layer's
+    attention rows averaged over heads, (generated tokens, h, w)) for one encoded image."""
+    with torch.inference_mode():
+        logits, weights = model.decode(model.start_decoding(encoded), torch.tensor([caption[:-1]]),
+                                       attention_layer=layer)
+    log_probs = logits[0].log_softmax(-1)
+    generated = caption[1:]
+    score = sum(log_probs[i, token].item() for i, token in enumerate(generated)) / len(generated)
+    height, width = encoded.grid_sizes()[0]
+    return score, weights[0].mean(0).unflatten(-1, (height, width)).numpy()
+
+
+def test_a_beam_as_wide_as_the_search_space_returns_the_best_caption_and_its_maps(
+        three_word_model, images):
+    captions = every_caption(max_len=4)
+    assert len(captions) == 40
+    for image in images:
+        with torch.inference_mode():
+            encoded = encode_images(three_word_model, [image])
+        scored = [teacher_forced(three_word_model, encoded, c, layer=1) for c in captions]
+        order = sorted(range(len(captions)), key=lambda i: scored[i][0], reverse=True)
+        assert scored[order[0]][0] - scored[order[1]][0] > 1e-4  # one clear best
+        (result,) = caption_images(three_word_model, [image], max_len=4, beam=len(captions),
+                                   attention_layer=1)
+        assert result.tokens == captions[order[0]]
+        np.testing.assert_allclose(result.attention, scored[order[0]][1], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mixed_images():
+    """Two pairs of same-size images (they share one backbone pass) and one of its own size."""
+    photos = sample_photos()
+    return [preprocess(photo) for photo in (
+        photos["wide"], ImageOps.mirror(photos["wide"]), photos["tall"], photos["square"],
+        ImageOps.flip(photos["square"]))]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_caption_and_its_maps_do_not_depend_on_the_images_batched_with_it(mixed_images, beam):
+    # [SEP] made about as likely as a word: captions end at different steps, so rows of the
+    # batch finish while others go on
+    model = small_model(seed=0, end_bias=0.3)
+    batched = caption_images(model, mixed_images, max_len=10, beam=beam, attention_layer=-1)
+    lengths = [len(result.tokens) for result in batched]
+    assert len(set(lengths)) > 1 and min(lengths) < 10
+    for image, result in zip(mixed_images, batched):
+        (alone,) = caption_images(model, [image], max_len=10, beam=beam, attention_layer=-1)
+        assert result.tokens == alone.tokens
+        np.testing.assert_allclose(result.attention, alone.attention, atol=1e-5)

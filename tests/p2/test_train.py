@@ -14,6 +14,7 @@ from p2.model import load_captioner
 from p2.tokenizer import CaptionTokenizer
 from p2.train import parse_args
 import p2.engine
+from tests.conftest import TEST_SEED
 
 # a very small captioner; the images are still resized to CATR's 299 pixels
 TINY = ["--config", "small", "--hidden-dim", "32", "--nheads", "2", "--enc-layers", "1",
@@ -22,7 +23,10 @@ TINY = ["--config", "small", "--hidden-dim", "32", "--nheads", "2", "--enc-layer
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("p2_scenes")
+    return make_scenes(tmp_path_factory.mktemp("p2_scenes"))
+
+
+def make_scenes(root):
     make_scene_set(root / "train", 8, seed=1, size=(64, 32))
     make_scene_set(root / "val", 4, seed=2, start_id=100, size=(64, 32))
     return root
@@ -35,7 +39,8 @@ def train_args(scenes, out, *extra, architecture=TINY):
         "--val-json", str(scenes / "val" / "captions.json"),
         "--val-dir", str(scenes / "val" / "images"), "--out", str(out), *architecture,
         "--epochs", "2", "--batch-size", "4", "--workers", "0", "--max-len", "12",
-        "--lr", "2e-3", "--lr-backbone", "1e-4", "--device", "cpu", *extra])
+        "--lr", "2e-3", "--lr-backbone", "1e-4", "--device", "cpu", "--seed", str(TEST_SEED),
+        *extra])
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,10 @@ def straight_run(scenes, tmp_path_factory):
 def test_training_lowers_the_loss_and_writes_the_run(straight_run):
     history = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
-    assert history[1]["train_loss"] < history[0]["train_loss"]
-    assert history[1]["val_loss"] < history[0]["val_loss"]
+    # bench/sweep_learned.py (5 seeds x 1 and 2 threads x plain and native kernels): the second
+    # epoch's loss is at most 0.81 of the first's for training, 0.66 for validation
+    assert history[1]["train_loss"] < 0.95 * history[0]["train_loss"]
+    assert history[1]["val_loss"] < 0.9 * history[0]["val_loss"]
     for key in ("val_bleu4", "val_cider", "val_exact", "images_per_s"):
         assert key in history[0]
     best = load_checkpoint(straight_run / "best.pt")

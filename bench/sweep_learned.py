@@ -1,0 +1,108 @@
+"""Rerun the training of every test that asserts a learned quality, over seeds, thread counts and
+CPU kernels, and print each measure's lowest value beside the test's bar.
+
+Another CPU computes other floats (other vector kernels, another order of sums), so a bar must
+hold with margin over what these runs give, not just over one machine's run:
+    python bench/sweep_learned.py [--seeds 5] [--threads 1 2] [--out bench/results/sweep_learned.json]
+Each run is a fresh process with HW3_TEST_SEED, the thread count and ATEN_CPU_CAPABILITY set
+(default: the plain kernels; native: this CPU's widest); the tests read HW3_TEST_SEED.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (measure, the test that asserts it, its bar, whether higher is better)
+MEASURES = {
+    "p1_tiny_best_val_acc": ("tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set",
+                             0.9, True),
+    "p1_tiny_last_over_first_train_loss": (
+        "tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set", 1.0, False),
+    "p2_second_over_first_train_loss": (
+        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 1.0, False),
+    "p2_second_over_first_val_loss": (
+        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 1.0, False),
+}
+
+
+def measure_once():
+    """The measures of one run, in this process (its seed and threads come from the caller)."""
+    from p1.engine import fit as fit_p1
+    from p2.engine import fit as fit_p2
+    from tests.conftest import make_shapes_data, tiny_args
+    from tests.p2.test_train import make_scenes, train_args
+
+    def history(out):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "shapes").mkdir()
+        fit_p1(tiny_args(*make_shapes_data(tmp / "shapes"), tmp / "p1"))
+        p1 = history(tmp / "p1")
+        fit_p2(train_args(make_scenes(tmp / "scenes"), tmp / "p2"))
+        p2 = history(tmp / "p2")
+    return {"p1_tiny_best_val_acc": max(h["val_acc"] for h in p1),
+            "p1_tiny_last_over_first_train_loss": p1[-1]["train_loss"] / p1[0]["train_loss"],
+            "p2_second_over_first_train_loss": p2[1]["train_loss"] / p2[0]["train_loss"],
+            "p2_second_over_first_val_loss": p2[1]["val_loss"] / p2[0]["val_loss"]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (%(default)s)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--kernels", nargs="+", default=["default", "native"])
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_learned.json"))
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.one:
+        print(json.dumps(measure_once()))
+        return
+    runs = []
+    for seed in range(args.seeds):
+        for threads in args.threads:
+            for kernel in args.kernels:
+                env = dict(os.environ, HW3_TEST_SEED=str(seed), OMP_NUM_THREADS=str(threads))
+                env.pop("ATEN_CPU_CAPABILITY", None)
+                if kernel != "native":
+                    env["ATEN_CPU_CAPABILITY"] = kernel
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, __file__, "--one"], env=env, cwd=ROOT,
+                                      capture_output=True, text=True, check=True)
+                values = json.loads(done.stdout.strip().splitlines()[-1])
+                runs.append({"seed": seed, "threads": threads, "kernel": kernel,
+                             "seconds": round(time.perf_counter() - start, 1), **values})
+                print(json.dumps(runs[-1]), flush=True)
+    print(f"\n{len(runs)} runs: seeds 0..{args.seeds - 1}, threads {args.threads}, kernels "
+          f"{args.kernels}\n")
+    print("| measure | test | bar | worst of the runs | mean |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, (test, bar, higher) in MEASURES.items():
+        values = [run[name] for run in runs]
+        worst = min(values) if higher else max(values)
+        print(f"| {name} | `{test}` | {'>=' if higher else '<'} {bar} | {worst:.4f} | "
+              f"{sum(values) / len(values):.4f} |")
+    import torch
+    from bench.measure import machine
+    result = {"what": "learned-quality test sweep", "date": datetime.now(timezone.utc).isoformat(),
+              "machine": machine(), "cores": len(os.sched_getaffinity(0)),
+              "native_kernel": torch.backends.cpu.get_cpu_capability(),
+              "bars": {name: {"test": test, "bar": bar, "higher_is_better": higher}
+                       for name, (test, bar, higher) in MEASURES.items()},
+              "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
