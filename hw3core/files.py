@@ -1,8 +1,48 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+Files get the permissions an ordinary open() gives under the user's umask. A destination that
+cannot be written is a UserError (one line), found before any work where the caller checks first.
+"""
 import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import UserError
+
+
+def _umask():
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def _cannot_write(where, err):
+    return UserError(f"cannot write {where}: {err.strerror or err}")
+
+
+def require_writable_folder(folder):
+    """Create ``folder`` (and its parents) and check that a file can be written in it."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot write {folder}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise _cannot_write(folder, err) from None
+    return folder
+
+
+def require_writable_file(path):
+    """Check that ``path`` can be written as a file (its folder is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give the path of the file to write")
+    require_writable_folder(path.parent)
+    return path
 
 
 @contextlib.contextmanager
@@ -10,15 +50,24 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The parent folder is created. The temporary file sits in the same folder so the final rename
-    never crosses file systems.
+    never crosses file systems; it is removed whatever happens. An OSError (full disk, no
+    permission, a folder in the way) becomes a UserError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give the path of the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _cannot_write(path, err) from None
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files, and rename keeps the mode
         os.replace(tmp, path)
+    except OSError as err:
+        raise _cannot_write(path, err) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

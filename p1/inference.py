@@ -35,13 +35,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from hw3core.files import write_text_atomic
+    from hw3core.files import require_writable_file, write_text_atomic
     from hw3core.images import require_images
     from hw3core.runtime import pick_device
     from p1.engine import predict_files
     from p1.model import load_classifier
 
     paths = require_images(args.images)
+    require_writable_file(args.out)  # before minutes of prediction, not after
     model, preprocess, class_names = load_classifier(args.checkpoint)
     predictions = predict_files(model, preprocess, paths, pick_device(args.device),
                                 args.batch_size, args.workers)

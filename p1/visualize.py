@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
 from hw3core.figures import overlay_heatmap, plt, save_figure, show_image  # noqa: E402
-from hw3core.files import atomic_path  # noqa: E402
+from hw3core.files import atomic_path, require_writable_file, require_writable_folder  # noqa: E402
 from hw3core.images import (ImageFileDataset, collate_skip, require_distinct_stems,  # noqa: E402
                             require_images)
 from hw3core.runtime import pick_device  # noqa: E402
@@ -74,6 +74,7 @@ def plot_position_similarity(similarity, title):
 
 
 def run_posemb(args):
+    require_writable_file(args.out)
     model, _, _ = load_classifier(args.checkpoint)
     similarity = position_similarity(model).numpy()
     rows, cols = similarity.shape[:2]
@@ -186,13 +187,12 @@ def run_attention(args):
     if args.method == "rollout" and args.layer is not None:
         raise UserError("rollout runs through all layers: --layer needs --method last")
     paths = collect_images(args.images)
+    out = require_writable_folder(args.out)
     model, preprocess, class_names = load_classifier(args.checkpoint)
     depth = len(model.blocks)
     block = as_block_index(-1 if args.layer is None else args.layer, model)
     device = pick_device(args.device)
     model.to(device).eval()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     dataset = ImageFileDataset(paths, eval_transform(
         preprocess["image_size"], preprocess["mean"], preprocess["std"]))
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, collate_fn=collate_skip)

@@ -33,7 +33,8 @@ def resize_for_catr(image, side=LONGER_SIDE):
     """Scale a PIL image so that its longer side is ``side`` pixels (CATR: 299), keeping the
     aspect ratio."""
     scale = side / max(image.size)
-    size = (int(image.width * scale), int(image.height * scale))
+    # at least one pixel: a 3,000 x 10 image would otherwise shrink to 299 x 0
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
     # Pillow's default for Image.resize, named so that a change of default cannot change captions
     return image.resize(size, Image.Resampling.BICUBIC)
 

@@ -33,15 +33,13 @@ def add_captioning_args(p):
 
 
 def load_for_captioning(args):
-    """(model on its device, image paths, tokenizer) for parsed captioning arguments."""
-    from hw3core.images import require_images
+    """(model on its device, tokenizer) for parsed captioning arguments."""
     from hw3core.runtime import pick_device
     from p2.model import load_captioner
     from p2.tokenizer import CaptionTokenizer
 
-    paths = require_images(args.images)
     model, _ = load_captioner(args.checkpoint)
-    return model.to(pick_device(args.device)), paths, CaptionTokenizer()
+    return model.to(pick_device(args.device)), CaptionTokenizer()
 
 
 def parse_args(argv=None):
@@ -53,10 +51,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from hw3core.files import write_text_atomic
+    from hw3core.files import require_writable_file, write_text_atomic
+    from hw3core.images import require_images
     from p2.decode import caption_folder
 
-    model, paths, tokenizer = load_for_captioning(args)
+    paths = require_images(args.images)
+    require_writable_file(args.out)  # before the captioning, not after
+    model, tokenizer = load_for_captioning(args)
     lines = [json.dumps({"file": path.name, "caption": tokenizer.decode(result.tokens),
                          "tokens": result.tokens}, ensure_ascii=False)
              for path, _, result in caption_folder(model, paths, args.batch_size, beam=args.beam,

@@ -93,15 +93,16 @@ def main(argv=None):
     import numpy as np
 
     from hw3core.figures import save_figure
-    from hw3core.files import atomic_path
-    from hw3core.images import require_distinct_stems
+    from hw3core.files import atomic_path, require_writable_folder
+    from hw3core.images import require_distinct_stems, require_images
     from p2.decode import caption_folder
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
     warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-    model, paths, tokenizer = load_for_captioning(args)
+    paths = require_images(args.images)
     require_distinct_stems(paths)
-    out = Path(args.out)
+    out = require_writable_folder(args.out)  # before the captioning, not after
+    model, tokenizer = load_for_captioning(args)
     per_head = args.heads == "all"
     written = 0
     for path, image, result in caption_folder(model, paths, args.batch_size, beam=args.beam,

@@ -120,3 +120,21 @@ def test_the_wrapper_passes_errors_through_as_status_2(tmp_path, trained_tiny):
     run = run_hw3_1(tmp_path / "nope", tmp_path / "out.csv", trained_tiny / "best.pt")
     assert run.returncode == 2
     assert run.stderr == f"error: not a folder: {tmp_path / 'nope'}\n"
+
+
+@pytest.mark.parametrize("destination", ["an existing folder", "a path through a file"])
+def test_an_unwritable_csv_path_is_refused_before_any_work(destination, awkward_folder,
+                                                          trained_tiny, tmp_path, capsys,
+                                                          monkeypatch):
+    out = tmp_path
+    if destination == "a path through a file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "pred.csv"
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded before the destination was checked")
+    monkeypatch.setattr("p1.model.load_classifier", no_model)
+    status, _, err = run_entry_point(inference.main, ["--images", awkward_folder, "--out", out,
+                                                      "--checkpoint", trained_tiny / "best.pt"],
+                                     capsys)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("error: "), err

@@ -108,3 +108,34 @@ def test_images_that_would_share_a_figure_are_refused(checkpoints, tmp_path, cap
     message = capsys.readouterr().err
     assert "bike.jpg" in message and "bike.png" in message and message.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_images_of_extreme_shapes_are_captioned_not_skipped(checkpoints, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (3000, 10), "red").save(images / "wide strip.png")
+    Image.new("RGB", (10, 3000), "blue").save(images / "tall strip.jpg")
+    Image.new("RGB", (1, 1), "green").save(images / "dot.png")
+    visualize.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(images),
+                    "--out", str(tmp_path / "out"), "--max-len", "3", "--save-npy"])
+    # 299 x 1 and 1 x 299 pixels after resizing, never 0: one row or column of cells
+    assert np.load(tmp_path / "out" / "wide strip.npy").shape == (2, 1, 10)
+    assert np.load(tmp_path / "out" / "tall strip.npy").shape == (2, 10, 1)
+    assert (tmp_path / "out" / "dot.png").is_file()
+
+
+def test_an_unwritable_output_is_refused_before_the_model_loads(checkpoints, photo_dir, tmp_path,
+                                                                monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded before the destination was checked")
+    monkeypatch.setattr("p2.model.load_captioner", no_model)
+    for main, out in ((visualize.main, tmp_path / "file" / "figures"),
+                      (inference.main, tmp_path)):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, ["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
+                           "--out", str(out)])
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err
+        assert message.startswith("error: ") and message.count("\n") == 1, message
