@@ -1,7 +1,9 @@
 """hw3_download.sh against a local HTTP server on 127.0.0.1."""
 import functools
+import hashlib
 import http.server
 import shutil
+import stat
 import subprocess
 import threading
 
@@ -28,8 +30,9 @@ def server(tmp_path):
     httpd.shutdown()
 
 
-def download(dest, **urls):
-    return subprocess.run(["bash", str(ROOT / "hw3_download.sh")],
+def download(dest, *args, **urls):
+    return subprocess.run(["bash", "-c", 'umask 022 && exec bash "$0" "$@"',
+                           str(ROOT / "hw3_download.sh"), *args],
                           env=script_env(HW3_CKPT_DIR=str(dest), **urls),
                           capture_output=True, text=True, timeout=120)
 
@@ -47,6 +50,14 @@ def test_downloads_verifies_and_skips_present_files(server, tmp_path):
                                                        "p1_vit.pt"]
     assert torch.equal(torch.load(dest / "catr_v3.pth", weights_only=True)["model"]["w"],
                        torch.zeros(2))
+    catr = dest / "catr_v3.pth"
+    assert stat.S_IMODE(catr.stat().st_mode) == 0o644  # as an ordinary file under umask 022
+    digest = hashlib.sha256(catr.read_bytes()).hexdigest()
+    assert f"{catr}: {catr.stat().st_size} bytes, sha256 {digest}" in run.stdout
+    check = download(dest, "--check")
+    assert check.returncode == 0 and f"sha256 {digest}" in check.stdout
+    catr.write_bytes(catr.read_bytes()[:100])  # damaged after the download
+    assert download(dest, "--check").returncode != 0
     (served / "vit.pth").unlink()  # present files are not fetched again
     again = download(dest, **urls)
     assert again.returncode == 0 and again.stdout.count("have ") == 3
@@ -62,3 +73,16 @@ def test_broken_or_missing_downloads_leave_nothing(server, tmp_path):
     assert list(dest.iterdir()) == []
     assert f"{url}/broken.pth" in run.stderr and str(dest / "B_16_imagenet1k.pth") in run.stderr
     assert f"{url}/absent.pth" in run.stderr and str(dest / "catr_v3.pth") in run.stderr
+
+
+def test_a_python_without_torch_is_told_apart_from_a_bad_file(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # `import torch` fails
+    fake.chmod(0o755)
+    run = subprocess.run(["bash", str(ROOT / "hw3_download.sh")],
+                         env=script_env(HW3_CKPT_DIR=str(tmp_path / "c"), PYTHON=str(fake)),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr == (f"error: torch is not importable with {fake} (activate the project's "
+                          "venv, or set PYTHON)\n")
+    assert not (tmp_path / "c").exists()
