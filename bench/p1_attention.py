@@ -116,9 +116,10 @@ def run(args, work):
     make_shapes_set(work / "heldout", args.heldout, image_side, seed=args.seed + 2,
                     start_id=args.train + 200)
     train_args = parse_train_args([
-        "--model", "tiny", "--train-dir", str(work / "train"), "--val-dir", str(work / "val"),
+        "--model", "tiny", "--pretrained", "none", "--train-dir", str(work / "train"),
+        "--val-dir", str(work / "val"),
         "--out", str(work / "run"), "--epochs", str(args.epochs), "--batch-size", "32",
-        "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--workers", "2",
+        "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--workers", "0",
         "--augment", "none", "--min-crop", str(args.min_crop), "--drop-path", "0",
         "--seed", str(args.seed)])
     start = time.perf_counter()

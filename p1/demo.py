@@ -34,7 +34,7 @@ def main(argv=None):
     make_shapes_set(out / "shapes" / "val", 400, seed=2, start_id=1_000_000)
     print("2/3 fine-tuning the tiny ViT preset", flush=True)
     fit(parse_args([
-        "--model", "tiny", "--train-dir", str(out / "shapes" / "train"),
+        "--model", "tiny", "--pretrained", "none", "--train-dir", str(out / "shapes" / "train"),
         "--val-dir", str(out / "shapes" / "val"), "--out", str(out / "p1_run"),
         "--epochs", str(args.epochs), "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3",
         "--weight-decay", "0.05", "--augment", "none", "--min-crop", "0.8", "--drop-path", "0",

@@ -6,13 +6,20 @@
     python p1/train.py ... --resume runs/vit/last.pt  # the same command continues a run
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from hw3core.errors import at_least, run_cli  # noqa: E402
+from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
 from p1.model import PRESETS  # noqa: E402
+
+# The defaults of the options left out: fine-tuning pretrained weights (the recipe for this task)
+# and training from random weights (--pretrained none), where SGD at 1e-3 stays at chance.
+FINE_TUNING = {"optimizer": "sgd", "lr": 1e-3, "weight_decay": 0.0}
+FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
 
 
 def parse_args(argv=None):
@@ -28,7 +35,8 @@ def parse_args(argv=None):
     model.add_argument("--model", default="B_16_imagenet1k",
                        help=f"a preset ({', '.join(PRESETS)}) or any timm ViT name (%(default)s)")
     model.add_argument("--pretrained", help="pytorch-pretrained-vit or timm state dict, or a "
-                       "checkpoint of this project, to start from")
+                       "checkpoint of this project, to start from; none: random weights. "
+                       "Default: for B_16_imagenet1k, the file hw3_download.sh writes")
     model.add_argument("--image-size", type=at_least(1), nargs="+", metavar=("H", "W"),
                        help="input size (one value: square); default: the model's")
     model.add_argument("--freeze-backbone", action="store_true",
@@ -38,12 +46,12 @@ def parse_args(argv=None):
     optim.add_argument("--epochs", type=at_least(1), default=10, help="(%(default)s)")
     optim.add_argument("--batch-size", type=at_least(1), default=32, help="images per process and step (%(default)s)")
     optim.add_argument("--grad-accum", type=at_least(1), default=1, help="micro-batches per optimizer step (%(default)s)")
-    optim.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
-                       help="SGD with momentum 0.9, or AdamW (%(default)s)")
-    optim.add_argument("--lr", type=at_least(0.0, float), default=1e-3,
-                       help="peak learning rate, after warm-up (%(default)s)")
-    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=0.0,
-                       help="on weight matrices only (%(default)s)")
+    optim.add_argument("--optimizer", choices=("sgd", "adamw"),
+                       help="SGD with momentum 0.9, or AdamW (sgd; adamw from random weights)")
+    optim.add_argument("--lr", type=at_least(0.0, float),
+                       help="peak learning rate, after warm-up (0.001)")
+    optim.add_argument("--weight-decay", type=at_least(0.0, float),
+                       help="on weight matrices only (0; 0.05 from random weights)")
     optim.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0,
                        help="linear warm-up, then cosine decay to 0 (%(default)s)")
     optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.1, help="(%(default)s)")
@@ -66,6 +74,34 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.image_size and len(args.image_size) > 2:
         p.error("--image-size takes one or two values")
+    return resolve_start(args)
+
+
+def resolve_start(args):
+    """Which weights the run starts from, and the recipe defaults that go with them.
+
+    Training from random weights by accident (a forgotten --pretrained) gives a model at chance
+    after hours: without --pretrained, B_16_imagenet1k starts from the file hw3_download.sh
+    writes when it is there, and anything else stops with one line saying what to do.
+    """
+    if args.pretrained is None:
+        downloaded = Path(os.environ.get("HW3_CKPT_DIR", ROOT / "checkpoints")) / f"{args.model}.pth"
+        if args.model != "B_16_imagenet1k" or not downloaded.is_file():
+            raise UserError(f"no weights to start {args.model} from: run bash hw3_download.sh "
+                            "(B_16_imagenet1k), give --pretrained FILE, or --pretrained none to "
+                            "train from random weights")
+        args.pretrained = str(downloaded)
+        print(f"starting from {downloaded} (hw3_download.sh's file; --pretrained to choose)",
+              flush=True)
+    scratch = args.pretrained.lower() == "none"
+    if scratch:
+        args.pretrained = None
+        if args.freeze_backbone:
+            raise UserError("--freeze-backbone trains the head on random features: give "
+                            "--pretrained weights")
+    for name, value in (FROM_SCRATCH if scratch else FINE_TUNING).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 

@@ -52,7 +52,8 @@ def tiny_args(train_dir, val_dir, out, *extra):
     """train.py arguments for a fast CPU run of the tiny preset at 32 px."""
     from p1.train import parse_args
 
-    return parse_args(["--model", "tiny", "--image-size", "32", "--train-dir", str(train_dir),
+    return parse_args(["--model", "tiny", "--pretrained", "none", "--image-size", "32",
+                       "--train-dir", str(train_dir),
                        "--val-dir", str(val_dir), "--out", str(out), "--epochs", "3",
                        "--batch-size", "32", "--optimizer", "adamw", "--lr", "2e-3",
                        "--weight-decay", "0.05", "--augment", "none", "--min-crop", "0.8",

@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import ROOT, script_env, tiny_args
 from hw3core.checkpoints import load_checkpoint
+from hw3core.errors import UserError
 from p1 import export
 from p1.data import make_shapes_set
 from p1.engine import fit
@@ -71,7 +72,8 @@ def test_freeze_backbone_trains_the_head_only(shapes_data, trained_tiny, tmp_pat
 
 def test_torchrun_two_processes_write_one_checkpoint(shapes_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "p1" / "train.py"), "--model", "tiny", "--image-size", "32",
+           str(ROOT / "p1" / "train.py"), "--model", "tiny", "--pretrained", "none",
+           "--image-size", "32",
            "--train-dir", str(shapes_data[0]), "--val-dir", str(shapes_data[1]),
            "--out", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--workers", "0",
            "--device", "cpu", "--augment", "none"]
@@ -114,3 +116,28 @@ def test_numbers_out_of_range_are_one_line_errors(flag, value, tmp_path, capsys)
         parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), flag, value])
     assert exit_info.value.code == 2
     assert f"error: argument {flag}: must be at least" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_no_weights_to_start_from_is_one_line_naming_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HW3_CKPT_DIR", str(tmp_path / "checkpoints"))
+    for model in ("B_16_imagenet1k", "tiny"):
+        with pytest.raises(UserError, match="hw3_download.sh.*--pretrained none"):
+            parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), "--model", model])
+    with pytest.raises(UserError, match="--freeze-backbone trains the head on random features"):
+        parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), "--pretrained", "none",
+                    "--freeze-backbone"])
+
+
+def test_the_downloaded_weights_are_the_default_start_and_recipes_follow_the_start(tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("HW3_CKPT_DIR", str(tmp_path))
+    (tmp_path / "B_16_imagenet1k.pth").write_bytes(b"")
+    common = ["--train-dir", str(tmp_path), "--out", str(tmp_path)]
+    fine_tuning = parse_args(common)
+    assert fine_tuning.pretrained == str(tmp_path / "B_16_imagenet1k.pth")
+    assert (fine_tuning.optimizer, fine_tuning.lr, fine_tuning.weight_decay) == ("sgd", 1e-3, 0.0)
+    scratch = parse_args([*common, "--model", "tiny", "--pretrained", "none"])
+    assert scratch.pretrained is None
+    assert (scratch.optimizer, scratch.lr, scratch.weight_decay) == ("adamw", 1e-3, 0.05)
+    given = parse_args([*common, "--pretrained", "none", "--optimizer", "sgd", "--lr", "0.02"])
+    assert (given.optimizer, given.lr, given.weight_decay) == ("sgd", 0.02, 0.05)
