@@ -157,7 +157,7 @@ def run(args, work):
         "--train-dir", str(work / "train" / "images"),
         "--val-json", str(work / "val" / "captions.json"),
         "--val-dir", str(work / "val" / "images"), "--out", str(work / "run"), *SCENE_RECIPE,
-        "--lr-backbone", str(args.lr_backbone), "--epochs", str(args.epochs), "--workers", "1",
+        "--lr-backbone", str(args.lr_backbone), "--epochs", str(args.epochs), "--workers", "0",
         "--device", "cpu", "--seed", str(args.seed)])
     start = time.perf_counter()
     fit(train_args)

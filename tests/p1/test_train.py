@@ -141,3 +141,27 @@ def test_the_downloaded_weights_are_the_default_start_and_recipes_follow_the_sta
     assert (scratch.optimizer, scratch.lr, scratch.weight_decay) == ("adamw", 1e-3, 0.05)
     given = parse_args([*common, "--pretrained", "none", "--optimizer", "sgd", "--lr", "0.02"])
     assert (given.optimizer, given.lr, given.weight_decay) == ("sgd", 0.02, 0.05)
+
+
+def test_timm_export_loads_strictly_into_the_same_architecture(trained_tiny, tmp_path):
+    from p1.model import build_model, load_classifier
+    export.main(["--checkpoint", str(trained_tiny / "best.pt"), "--out", str(tmp_path / "t.pth"),
+                 "--format", "timm"])
+    ours = load_classifier(trained_tiny / "best.pt")[0].eval()
+    theirs = build_model(load_checkpoint(trained_tiny / "best.pt")["arch"]).eval()
+    theirs.load_state_dict(torch.load(tmp_path / "t.pth", weights_only=True))  # strict
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
+
+
+def test_resume_refuses_a_file_that_is_not_last_pt_and_other_classes(shapes_data, trained_tiny,
+                                                                     tmp_path):
+    with pytest.raises(UserError, match="not a last.pt checkpoint"):
+        fit(tiny_args(*shapes_data, tmp_path, "--resume", str(trained_tiny / "best.pt")))
+    make_shapes_set(tmp_path / "two", 8, image_size=32, seed=5)
+    for path in (tmp_path / "two").glob("[23]_*.png"):
+        path.unlink()  # classes 0 and 1 only
+    with pytest.raises(UserError, match="trained on other classes"):
+        fit(tiny_args(tmp_path / "two", tmp_path / "two", tmp_path / "run", "--resume",
+                      str(trained_tiny / "last.pt")))

@@ -99,6 +99,13 @@ def test_training_from_init_then_captioning_with_inference(scenes, straight_run,
                    architecture=[]))
     model, config = load_captioner(tmp_path / "run" / "best.pt")
     assert config == best["config"]
+    # with nothing learnt (learning rates 0) the run ends with exactly the weights it started from
+    fit(train_args(scenes, tmp_path / "still", "--init", str(start), "--epochs", "1", "--lr", "0",
+                   "--lr-backbone", "0", architecture=[]))
+    still = load_checkpoint(tmp_path / "still" / "last.pt")["model"]
+    started, _ = load_captioner(start)
+    for name, param in started.named_parameters():  # batch norm's running statistics move
+        torch.testing.assert_close(still[name], param.detach(), rtol=0, atol=0)
     out = tmp_path / "captions.jsonl"
     inference.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--images",
                     str(scenes / "val" / "images"), "--out", str(out), "--max-len", "12",
