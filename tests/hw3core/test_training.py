@@ -4,6 +4,7 @@ import random
 
 import torch
 
+from hw3core.checkpoints import load_checkpoint, save_checkpoint
 from hw3core.runtime import Distributed, rng_state
 from hw3core.training import EpochLoader, restore_run, run_state
 
@@ -58,7 +59,7 @@ def test_ranks_share_out_the_items():
     assert sorted(shares[0] + shares[1]) == list(range(12)) and len(shares[0]) == 6
 
 
-def test_restore_run_puts_back_what_run_state_saved():
+def test_restore_run_puts_back_what_run_state_saved(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
@@ -66,9 +67,11 @@ def test_restore_run_puts_back_what_run_state_saved():
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
     scheduler.step()
-    saved = {**run_state(optimizer, scheduler, scaler, [rng_state()], argparse.Namespace(lr=0.1),
+    state = {**run_state(optimizer, scheduler, scaler, [rng_state()], argparse.Namespace(lr=0.1),
                          best_acc=0.5), "history": [{"epoch": 1}], "epoch": 1}
     expected = torch.rand(3)  # drawn right after the state was taken
+    save_checkpoint(state, tmp_path / "last.pt")
+    saved = load_checkpoint(tmp_path / "last.pt")  # as --resume reads it: weights only
     fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
     fresh_scheduler = torch.optim.lr_scheduler.StepLR(fresh, 1)
     history, done = restore_run(saved, fresh, fresh_scheduler, scaler, rank=0)

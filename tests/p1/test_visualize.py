@@ -7,9 +7,18 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_entry_point
+from hw3core.images import open_rgb
 from p1 import visualize
-from p1.data import make_shapes_set
-from p1.model import CHECKPOINT_FORMAT, build_model, make_arch
+from p1.attention import attention_rollout, cls_attention
+from p1.data import eval_transform, make_shapes_set
+from p1.model import CHECKPOINT_FORMAT, build_model, load_classifier, make_arch
+
+
+def library_input(checkpoint, path):
+    """(model, the image as the model sees it, a batch of one) by the library's own functions."""
+    model, preprocess, _ = load_classifier(checkpoint)
+    transform = eval_transform(preprocess["image_size"], preprocess["mean"], preprocess["std"])
+    return model.eval(), transform(open_rgb(path))[None]
 
 
 @pytest.fixture
@@ -60,7 +69,10 @@ def test_attention_folder_with_npy_and_a_bad_file(setup, run):
     for stem in stems:
         heat = np.load(out / f"{stem}.npy")
         assert heat.shape == (8, 8) and heat.dtype == np.float32
-        assert 0 < heat.sum() <= 1 + 1e-5  # [CLS] weights over the patches, after softmax
+        model, x = library_input(setup["square"], setup["root"] / "images" / f"{stem}.png")
+        # the last block's [CLS] row over the patches, mean of heads: the report's map
+        np.testing.assert_allclose(heat, cls_attention(model, x, -1)[0].mean(0).numpy(),
+                                   atol=1e-6)
         with Image.open(out / f"{stem}.png") as img:
             assert img.format == "PNG" and img.width > 2 * img.height
 
@@ -71,7 +83,11 @@ def test_attention_all_heads_on_a_non_square_grid(setup, run):
     result = run("attention", "--checkpoint", setup["wide"], "--images", first, "--out", out,
                  "--heads", "all", "--layer", "1", "--save-npy")
     assert result.returncode == 0, result.stderr
-    assert np.load(out / f"{first.stem}.npy").shape == (setup["wide_heads"], 8, 12)
+    heads = np.load(out / f"{first.stem}.npy")
+    assert heads.shape == (setup["wide_heads"], 8, 12)
+    model, x = library_input(setup["wide"], first)
+    # --layer counts from 1: --layer 1 is the first block (index 0)
+    np.testing.assert_allclose(heads, cls_attention(model, x, 0)[0].numpy(), atol=1e-6)
     assert (out / f"{first.stem}.png").is_file()
 
 
@@ -82,7 +98,9 @@ def test_rollout_on_a_file_list(setup, run):
                  "--method", "rollout", "--save-npy")
     assert result.returncode == 0, result.stderr
     for path in files:
-        assert np.load(out / f"{path.stem}.npy").shape == (8, 12)
+        model, x = library_input(setup["wide"], path)
+        np.testing.assert_allclose(np.load(out / f"{path.stem}.npy"),
+                                   attention_rollout(model, x)[0].numpy(), atol=1e-6)
 
 
 def test_posemb_figure(setup, run):
