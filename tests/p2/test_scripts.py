@@ -139,3 +139,31 @@ def test_an_unwritable_output_is_refused_before_the_model_loads(checkpoints, pho
         assert exit_info.value.code == 2
         message = capsys.readouterr().err
         assert message.startswith("error: ") and message.count("\n") == 1, message
+
+
+@pytest.mark.parametrize("model, expected_tail", [("runs", []), ("stops", ["<end>"])])
+def test_a_figure_has_the_caption_and_a_panel_per_generated_token(model, expected_tail, photo_dir,
+                                                                  checkpoints, tmp_path,
+                                                                  monkeypatch):
+    import hw3core.figures
+    from p2.tokenizer import CaptionTokenizer
+
+    drawn = {}
+    save = hw3core.figures.save_figure
+
+    def keep(fig, path, dpi=100):
+        drawn[path.stem] = ([ax.get_title() for ax in fig.axes if ax.get_title()],
+                            fig.get_suptitle())
+        save(fig, path, dpi)
+    monkeypatch.setattr(hw3core.figures, "save_figure", keep)
+    options = ["--checkpoint", str(checkpoints[model]), "--images", str(photo_dir), "--max-len", "5"]
+    visualize.main([*options, "--out", str(tmp_path / "figures")])
+    inference.main([*options, "--out", str(tmp_path / "captions.jsonl")])
+    tokenizer = CaptionTokenizer()
+    for line in map(json.loads, (tmp_path / "captions.jsonl").read_text().splitlines()):
+        titles, caption = drawn[line["file"].rsplit(".", 1)[0]]
+        generated = tokenizer.pieces(line["tokens"][1:])
+        assert titles == ["<start>", *generated]
+        assert generated[len(generated) - len(expected_tail):] == expected_tail
+        assert len(titles) == (5 if model == "runs" else 2)
+        assert caption.replace("\n", " ") == line["caption"]
