@@ -19,6 +19,15 @@ def script_env(**extra):
     return env
 
 
+def require_names_kept(folder, names):
+    """Skip, saying why, where the file system stores other names than those written (macOS
+    normalises Unicode, some mounts fold case): a test of names "exactly as on disk" means nothing
+    there."""
+    stored = set(os.listdir(folder))
+    if not set(names) <= stored:
+        pytest.skip(f"this file system changed the names written: {sorted(set(names) - stored)}")
+
+
 def run_entry_point(main, argv, capsys):
     """An entry script's ``main(argv)`` in this process, as run_cli runs it from the shell:
     (exit status, stdout, stderr). Saves the 3 s of a Python start with torch per call."""

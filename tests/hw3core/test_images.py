@@ -2,13 +2,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import require_names_kept
 from hw3core.images import (ImageFileDataset, UnreadableImage, collate_skip, list_images,
                             open_rgb)
 
 
 def test_list_images_keeps_images_only_sorted_by_name(tmp_path):
-    for name in ("b.JPG", "a b é.png", "C.jpeg", "notes.txt", ".hidden.jpg"):
+    names = ("b.JPG", "a b é.png", "C.jpeg", "notes.txt", ".hidden.jpg")
+    for name in names:
         (tmp_path / name).write_bytes(b"x")
+    require_names_kept(tmp_path, names)
     (tmp_path / "sub.jpg").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["C.jpeg", "a b é.png", "b.JPG"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, run_entry_point, script_env
+from tests.conftest import ROOT, require_names_kept, run_entry_point, script_env
 from hw3core.images import list_images
 from hw3core.runtime import pick_device
 from p1 import inference
@@ -37,6 +37,7 @@ def awkward_folder(tmp_path, shapes_data):
     (folder / "text.png").write_text("an image by name only")
     (folder / "sub").mkdir()
     shutil.copy(sources[0], folder / "sub" / "inside.png")
+    require_names_kept(folder, AWKWARD_NAMES)
     return folder
 
 
