@@ -70,23 +70,33 @@ def test_freeze_backbone_trains_the_head_only(shapes_data, trained_tiny, tmp_pat
             assert torch.equal(after[key], value), key
 
 
-def test_torchrun_two_processes_write_one_checkpoint(shapes_data, tmp_path):
+def test_torchrun_two_processes_write_one_checkpoint_with_one_processs_weights(shapes_data,
+                                                                               tmp_path):
+    options = ["--model", "tiny", "--pretrained", "none", "--image-size", "32",
+               "--train-dir", str(shapes_data[0]), "--val-dir", str(shapes_data[1]),
+               "--epochs", "1", "--workers", "0", "--device", "cpu", "--augment", "none",
+               "--drop-path", "0", "--optimizer", "sgd", "--lr", "0.05"]  # SGD: no amplified noise
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "p1" / "train.py"), "--model", "tiny", "--pretrained", "none",
-           "--image-size", "32",
-           "--train-dir", str(shapes_data[0]), "--val-dir", str(shapes_data[1]),
-           "--out", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--workers", "0",
-           "--device", "cpu", "--augment", "none"]
+           str(ROOT / "p1" / "train.py"), *options, "--batch-size", "16",
+           "--out", str(tmp_path / "two")]
     run = subprocess.run(cmd, env=script_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("epoch 1:") == 1  # rank 0 alone reports
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "args.json", "best.pt", "curves.png", "last.pt", "metrics.jsonl"]
-    last = load_checkpoint(tmp_path / "last.pt")
+    last = load_checkpoint(tmp_path / "two" / "last.pt")
     assert len(last["rng"]) == 2  # each rank's generators, for an exact resume
-    (metrics,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (metrics,) = [json.loads(line)
+                  for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert metrics["images"] == 1200 and metrics["val_images"] == 200  # no image dropped or doubled
+    # two ranks of 16 images a step train as one process of 32: the same items (each drawn from
+    # its seed, epoch and index), the gradients averaged
+    fit(parse_args([*options, "--batch-size", "32", "--out", str(tmp_path / "one")]))
+    one = load_checkpoint(tmp_path / "one" / "last.pt")
+    for key, value in one["model"].items():
+        torch.testing.assert_close(last["model"][key], value, rtol=1e-4, atol=1e-5)
+    assert last["val_acc"] == pytest.approx(one["val_acc"], abs=0.011)
 
 
 def test_fine_tuned_b16_exports_back_to_pytorch_pretrained_vit(tmp_path):
