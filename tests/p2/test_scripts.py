@@ -77,8 +77,9 @@ def test_inference_writes_json_lines_in_name_order(photo_dir, checkpoints, tmp_p
     assert json.loads(out.read_text().splitlines()[0])["tokens"] == [START_ID, END_ID]
 
 
+@pytest.mark.parametrize("main", [visualize.main, inference.main], ids=["visualize", "inference"])
 @pytest.mark.parametrize("case", ["empty folder", "missing checkpoint", "text checkpoint"])
-def test_bad_inputs_are_one_line_errors(case, checkpoints, tmp_path, capsys):
+def test_bad_inputs_are_one_line_errors(main, case, checkpoints, tmp_path, capsys):
     images, checkpoint = tmp_path / "images", checkpoints["stops"]
     images.mkdir()
     (images / "readme.txt").write_text("no images here\n")
@@ -87,9 +88,10 @@ def test_bad_inputs_are_one_line_errors(case, checkpoints, tmp_path, capsys):
         checkpoint = tmp_path / "missing.pth"
         if case == "text checkpoint":
             checkpoint.write_text("hello\n")
-    argv = ["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(tmp_path)]
+    argv = ["--checkpoint", str(checkpoint), "--images", str(images), "--out",
+            str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(visualize.main, argv)
+        run_cli(main, argv)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert message.startswith("error: ") and message.count("\n") == 1
@@ -167,3 +169,18 @@ def test_a_figure_has_the_caption_and_a_panel_per_generated_token(model, expecte
         assert generated[len(generated) - len(expected_tail):] == expected_tail
         assert len(titles) == (5 if model == "runs" else 2)
         assert caption.replace("\n", " ") == line["caption"]
+
+
+@pytest.mark.parametrize("arguments", [[], ["only_one"]])
+def test_hw3_2_sh_wants_two_arguments(arguments):
+    run = subprocess.run(["bash", str(ROOT / "hw3_2.sh"), *arguments], env=script_env(),
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr == "usage: bash hw3_2.sh IMAGE_DIR OUTPUT_DIR\n"
+
+
+def test_hw3_2_sh_passes_errors_through_as_status_2(checkpoints, tmp_path):
+    run = subprocess.run(["bash", str(ROOT / "hw3_2.sh"), str(tmp_path / "nope"),
+                          str(tmp_path / "out")],
+                         env=script_env(HW3_P2_CKPT=str(checkpoints["stops"])),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr == f"error: not a folder: {tmp_path / 'nope'}\n"
