@@ -1,8 +1,10 @@
 """What the benchmarks share: a description of the machine, a synchronising timer, and the
 geometry of a map's cells against an object's box for the pointing rules."""
+import json
 import platform
 import statistics
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,16 @@ def machine(device=torch.device("cpu")):
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
     return f"{cpu}, {torch.get_num_threads()} threads, fp32; torch {torch.__version__}"
+
+
+def write_result(path, what, **fields):
+    """Save a benchmark's results as JSON at ``path``, with what it measured, when and where."""
+    from hw3core.files import write_text_atomic
+
+    result = {"what": what, "date": datetime.now(timezone.utc).isoformat(), "machine": machine(),
+              **fields}
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {path}")
 
 
 def median_seconds(fn, repeats, device=torch.device("cpu"), warmup=True):

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,16 +91,12 @@ def main(argv=None):
         print(f"| {name} | `{test}` | {'>=' if higher else '<'} {bar} | {worst:.4f} | "
               f"{sum(values) / len(values):.4f} |")
     import torch
-    from bench.measure import machine
-    result = {"what": "learned-quality test sweep", "date": datetime.now(timezone.utc).isoformat(),
-              "machine": machine(), "cores": len(os.sched_getaffinity(0)),
-              "native_kernel": torch.backends.cpu.get_cpu_capability(),
-              "bars": {name: {"test": test, "bar": bar, "higher_is_better": higher}
+    from bench.measure import write_result
+    write_result(args.out, "learned-quality test sweep", cores=len(os.sched_getaffinity(0)),
+                 native_kernel=torch.backends.cpu.get_cpu_capability(),
+                 bars={name: {"test": test, "bar": bar, "higher_is_better": higher}
                        for name, (test, bar, higher) in MEASURES.items()},
-              "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+                 runs=runs)
 
 
 if __name__ == "__main__":
