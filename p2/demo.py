@@ -80,13 +80,13 @@ def main(argv=None):
         right += ok
         print(f"{item['file']}: {item['caption']!r} (true: {truth[item['file']]!r})"
               + ("" if ok else "  <- wrong"))
-    print(f"Problem 2 demo: {right}/{len(truth)} held-out captions exactly right; word maps in "
-          f"{figures}/")
     val_exact = load_checkpoint(run / "best.pt")["val"]["val_exact"]
+    print(f"Problem 2 demo: {right}/{len(truth)} held-out captions exactly right ({val_exact:.0%} "
+          f"of the 30 validation captions); word maps in {figures}/")
     if val_exact < 0.5:
         command = shlex.join([sys.executable, os.path.relpath(__file__), "--out", str(out),
                               "--train-scenes", str(args.train_scenes),
-                              "--epochs", str(args.epochs + 4)])
+                              "--epochs", str(args.epochs + 4), "--seed", str(args.seed)])
         print(f"Only {val_exact:.0%} of the validation captions are exactly right: the captioner "
               f"has not yet learnt the shapes (colours come first). Train longer: {command}")
 
