@@ -21,17 +21,22 @@ case "${1:-}" in
 esac
 . "$here/venv.sh"
 python="$(hw3_python)"
-if ! "$python" -c "import torch" >/dev/null 2>&1; then
-    echo "error: torch is not importable with $python (activate the project's venv, or set PYTHON)" >&2
-    exit 2
-fi
+part=""  # the download in progress, removed whatever happens
+trap 'rm -f "$part"' EXIT
 
 describe() {  # describe FILE: its size and SHA-256
     echo "$1: $(stat -c %s "$1") bytes, sha256 $(sha256sum "$1" | cut -d' ' -f1)"
 }
 
-loads() {  # loads FILE: a torch file that loads with weights_only=True (the reason on stderr)
-    PYTHONPATH="$here" "$python" -m hw3core.checkpoints "$1" >/dev/null
+loads() {  # loads FILE: a torch file that loads with weights_only=True (else the reason on stderr)
+    local reason
+    reason="$(PYTHONPATH="$here" "$python" -m hw3core.checkpoints "$1" 2>&1 >/dev/null)" && return 0
+    if ! "$python" -c "import torch" >/dev/null 2>&1; then  # asked only then: a start costs seconds
+        echo "error: torch is not importable with $python (activate the project's venv, or set PYTHON)" >&2
+        exit 2
+    fi
+    echo "$reason" >&2
+    return 1
 }
 
 fetch() {  # fetch NAME URL
@@ -51,6 +56,7 @@ fetch() {  # fetch NAME URL
     fi
     mkdir -p "$dest" || return 1
     tmp="$(mktemp "$dest/.$1.XXXXXX.part")" || return 1
+    part="$tmp"
     echo "downloading $url -> $target"
     if ! wget -q --tries=3 --timeout=60 -O "$tmp" "$url"; then
         rm -f "$tmp"

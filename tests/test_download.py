@@ -75,14 +75,18 @@ def test_broken_or_missing_downloads_leave_nothing(server, tmp_path):
     assert f"{url}/absent.pth" in run.stderr and str(dest / "catr_v3.pth") in run.stderr
 
 
-def test_a_python_without_torch_is_told_apart_from_a_bad_file(tmp_path):
+def test_a_python_without_torch_is_told_apart_from_a_bad_file(server, tmp_path):
+    served, url = server
+    torch.save({"w": torch.ones(2)}, served / "vit.pth")
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexit 1\n")  # `import torch` fails
     fake.chmod(0o755)
+    dest = tmp_path / "c"
     run = subprocess.run(["bash", str(ROOT / "hw3_download.sh")],
-                         env=script_env(HW3_CKPT_DIR=str(tmp_path / "c"), PYTHON=str(fake)),
+                         env=script_env(HW3_CKPT_DIR=str(dest), PYTHON=str(fake),
+                                        HW3_VIT_URL=f"{url}/vit.pth"),
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr == (f"error: torch is not importable with {fake} (activate the project's "
                           "venv, or set PYTHON)\n")
-    assert not (tmp_path / "c").exists()
+    assert list(dest.iterdir()) == []  # the good download is not kept as checked, nor left over

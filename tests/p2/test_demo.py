@@ -10,10 +10,10 @@ from p2.tokenizer import CaptionTokenizer
 
 
 def test_demo_trains_the_small_captioner_and_draws_held_out_scenes(tmp_path, capsys):
-    demo.main(["--out", str(tmp_path), "--epochs", "1", "--train-scenes", "16", "--show", "2",
+    demo.main(["--out", str(tmp_path), "--epochs", "1", "--train-scenes", "16", "--show", "1",
                "--seed", "3"])
     figures = sorted(p.name for p in (tmp_path / "p2_figures").glob("*.png"))
-    assert figures == ["scene_000046.png", "scene_000047.png"]
+    assert figures == ["scene_000046.png"]
     out = capsys.readouterr().out
     assert "held-out captions exactly right (0% of the 30 validation captions)" in out
     # one epoch on 16 scenes leaves the shapes unlearnt: the demo says how to train longer
