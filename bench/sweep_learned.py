@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # (measure, the test that asserts it, its bar, whether higher is better)
 MEASURES = {
     "p1_tiny_best_val_acc": ("tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set",
-                             0.9, True),
+                             0.8, True),
     "p1_tiny_last_over_first_train_loss": (
-        "tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set", 1.0, False),
+        "tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set", 0.8, False),
     "p2_second_over_first_train_loss": (
-        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 1.0, False),
+        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 0.95, False),
     "p2_second_over_first_val_loss": (
-        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 1.0, False),
+        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 0.9, False),
 }
 
 

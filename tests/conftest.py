@@ -52,7 +52,7 @@ def shapes_data(tmp_path_factory):
 def make_shapes_data(root):
     from p1.data import make_shapes_set
 
-    make_shapes_set(root / "train", 1200, image_size=32, seed=1)
+    make_shapes_set(root / "train", 600, image_size=32, seed=1)
     make_shapes_set(root / "val", 200, image_size=32, seed=2, start_id=100_000)
     return root / "train", root / "val"
 
