@@ -80,11 +80,10 @@ def caption_loss(logits, tokens, reduction="mean", output_tokens=None):
     measures the caption alone and does not depend on how far a batch is padded.
     """
     targets = tokens[:, 1:]
-    if output_tokens is not None:
-        padding = targets == PAD_ID
-        targets = torch.searchsorted(output_tokens, targets.contiguous()).masked_fill(padding, -100)
-    else:
-        targets = targets.masked_fill(targets == PAD_ID, -100)
+    padding = targets == PAD_ID
+    if output_tokens is not None:  # ids -> their columns among the restricted scores
+        targets = torch.searchsorted(output_tokens, targets.contiguous())
+    targets = targets.masked_fill(padding, -100)  # cross_entropy's ignore_index
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 
