@@ -72,9 +72,9 @@ def share_cores(workers, device, processes=1):
     Returns the number of workers to start, at most the cores less one. ``workers`` None picks:
     none on a CPU, whose cores compute either way, and up to 4 beside a GPU, to keep it fed.
     Sets torch's compute threads to the cores left, so that threads plus workers never exceed
-    the cores: more make torch's threads wait for each other, which on 2 cores spent half the
-    CPU time in the kernel. ``processes``: the processes sharing the machine (torchrun's
-    LOCAL_WORLD_SIZE).
+    the cores: more make torch's threads wait for each other (2 threads and a worker on 2 cores
+    ran with half the CPU time in the kernel). ``processes``: the processes sharing the machine
+    (torchrun's LOCAL_WORLD_SIZE).
     """
     cores = max(1, usable_cores() // max(1, processes))
     wanted = (0 if device.type == "cpu" else 4) if workers is None else workers
