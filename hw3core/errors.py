@@ -8,13 +8,26 @@ class UserError(Exception):
     """A bad input (missing file, wrong checkpoint, empty folder) described in one line."""
 
 
+class Interrupted(Exception):
+    """Work stopped by signal ``signum`` after saving what it had; the message says what was
+    kept and how to go on."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
 def run_cli(main, argv=None):
-    """Call ``main(argv)``; a UserError becomes ``error: ...`` on stderr and exit status 2."""
+    """Call ``main(argv)``; a UserError becomes ``error: ...`` on stderr and exit status 2, an
+    Interrupted its message and the conventional status of its signal (128 + signal number)."""
     try:
         main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(128 + err.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

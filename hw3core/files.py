@@ -73,6 +73,14 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(folder):
+    """Remove the temporary files that atomic writes killed midway (kill -9, power loss) left in
+    ``folder``; the files they were to replace are intact."""
+    for stale in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
 def write_text_atomic(path, text):
     """Write ``text`` as UTF-8 (no byte-order mark) with "\n" line ends, atomically.
 

@@ -102,32 +102,6 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def rng_state():
-    """Every random generator's state as plain lists and ints: a weights-only load accepts them,
-    and torch.distributed can gather them from every rank."""
-    kind, keys, *rest = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [kind, keys.tolist(), *rest],
-        "torch": torch.get_rng_state().tolist(),
-        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state):
-    random.setstate(_as_tuples(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
-def _as_tuples(value):
-    # random.setstate wants the nested tuples that getstate gave; a round trip may make lists
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def sum_over_ranks(values, device):
     """Element-wise sums of a list of numbers over every process; the list itself alone."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -135,15 +109,6 @@ def sum_over_ranks(values, device):
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
-
-
-def rng_states_of_all_ranks():
-    """[rng_state() of rank 0, of rank 1, ...]: a checkpoint resumes every rank exactly."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [rng_state()]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, rng_state())
-    return states
 
 
 def is_main_process():

@@ -1,9 +1,14 @@
 """What both training runs share around their own model and loss: the sharded training loader,
-the warm-up and cosine schedule, the DDP wrapper, the run folder, and the run state that last.pt
-keeps for --resume."""
+per-step seeding, stopping on SIGTERM/SIGINT, the warm-up and cosine schedule, the DDP wrapper,
+the run folder, and the run state that last.pt keeps for --resume."""
+import contextlib
 import json
 import math
 import random
+import signal
+import threading
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +16,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .files import write_text_atomic
-from .runtime import set_rng_state
+from .errors import Interrupted
+from .files import remove_stale_temporaries, write_text_atomic
+from .runtime import sum_over_ranks
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -46,17 +52,22 @@ class SeededItems(torch.utils.data.Dataset):
 
 
 class _EpochKeys(torch.utils.data.Sampler):
-    """A sampler's indices paired with the current epoch, as SeededItems takes them."""
+    """A sampler's indices paired with the current epoch, as SeededItems takes them, after the
+    first ``skip`` indices (those of batches a resumed epoch has already trained on)."""
 
     def __init__(self, sampler):
         self.sampler = sampler
         self.epoch = 0
+        self.skip = 0
 
     def __iter__(self):
-        return ((self.epoch, index) for index in self.sampler)
+        indices = iter(self.sampler)
+        for _ in zip(range(self.skip), indices):
+            pass
+        return ((self.epoch, index) for index in indices)
 
     def __len__(self):
-        return len(self.sampler)
+        return len(self.sampler) - self.skip
 
 
 class EpochLoader:
@@ -65,6 +76,7 @@ class EpochLoader:
     once and serve every epoch."""
 
     def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed):
+        self.batch_size = batch_size
         self.sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
                                           shuffle=True, seed=seed)
         self.keys = _EpochKeys(self.sampler)
@@ -75,12 +87,197 @@ class EpochLoader:
                                  generator=torch.Generator())
 
     def __len__(self):
-        return len(self.loader)
+        """Batches in a whole epoch."""
+        return math.ceil(len(self.sampler) / self.batch_size)
 
-    def epoch(self, epoch):
+    def epoch(self, epoch, skip_batches=0):
+        """The loader over ``epoch``'s batches, from batch ``skip_batches`` on."""
         self.sampler.set_epoch(epoch)
         self.keys.epoch = epoch
+        self.keys.skip = skip_batches * self.batch_size
         return self.loader
+
+
+def seed_step(seed, rank, epoch, step):
+    """Seed the generators a training step draws from (dropout, stochastic depth, MixUp and
+    CutMix) from (seed, rank, epoch, step) alone: a run resumed at any step draws what an
+    uninterrupted one would, with no generator state to save or gather from the ranks."""
+    torch_seed, python_seed = np.random.SeedSequence(
+        (seed % 2**63, rank, epoch, step)).generate_state(2, np.uint64).tolist()
+    torch.manual_seed(torch_seed)
+    random.seed(python_seed)
+
+
+class StopRequested(Exception):
+    """Raised in the training step when SIGTERM or SIGINT arrives (see Interruptible)."""
+
+
+class Interruptible:
+    """Within the block, SIGTERM and SIGINT (a cluster's pre-emption, a closed terminal, Ctrl-C)
+    stop training, keeping all that the last completed optimizer step made.
+
+    In one process the signal raises StopRequested inside the step in progress, which is
+    abandoned: on a CPU a ViT-B step takes about a minute, and torchrun kills its processes 30 s
+    after SIGTERM. Only the optimizer step and the bookkeeping after it (``committing``) finish
+    first, so that the model, the optimizer and the sums are those of one completed step.
+
+    Under torchrun a process cannot leave a step on its own: the others would wait for it in
+    the step's gradient all-reduce. There the signal is noted, and at each step's end (``check``)
+    the processes agree, with one all-reduce of a flag, to stop together after that step.
+    ``signum`` is the first signal received (by any process, once agreed).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, distributed=False):
+        self.signum = None
+        self._distributed = distributed
+        self._committing = False
+        self._raised = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers live there only
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+        if not (self._distributed or self._committing):
+            self._stop()
+
+    def _stop(self):
+        if not self._raised:  # once: later signals leave the checkpoint write alone
+            self._raised = True
+            raise StopRequested
+
+    @contextlib.contextmanager
+    def committing(self):
+        """A block that a signal does not cut short; in one process the stop comes right
+        after it."""
+        self._committing = True
+        try:
+            yield
+        finally:
+            self._committing = False
+        if self.signum is not None and not self._distributed:
+            self._stop()
+
+    def check(self, device):
+        """At the end of a step: raise StopRequested if a stop was asked for (under torchrun,
+        in any process; every process calls this at the same steps)."""
+        if self._distributed:
+            flag = torch.tensor([self.signum or 0], device=device)
+            torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
+            self.signum = self.signum or int(flag.item()) or None
+        if self.signum is not None:
+            self._stop()
+
+    @contextlib.contextmanager
+    def epoch(self, epoch, sums, batches_per_epoch, out, save_last, is_main):
+        """The block of one epoch (0-based) whose training adds to ``sums`` (EpochSums).
+
+        A stop in it becomes Interrupted, naming what last.pt holds. The block sets
+        ``.saved`` on what it yields once the epoch's own checkpoint is written; before that,
+        ``save_last(in_epoch)`` is called on rank 0 to write last.pt with every rank's sums at
+        its last completed step.
+        """
+        record = types.SimpleNamespace(saved=False)
+        try:
+            yield record
+        except StopRequested:
+            if record.saved:
+                where = f"epoch {epoch + 1}"
+            else:
+                ranks = sums.progress_of_all_ranks()
+                done = ranks[0]["batches"]
+                if is_main:
+                    save_last({"epoch": epoch, "batches": done, "ranks": ranks})
+                where = (f"all {done} training batches of epoch {epoch + 1}"
+                         if done >= batches_per_epoch
+                         else f"epoch {epoch + 1} up to batch {done} of {batches_per_epoch}")
+            last = Path(out) / "last.pt"
+            raise Interrupted(self.signum, f"stopped by {signal.Signals(self.signum).name}: "
+                              f"{last} holds {where}; rerun the same command with --resume "
+                              f"{last} to go on") from None
+
+
+def resumed_progress(in_epoch, epoch, rank):
+    """This rank's saved EpochSums progress if last.pt's ``in_epoch`` is ``epoch``, else None."""
+    if in_epoch is None or in_epoch["epoch"] != epoch:
+        return None
+    return in_epoch["ranks"][rank]
+
+
+def signals_during_backward(modules):
+    """Let a signal (Interruptible) stop a step between the backward passes of ``modules``.
+
+    Python runs signal handlers between its own instructions only, and a CPU backward pass is
+    one call into C++ that may take most of a minute; a no-op hook per module gives the handler
+    its chance. (On a GPU the backward runs in another thread, and takes moments.)
+    """
+    for module in modules:
+        module.register_full_backward_pre_hook(lambda module, grad_output: None)
+
+
+class EpochSums:
+    """An epoch's training sums, kept on the device (no host sync per step), and a copy of them
+    at each completed optimizer step (``commit``): what last.pt keeps when a signal cuts the
+    epoch short, and what ``saved`` (that copy, from last.pt) restarts from.
+
+    ``count`` is what the loss is averaged over: images, or caption tokens.
+    """
+
+    def __init__(self, device, saved=None):
+        saved = saved or {"batches": 0, "seconds": 0.0, "loss_sum": 0.0, "count": 0, "images": 0}
+        self.device = device
+        self.loss_sum = torch.tensor(saved["loss_sum"], dtype=torch.float64, device=device)
+        self.count, self.images, self.batches = saved["count"], saved["images"], saved["batches"]
+        self._seconds_before = saved["seconds"]
+        self._start = time.perf_counter()
+        self._committed = (self.loss_sum.clone(), self.count, self.images, self.batches,
+                           self._seconds_before)
+
+    def add(self, mean_loss, count, images):
+        self.loss_sum += mean_loss.detach().double() * count
+        self.count += count
+        self.images += images
+
+    def seconds(self):
+        return self._seconds_before + time.perf_counter() - self._start
+
+    def commit(self, batches):
+        self.batches = batches
+        self._committed = (self.loss_sum.clone(), self.count, self.images, batches, self.seconds())
+
+    def progress(self):
+        """The sums at the last commit, as plain numbers."""
+        loss_sum, count, images, batches, seconds = self._committed
+        return {"batches": batches, "seconds": seconds, "loss_sum": loss_sum.item(),
+                "count": count, "images": images}
+
+    def progress_of_all_ranks(self):
+        """[progress() of rank 0, of rank 1, ...]; every rank calls it at the same step."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return [self.progress()]
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, self.progress())
+        return parts
+
+    def mean_loss(self):
+        return self.loss_sum.item() / max(self.count, 1)
+
+    def totals(self):
+        """{'train_loss' (mean over ranks), 'images' (summed), 'seconds', 'progress'}."""
+        loss_sum, count, images = sum_over_ranks(
+            [self.loss_sum.item(), self.count, self.images], self.device)
+        return {"train_loss": loss_sum / max(count, 1), "images": int(images),
+                "seconds": self.seconds(), "progress": self.progress()}
 
 
 def warmup_cosine(optimizer, warmup_steps, total_steps):
@@ -102,22 +299,25 @@ def wrap_for_ranks(model, device, dist_info):
 
 
 def start_run_folder(out, args):
-    """Create ``out`` and record the run's resolved options in out/args.json (rank 0 only)."""
+    """Create ``out``, remove what a killed checkpoint write left there, and record the run's
+    resolved options in out/args.json (rank 0 only)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     write_text_atomic(out / "args.json", json.dumps(vars(args), indent=2) + "\n")
 
 
-def run_state(optimizer, scheduler, scaler, rng_states, args, **extra):
-    """What last.pt holds beside the weights so that --resume continues exactly (restore_run)."""
+def run_state(optimizer, scheduler, scaler, args, in_epoch=None, **extra):
+    """What last.pt holds beside the weights so that --resume continues exactly (restore_run).
+    ``in_epoch``: the batches done and the sums so far of an epoch cut short by a signal."""
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_states, "args": vars(args), **extra}
+            "scaler": scaler.state_dict(), "args": vars(args), "in_epoch": in_epoch, **extra}
 
 
-def restore_run(resume, optimizer, scheduler, scaler, rank):
-    """Put a last.pt's run state back in place; returns (history, epochs already done)."""
+def restore_run(resume, optimizer, scheduler, scaler):
+    """Put a last.pt's run state back in place; returns (history, epochs already done, the
+    interrupted epoch's progress or None)."""
     optimizer.load_state_dict(resume["optimizer"])
     scheduler.load_state_dict(resume["scheduler"])
     scaler.load_state_dict(resume["scaler"])
-    set_rng_state(resume["rng"][rank])
-    return resume["history"], resume["epoch"]
+    return resume["history"], resume["epoch"], resume.get("in_epoch")

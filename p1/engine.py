@@ -1,6 +1,6 @@
 """Training: optimizer and schedule factories, one epoch, evaluation, and the whole run (fit)."""
+import functools
 import math
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -15,10 +15,10 @@ from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
-                             rng_states_of_all_ranks, seed_everything, share_cores,
-                             sum_over_ranks)
-from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
-                              warmup_cosine, wrap_for_ranks)
+                             seed_everything, share_cores, sum_over_ranks)
+from hw3core.training import (EpochLoader, EpochSums, Interruptible, restore_run,
+                              resumed_progress, run_state, seed_step, signals_during_backward,
+                              start_run_folder, warmup_cosine, wrap_for_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
 from p1.model import (CHECKPOINT_FORMAT, DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
@@ -50,18 +50,22 @@ def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs):
     return warmup_cosine(optimizer, min(total, round(steps_per_epoch * warmup_epochs)), total)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, *, precision="auto",
-                    grad_accum=1, label_smoothing=0.0, mix=None, clip_grad=None, desc="train"):
-    """Train over ``loader`` once; returns {'train_loss', 'images', 'seconds'} summed over ranks."""
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
+                    *, precision="auto", grad_accum=1, label_smoothing=0.0, mix=None,
+                    clip_grad=None, desc="train"):
+    """Train over ``loader``, the rest of an epoch after the ``sums.batches`` already done,
+    adding to ``sums`` (EpochSums). ``step_seed(step)`` seeds each optimizer step's random
+    draws; ``stop`` (Interruptible) may raise StopRequested, leaving ``sums`` committed at the
+    last completed optimizer step."""
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    images = 0
-    start = time.perf_counter()
-    progress = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True)
+    total = sums.batches + len(loader)
+    progress = tqdm(loader, desc=desc, initial=sums.batches, total=total,
+                    disable=not is_main_process(), dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
-    steps_per_epoch = len(loader)
-    for i, batch in enumerate(progress):
-        last_micro = (i + 1) % grad_accum == 0 or i + 1 == steps_per_epoch
+    for i, batch in enumerate(progress, start=sums.batches):
+        if i % grad_accum == 0:
+            step_seed(i // grad_accum)
+        last_micro = (i + 1) % grad_accum == 0 or i + 1 == total
         if batch is not None:
             inputs, targets = (t.to(device, non_blocking=True) for t in batch)
             if mix is not None:
@@ -72,22 +76,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, *, prec
                     logits = model(inputs)
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
                 scaler.scale(loss / grad_accum).backward()
-            loss_sum += loss.detach() * len(inputs)
-            images += len(inputs)
+            sums.add(loss, len(inputs), len(inputs))
         if last_micro:
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            progress.set_postfix(loss=f"{loss_sum.item() / max(images, 1):.4f}",
+            with stop.committing():
+                if clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                sums.commit(i + 1)
+            stop.check(device)
+            progress.set_postfix(loss=f"{sums.mean_loss():.4f}",
                                  lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    seconds = time.perf_counter() - start
-    totals = sum_over_ranks([loss_sum.item(), images], device)
-    return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]),
-            "seconds": seconds}
 
 
 @torch.no_grad()
@@ -119,7 +121,7 @@ def fit(args):
 def _fit(args, dist_info):
     device = pick_device(args.device, dist_info)
     workers = share_cores(args.workers, device, dist_info.local_world_size)
-    seed_everything(args.seed + dist_info.rank)  # before the model's random initialisation
+    seed_everything(args.seed)  # the model's random initialisation
     out = Path(args.out)
     train_samples, class_names = discover(args.train_dir)
     val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
@@ -164,11 +166,13 @@ def _fit(args, dist_info):
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
     scheduler = build_scheduler(optimizer, steps_per_epoch, args.epochs, args.warmup_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    history, best_acc, start_epoch = [], -1.0, 0
+    history, best_acc, start_epoch, in_epoch = [], -1.0, 0, None
     if resume is not None:
-        history, start_epoch = restore_run(resume, optimizer, scheduler, scaler, dist_info.rank)
+        history, start_epoch, in_epoch = restore_run(resume, optimizer, scheduler, scaler)
         best_acc = resume["best_acc"]
 
+    if device.type == "cpu" and not args.compile:
+        signals_during_backward(model.blocks)
     net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
     mix = _mixing(args, len(class_names))
     flops = 3 * forward_flops_per_image(model)  # forward + backward
@@ -179,32 +183,39 @@ def _fit(args, dist_info):
                f"{len(train_samples)} train / {len(val_samples)} val images, "
                f"{dist_info.world_size} process(es) on {device.type}")
 
-    for epoch in range(start_epoch, args.epochs):
-        stats = train_one_epoch(net, train_loader.epoch(epoch), optimizer, scheduler, scaler, device,
+    def save(epoch_done, in_epoch=None, improved=False):
+        payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "preprocess": preprocess,
+                   "class_names": class_names, "model": model.state_dict(), "epoch": epoch_done,
+                   "val_acc": history[-1].get("val_acc") if history else None}
+        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,
+                                           best_acc=best_acc), history, improved)
+
+    with Interruptible(dist_info.enabled) as stop:
+        for epoch in range(start_epoch, args.epochs):
+            sums = EpochSums(device, resumed_progress(in_epoch, epoch, dist_info.rank))
+            with stop.epoch(epoch, sums, len(train_loader), out,
+                            functools.partial(save, epoch), dist_info.is_main) as record:
+                train_one_epoch(net, train_loader.epoch(epoch, sums.batches), optimizer,
+                                scheduler, scaler, device, sums, stop,
+                                functools.partial(seed_step, args.seed, dist_info.rank, epoch),
                                 precision=args.precision, grad_accum=args.grad_accum,
                                 label_smoothing=args.label_smoothing, mix=mix,
                                 clip_grad=args.clip_grad, desc=f"epoch {epoch + 1}/{args.epochs}")
-        if val_loader is not None:
-            stats.update(evaluate(net, val_loader, device, args.precision))
-        images_per_s = stats["images"] / stats["seconds"]
-        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
-                     images_per_s=images_per_s, train_tflops=images_per_s * flops / 1e12)
-        history.append(stats)
-        states = rng_states_of_all_ranks()
-        if not dist_info.is_main:
-            continue
-        payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "preprocess": preprocess,
-                   "class_names": class_names, "model": model.state_dict(), "epoch": epoch + 1,
-                   "val_acc": stats.get("val_acc")}
-        improved = "val_acc" in stats and stats["val_acc"] > best_acc
-        best_acc = max(best_acc, stats.get("val_acc", best_acc))
-        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, states, args,
-                                           best_acc=best_acc), history, improved)
-        summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
-        if "val_acc" in stats:
-            summary += (f", val loss {stats['val_loss']:.4f}, val acc {stats['val_acc']:.4f}"
-                        + (" (best)" if improved else ""))
-        print0(summary + f", {images_per_s:.1f} images/s, {stats['train_tflops']:.3f} TFLOP/s")
+                stats = sums.totals()
+                if val_loader is not None:
+                    stats.update(evaluate(net, val_loader, device, args.precision))
+                with stop.committing():  # the epoch's record is written whole
+                    images_per_s = stats["images"] / stats["seconds"]
+                    stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
+                                 images_per_s=images_per_s,
+                                 train_tflops=images_per_s * flops / 1e12)
+                    history.append(stats)
+                    improved = "val_acc" in stats and stats["val_acc"] > best_acc
+                    best_acc = max(best_acc, stats.get("val_acc", best_acc))
+                    if dist_info.is_main:
+                        save(epoch + 1, improved=improved)
+                        _report_epoch(stats, improved)
+                    record.saved = True
     if dist_info.is_main and history:
         train_label = "train (label-smoothed)" if args.label_smoothing else "train"
         plot_history(history, out / "curves.png", [
@@ -212,6 +223,15 @@ def _fit(args, dist_info):
             ("validation accuracy", "accuracy", [("val_acc", "validation")])])
         print0(f"wrote {out / 'last.pt'}" + (f", best val acc {best_acc:.4f} in {out / 'best.pt'}"
                                               if best_acc >= 0 else ""))
+
+
+def _report_epoch(stats, improved):
+    summary = f"epoch {stats['epoch']}: train loss {stats['train_loss']:.4f}"
+    if "val_acc" in stats:
+        summary += (f", val loss {stats['val_loss']:.4f}, val acc {stats['val_acc']:.4f}"
+                    + (" (best)" if improved else ""))
+    print0(summary + f", {stats['images_per_s']:.1f} images/s, "
+           f"{stats['train_tflops']:.3f} TFLOP/s")
 
 
 def _load_pretrained(model, path):

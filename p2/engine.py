@@ -1,7 +1,6 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
 import functools
-import time
 from pathlib import Path
 
 import torch
@@ -15,9 +14,9 @@ from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
-                             rng_states_of_all_ranks, seed_everything, share_cores,
-                             sum_over_ranks)
-from hw3core.training import (EpochLoader, restore_run, run_state, start_run_folder,
+                             seed_everything, share_cores, sum_over_ranks)
+from hw3core.training import (EpochLoader, EpochSums, Interruptible, restore_run,
+                              resumed_progress, run_state, seed_step, start_run_folder,
                               warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, train_transform)
@@ -87,41 +86,38 @@ def caption_loss(logits, tokens, reduction="mean", output_tokens=None):
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 
-def train_one_epoch(model, loader, optimizer, scaler, device, *, output_tokens=None,
-                    precision="auto", clip_grad=0.0, step_scheduler=None, desc="train"):
-    """Teacher-forced training over ``loader`` once; returns {'train_loss' (per caption token),
-    'images', 'seconds'} summed over ranks. ``output_tokens``: the bare model's, if restricted."""
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
+                    *, output_tokens=None, precision="auto", clip_grad=0.0, desc="train"):
+    """Teacher-forced training over ``loader``, the rest of an epoch after the ``sums.batches``
+    already done, adding to ``sums`` (EpochSums; the loss per caption token). ``step_seed(step)``
+    seeds each step's random draws; ``stop`` (Interruptible) may raise StopRequested, leaving
+    ``sums`` committed at the last completed step. ``output_tokens``: the bare model's, if
+    restricted."""
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    tokens_seen = images = 0
-    start = time.perf_counter()
-    progress = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True)
-    for batch in progress:
-        if batch is None:
-            continue
-        pixels, pixel_mask, tokens, padding = (t.to(device, non_blocking=True) for t in batch)
-        with autocast(device, precision):
-            logits = model(pixels, pixel_mask, tokens[:, :-1], padding[:, :-1], restricted=True)
-        loss = caption_loss(logits, tokens, output_tokens=output_tokens)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        if step_scheduler is not None:
-            step_scheduler.step()
-        count = int((~padding[:, 1:]).sum())
-        loss_sum += loss.detach() * count
-        tokens_seen += count
-        images += len(pixels)
-        progress.set_postfix(loss=f"{loss_sum.item() / max(tokens_seen, 1):.4f}")
-    seconds = time.perf_counter() - start
-    loss_total, tokens_total, images_total = sum_over_ranks(
-        [loss_sum.item(), tokens_seen, images], device)
-    return {"train_loss": loss_total / max(tokens_total, 1), "images": int(images_total),
-            "seconds": seconds}
+    progress = tqdm(loader, desc=desc, initial=sums.batches, total=sums.batches + len(loader),
+                    disable=not is_main_process(), dynamic_ncols=True)
+    for i, batch in enumerate(progress, start=sums.batches):
+        step_seed(i)
+        if batch is not None:
+            pixels, pixel_mask, tokens, padding = (t.to(device, non_blocking=True) for t in batch)
+            with autocast(device, precision):
+                logits = model(pixels, pixel_mask, tokens[:, :-1], padding[:, :-1],
+                               restricted=True)
+            loss = caption_loss(logits, tokens, output_tokens=output_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+        with stop.committing():
+            if batch is not None:
+                if clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                sums.add(loss, int((~padding[:, 1:]).sum()), len(pixels))
+            scheduler.step()
+            sums.commit(i + 1)
+        stop.check(device)
+        progress.set_postfix(loss=f"{sums.mean_loss():.4f}")
 
 
 @torch.no_grad()
@@ -175,6 +171,25 @@ def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_le
             "val_cider": cider(candidates, references) if order else 0.0,
             "val_exact": exact / max(len(order), 1), "val_images": len(order),
             "val_examples": candidates[:3]}
+
+
+def build_scheduler(optimizer, args, batches_per_epoch):
+    """The learning-rate schedule, stepped after every batch: --schedule cosine (warm-up, then
+    cosine decay to 0), or CATR's step decay (divided by 10 every --lr-drop epochs)."""
+    if args.schedule == "cosine":
+        return warmup_cosine(optimizer, args.warmup, batches_per_epoch * args.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.1 ** (step // (args.lr_drop * batches_per_epoch)))
+
+
+def _report_epoch(stats, improved):
+    summary = f"epoch {stats['epoch']}: train loss {stats['train_loss']:.4f}"
+    if "val_loss" in stats:
+        summary += (f", val loss {stats['val_loss']:.4f}, BLEU-4 {stats['val_bleu4']:.3f}, "
+                    f"CIDEr {stats['val_cider']:.3f}, exact {stats['val_exact']:.3f}"
+                    + (" (best)" if improved else "")
+                    + f"; e.g. {stats['val_examples'][0]!r}")
+    print0(summary + f"; {stats['images_per_s']:.1f} images/s")
 
 
 def fit(args):
@@ -278,17 +293,12 @@ def _fit(args, dist_info):
                                 collate_fn=collate_list, persistent_workers=workers > 0)
 
     optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
-    if args.schedule == "cosine":  # stepped after every batch
-        scheduler = warmup_cosine(optimizer, args.warmup, len(train_loader) * args.epochs)
-    else:  # CATR's: divided by 10 every lr_drop epochs
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+    scheduler = build_scheduler(optimizer, args, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    history, best_cider, start_epoch = [], -1.0, 0
+    history, best_cider, start_epoch, in_epoch = [], -1.0, 0, None
     if resume is not None:
-        history, start_epoch = restore_run(resume, optimizer, scheduler, scaler, dist_info.rank)
+        history, start_epoch, in_epoch = restore_run(resume, optimizer, scheduler, scaler)
         best_cider = resume["best_cider"]
-    else:
-        seed_everything(args.seed + dist_info.rank)  # dropout and augmentation differ by rank
 
     net = wrap_for_ranks(model, device, dist_info)
     if dist_info.is_main:
@@ -300,35 +310,37 @@ def _fit(args, dist_info):
                f"{len(val_samples)} val images; {dist_info.world_size} process(es) on "
                f"{device.type}")
 
-    for epoch in range(start_epoch, args.epochs):
-        stats = train_one_epoch(net, train_loader.epoch(epoch), optimizer, scaler, device,
-                                output_tokens=model.output_tokens, precision=args.precision, clip_grad=args.clip_grad,
-                                step_scheduler=scheduler if args.schedule == "cosine" else None,
-                                desc=f"epoch {epoch + 1}/{args.epochs}")
-        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
-                     images_per_s=stats["images"] / stats["seconds"])
-        if args.schedule == "step":
-            scheduler.step()
-        if val_loader is not None:
-            stats.update(evaluate(model, val_loader, val_samples, tokenizer, device,
-                                  args.precision, args.max_len))
-        history.append(stats)
-        states = rng_states_of_all_ranks()
-        if not dist_info.is_main:
-            continue
-        payload = {"config": config, "model": model.state_dict(), "epoch": epoch + 1,
-                   "val": {k: v for k, v in stats.items() if k.startswith("val_")}}
-        improved = "val_cider" in stats and stats["val_cider"] > best_cider
-        best_cider = max(best_cider, stats.get("val_cider", best_cider))
-        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, states, args,
+    def save(epoch_done, in_epoch=None, improved=False):
+        payload = {"config": config, "model": model.state_dict(), "epoch": epoch_done,
+                   "val": {k: v for k, v in (history[-1] if history else {}).items()
+                           if k.startswith("val_")}}
+        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,
                                            best_cider=best_cider), history, improved)
-        summary = f"epoch {epoch + 1}: train loss {stats['train_loss']:.4f}"
-        if "val_loss" in stats:
-            summary += (f", val loss {stats['val_loss']:.4f}, BLEU-4 {stats['val_bleu4']:.3f}, "
-                        f"CIDEr {stats['val_cider']:.3f}, exact {stats['val_exact']:.3f}"
-                        + (" (best)" if improved else "")
-                        + f"; e.g. {stats['val_examples'][0]!r}")
-        print0(summary + f"; {stats['images_per_s']:.1f} images/s")
+
+    with Interruptible(dist_info.enabled) as stop:
+        for epoch in range(start_epoch, args.epochs):
+            sums = EpochSums(device, resumed_progress(in_epoch, epoch, dist_info.rank))
+            with stop.epoch(epoch, sums, len(train_loader), out,
+                            functools.partial(save, epoch), dist_info.is_main) as record:
+                train_one_epoch(net, train_loader.epoch(epoch, sums.batches), optimizer,
+                                scheduler, scaler, device, sums, stop,
+                                functools.partial(seed_step, args.seed, dist_info.rank, epoch),
+                                output_tokens=model.output_tokens, precision=args.precision,
+                                clip_grad=args.clip_grad, desc=f"epoch {epoch + 1}/{args.epochs}")
+                stats = sums.totals()
+                stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
+                             images_per_s=stats["images"] / stats["seconds"])
+                if val_loader is not None:
+                    stats.update(evaluate(model, val_loader, val_samples, tokenizer, device,
+                                          args.precision, args.max_len))
+                with stop.committing():  # the epoch's record is written whole
+                    history.append(stats)
+                    improved = "val_cider" in stats and stats["val_cider"] > best_cider
+                    best_cider = max(best_cider, stats.get("val_cider", best_cider))
+                    if dist_info.is_main:
+                        save(epoch + 1, improved=improved)
+                        _report_epoch(stats, improved)
+                    record.saved = True
     if dist_info.is_main and history:
         plot_history(history, out / "curves.png", [
             ("loss", "cross-entropy per caption token",

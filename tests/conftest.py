@@ -61,12 +61,15 @@ def tiny_args(train_dir, val_dir, out, *extra):
     """train.py arguments for a fast CPU run of the tiny preset at 32 px."""
     from p1.train import parse_args
 
-    return parse_args(["--model", "tiny", "--pretrained", "none", "--image-size", "32",
-                       "--train-dir", str(train_dir),
-                       "--val-dir", str(val_dir), "--out", str(out), "--epochs", "3",
-                       "--batch-size", "32", "--optimizer", "adamw", "--lr", "2e-3",
-                       "--weight-decay", "0.05", "--augment", "none", "--min-crop", "0.8",
-                       "--drop-path", "0", "--workers", "0", "--seed", str(TEST_SEED), *extra])
+    return parse_args(tiny_argv(train_dir, val_dir, out, *extra))
+
+
+def tiny_argv(train_dir, val_dir, out, *extra):
+    return ["--model", "tiny", "--pretrained", "none", "--image-size", "32",
+            "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--out", str(out),
+            "--epochs", "3", "--batch-size", "32", "--optimizer", "adamw", "--lr", "2e-3",
+            "--weight-decay", "0.05", "--augment", "none", "--min-crop", "0.8",
+            "--drop-path", "0", "--workers", "0", "--seed", str(TEST_SEED), *map(str, extra)]
 
 
 @pytest.fixture(scope="session")

@@ -47,3 +47,16 @@ def test_a_thread_cap_set_at_start_is_kept(cores, monkeypatch):
     monkeypatch.setattr(runtime, "_THREADS_AT_START", 2)  # OMP_NUM_THREADS=2, say
     share_cores(0, CPU)
     assert torch.get_num_threads() == 2
+
+
+def test_autocast_is_bf16_on_cuda_and_off_on_a_cpu_unless_asked():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with runtime.autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with runtime.autocast(cpu, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    # the CUDA context is built without a GPU; only bench/gpu.sh runs under it
+    context = runtime.autocast(cuda)
+    assert (context.device, context.fast_dtype) == ("cuda", torch.bfloat16)
+    assert runtime.autocast(cuda, "fp32").__class__.__name__ == "nullcontext"

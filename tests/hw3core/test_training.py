@@ -1,11 +1,13 @@
 """The training plumbing both problems share: what makes a resumed run draw the same batches."""
 import argparse
+import math
 import random
 
+import pytest
 import torch
 
 from hw3core.checkpoints import load_checkpoint, save_checkpoint
-from hw3core.runtime import Distributed, rng_state
+from hw3core.runtime import Distributed
 from hw3core.training import EpochLoader, restore_run, run_state
 
 
@@ -67,15 +69,89 @@ def test_restore_run_puts_back_what_run_state_saved(tmp_path):
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
     scheduler.step()
-    state = {**run_state(optimizer, scheduler, scaler, [rng_state()], argparse.Namespace(lr=0.1),
+    in_epoch = {"epoch": 1, "batches": 3, "ranks": [{"batches": 3, "loss_sum": 1.5}]}
+    state = {**run_state(optimizer, scheduler, scaler, argparse.Namespace(lr=0.1), in_epoch,
                          best_acc=0.5), "history": [{"epoch": 1}], "epoch": 1}
-    expected = torch.rand(3)  # drawn right after the state was taken
     save_checkpoint(state, tmp_path / "last.pt")
     saved = load_checkpoint(tmp_path / "last.pt")  # as --resume reads it: weights only
     fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
     fresh_scheduler = torch.optim.lr_scheduler.StepLR(fresh, 1)
-    history, done = restore_run(saved, fresh, fresh_scheduler, scaler, rank=0)
-    assert (history, done) == ([{"epoch": 1}], 1)
+    assert restore_run(saved, fresh, fresh_scheduler, scaler) == ([{"epoch": 1}], 1, in_epoch)
     assert saved["best_acc"] == 0.5 and saved["args"] == {"lr": 0.1}
     assert fresh_scheduler.last_epoch == 1 and fresh.state_dict()["state"][0]["step"] == 1
-    assert torch.equal(torch.rand(3), expected)  # the random state is the saved one again
+
+
+def test_a_steps_random_draws_depend_on_seed_rank_epoch_and_step_alone():
+    from hw3core.training import seed_step
+
+    draws = {}
+    for key in [(0, 0, 0, 5), (0, 0, 1, 5), (0, 1, 0, 5), (1, 0, 0, 5), (0, 0, 0, 6)]:
+        torch.rand(7)  # whatever ran before
+        seed_step(*key)
+        draws[key] = (torch.rand(3).tolist(), random.random())
+    seed_step(0, 0, 0, 5)
+    assert (torch.rand(3).tolist(), random.random()) == draws[(0, 0, 0, 5)]
+    assert len({str(d) for d in draws.values()}) == len(draws)
+
+
+def test_skipped_batches_leave_the_rest_of_the_epoch_as_it_was():
+    cpu = torch.device("cpu")
+    loader = EpochLoader(NoisyItems(), 4, 0, None, cpu, Distributed(), seed=3)
+    whole = batches(loader.epoch(2))
+    assert batches(loader.epoch(2, skip_batches=2)) == whole[2:]
+    assert len(loader) == 3 and len(loader.epoch(2, skip_batches=1)) == 2
+
+
+def test_warmup_rises_linearly_to_the_peak_then_follows_the_cosine_to_zero():
+    from hw3core.training import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=12)
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[:4] == pytest.approx([0.125, 0.25, 0.375, 0.5])
+    expected = [0.25 * (1 + math.cos(math.pi * step / 8)) for step in range(9)]
+    assert rates[4:] == pytest.approx(expected)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_signal_abandons_the_step_even_in_its_backward_pass_but_not_the_commit():
+    import os
+    import signal
+
+    from hw3core.training import Interruptible, StopRequested, signals_during_backward
+
+    blocks = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)])
+    signals_during_backward(blocks)
+    # the signal arrives while the last block's gradients are computed, inside backward()
+    blocks[2].register_full_backward_hook(lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    with Interruptible() as stop:
+        with pytest.raises(StopRequested):
+            blocks(torch.ones(1, 4)).sum().backward()
+        assert stop.signum == signal.SIGTERM
+        assert blocks[0].weight.grad is None  # the backward pass went no further
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    committed = []
+    with Interruptible() as stop:
+        with pytest.raises(StopRequested):
+            with stop.committing():
+                os.kill(os.getpid(), signal.SIGINT)
+                committed.append("rest of the commit")
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal while last.pt is written
+        committed.append("the checkpoint")
+    assert committed == ["rest of the commit", "the checkpoint"] and stop.signum == signal.SIGINT
+
+
+def test_a_new_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
+    from hw3core.training import start_run_folder
+
+    (tmp_path / "last.pt").write_bytes(b"the previous, intact last.pt")
+    (tmp_path / ".last.pt.k2j4_x.tmp").write_bytes(b"half a checkpoint")  # kill -9 mid-write
+    start_run_folder(tmp_path, argparse.Namespace(lr=0.1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "last.pt"]

@@ -87,3 +87,41 @@ def test_wrong_files_are_clear_errors(tmp_path):
         load_classifier(tmp_path / "other.pt")
     with pytest.raises(UserError, match="unknown model"):
         make_arch("resnet50", 3)
+
+
+def test_the_b16_preset_is_timms_vit_base_patch16_384():
+    import timm
+
+    torch.manual_seed(0)
+    theirs = timm.create_model("vit_base_patch16_384", pretrained=False, num_classes=10).eval()
+    ours = build_model(make_arch("B_16_imagenet1k", 10)).eval()
+    ours.load_state_dict(theirs.state_dict())  # strict: the same keys and shapes
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_the_tiny_preset_is_as_described():
+    model = build_model(make_arch("tiny", 3))
+    assert (model.embed_dim, model.blocks[0].attn.num_heads, len(model.blocks)) == (128, 2, 4)
+    assert model.patch_embed.patch_size == (8, 8) and grid_size(model) == (8, 8)
+
+
+def test_nothing_downloads_when_building_or_loading_models(tmp_path, monkeypatch):
+    import socket
+
+    from p2.model import build_model as build_captioner, load_captioner, save_captioner
+    from p2.tokenizer import CaptionTokenizer
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was opened")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for name in ("tiny", "vit_tiny_patch16_224"):
+        build_model(make_arch(name, 3, (32, 32)))
+    captioner = build_captioner(dict(backbone="resnet18", dilation=False, hidden_dim=32, nheads=2,
+                                     enc_layers=1, dec_layers=1, dim_feedforward=32))
+    save_captioner(captioner, tmp_path / "c.pt")
+    load_captioner(tmp_path / "c.pt")
+    assert CaptionTokenizer().encode("a cat")[0] == 101

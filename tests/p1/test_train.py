@@ -1,4 +1,7 @@
 import json
+import math
+import os
+import signal
 import subprocess
 import sys
 
@@ -6,7 +9,7 @@ import pytest
 import pytorch_pretrained_vit
 import torch
 
-from tests.conftest import ROOT, script_env, tiny_args
+from tests.conftest import ROOT, run_entry_point, script_env, tiny_args, tiny_argv
 from hw3core.checkpoints import load_checkpoint
 from hw3core.errors import UserError
 from p1 import export
@@ -14,6 +17,7 @@ from p1.data import make_shapes_set
 from p1.engine import fit
 from p1.train import parse_args
 import p1.engine
+import p1.train as p1_train
 
 
 def test_tiny_preset_learns_the_synthetic_set(trained_tiny):
@@ -33,29 +37,47 @@ def test_tiny_preset_learns_the_synthetic_set(trained_tiny):
     assert json.loads((trained_tiny / "args.json").read_text())["model"] == "tiny"
 
 
-def test_resume_continues_to_the_same_result(shapes_data, trained_tiny, tmp_path, monkeypatch):
-    real_epoch = p1.engine.train_one_epoch
-    calls = []
+def signal_at(monkeypatch, module, epoch, step, signum=signal.SIGTERM):
+    """Make ``module``'s training send ``signum`` to this process as optimizer step ``step`` of
+    ``epoch`` (both 0-based) begins."""
+    real = module.seed_step
 
-    def interrupted_after_two_epochs(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
+    def seed_then_signal(seed, rank, this_epoch, this_step):
+        real(seed, rank, this_epoch, this_step)
+        if (this_epoch, this_step) == (epoch, step):
+            os.kill(os.getpid(), signum)
+    monkeypatch.setattr(module, "seed_step", seed_then_signal)
 
-    monkeypatch.setattr(p1.engine, "train_one_epoch", interrupted_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny_args(*shapes_data, tmp_path))
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(p1.engine, "train_one_epoch", real_epoch)
-    fit(tiny_args(*shapes_data, tmp_path, "--resume", str(tmp_path / "last.pt")))
 
-    resumed = load_checkpoint(tmp_path / "last.pt")
-    straight = load_checkpoint(trained_tiny / "last.pt")
-    assert resumed["epoch"] == straight["epoch"] == 3
-    for key, value in straight["model"].items():
+def test_a_signal_mid_epoch_keeps_the_last_step_and_resume_ends_as_if_uninterrupted(
+        tmp_path, monkeypatch, capsys):
+    # every source of randomness on: workers, RandAugment, stochastic depth, MixUp, accumulation
+    make_shapes_set(tmp_path / "data", 48, image_size=32, seed=8)
+    argv = tiny_argv(tmp_path / "data", tmp_path / "data", tmp_path / "cut", "--epochs", "2",
+                     "--batch-size", "8", "--grad-accum", "2", "--workers", "2", "--augment",
+                     "randaugment", "--drop-path", "0.1", "--mixup", "0.8", "--min-crop", "0.25")
+    signal_at(monkeypatch, p1.engine, epoch=1, step=2)  # micro-batches 4 and 5 of 6
+    status, _, err = run_entry_point(p1_train.main, argv, capsys)
+    last = tmp_path / "cut" / "last.pt"
+    assert status == 128 + signal.SIGTERM
+    assert err.splitlines()[-1] == (f"stopped by SIGTERM: {last} holds epoch 2 up to batch 4 of "
+                                    f"6; rerun the same command with --resume {last} to go on")
+    cut = load_checkpoint(last)
+    assert cut["epoch"] == 1 and cut["in_epoch"]["batches"] == 4
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not list((tmp_path / "cut").glob(".*.tmp"))
+    monkeypatch.undo()
+
+    assert run_entry_point(p1_train.main, [*argv, "--resume", last], capsys)[0] == 0
+    straight = [*argv[:argv.index("--out") + 1], tmp_path / "straight",
+                *argv[argv.index("--out") + 2:]]
+    assert run_entry_point(p1_train.main, straight, capsys)[0] == 0
+    resumed, expected = load_checkpoint(last), load_checkpoint(tmp_path / "straight" / "last.pt")
+    for key, value in expected["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
-    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in straight["history"]]
+    for got, want in zip(resumed["history"], expected["history"]):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-9)
+        assert (got["images"], got["val_acc"]) == (want["images"], want["val_acc"])
 
 
 def test_freeze_backbone_trains_the_head_only(shapes_data, trained_tiny, tmp_path):
@@ -70,8 +92,8 @@ def test_freeze_backbone_trains_the_head_only(shapes_data, trained_tiny, tmp_pat
             assert torch.equal(after[key], value), key
 
 
-def test_torchrun_two_processes_write_one_checkpoint_with_one_processs_weights(shapes_data,
-                                                                               tmp_path):
+def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_processs_weights(
+        shapes_data, tmp_path):
     options = ["--model", "tiny", "--pretrained", "none", "--image-size", "32",
                "--train-dir", str(shapes_data[0]), "--val-dir", str(shapes_data[1]),
                "--epochs", "1", "--workers", "0", "--device", "cpu", "--augment", "none",
@@ -79,14 +101,28 @@ def test_torchrun_two_processes_write_one_checkpoint_with_one_processs_weights(s
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "p1" / "train.py"), *options, "--batch-size", "16",
            "--out", str(tmp_path / "two")]
-    run = subprocess.run(cmd, env=script_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("epoch 1:") == 1  # rank 0 alone reports
+    env = script_env(OMP_NUM_THREADS="1")
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        seen = b""
+        while b"| 2/19" not in seen:  # rank 0's progress bar: two steps done
+            chunk = os.read(run.stderr.fileno(), 4096)
+            assert chunk, seen.decode()[-2000:]
+            seen += chunk
+        run.send_signal(signal.SIGTERM)  # as a cluster pre-empts a job: torchrun passes it on
+        out, err = run.communicate(timeout=120)
+    err = seen.decode() + err.decode()
+    assert run.returncode != 0
+    assert "stopped by SIGTERM" in err, err[-2000:]
+    cut = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert cut["epoch"] == 0 and 2 <= cut["in_epoch"]["batches"] < 19
+    assert len(cut["in_epoch"]["ranks"]) == 2  # each rank's sums
+    resume = subprocess.run([*cmd, "--resume", str(tmp_path / "two" / "last.pt")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert resume.stdout.count("epoch 1:") == 1  # rank 0 alone reports
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "args.json", "best.pt", "curves.png", "last.pt", "metrics.jsonl"]
     last = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert len(last["rng"]) == 2  # each rank's generators, for an exact resume
     (metrics,) = [json.loads(line)
                   for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert metrics["images"] == 600 and metrics["val_images"] == 200  # no image dropped or doubled
@@ -97,6 +133,7 @@ def test_torchrun_two_processes_write_one_checkpoint_with_one_processs_weights(s
     for key, value in one["model"].items():
         torch.testing.assert_close(last["model"][key], value, rtol=1e-4, atol=1e-5)
     assert last["val_acc"] == pytest.approx(one["val_acc"], abs=0.011)
+    assert metrics["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
 
 
 def test_fine_tuned_b16_exports_back_to_pytorch_pretrained_vit(tmp_path):
@@ -175,3 +212,67 @@ def test_resume_refuses_a_file_that_is_not_last_pt_and_other_classes(shapes_data
     with pytest.raises(UserError, match="trained on other classes"):
         fit(tiny_args(tmp_path / "two", tmp_path / "two", tmp_path / "run", "--resume",
                       str(trained_tiny / "last.pt")))
+
+
+def test_fine_tuning_defaults_are_as_the_readme_states(tmp_path, monkeypatch):
+    monkeypatch.setenv("HW3_CKPT_DIR", str(tmp_path))
+    (tmp_path / "B_16_imagenet1k.pth").write_bytes(b"")
+    args = parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert (args.model, args.epochs, args.batch_size, args.warmup_epochs) == (
+        "B_16_imagenet1k", 10, 32, 1.0)
+    assert (args.label_smoothing, args.augment, args.drop_path, args.clip_grad) == (
+        0.1, "randaugment", 0.1, 1.0)
+    model = torch.nn.Linear(2, 2)
+    assert p1.engine.build_optimizer(model, "sgd", 1e-3, 0.0).defaults["momentum"] == 0.9
+
+
+def test_checkpoints_metrics_and_the_new_heads_start(trained_tiny, tmp_path):
+    best = load_checkpoint(trained_tiny / "best.pt")
+    assert best["format"] == "hw3-p1-vit/1"
+    assert set(best["arch"]) == {"name", "num_classes", "image_size", "vit_kwargs"}
+    for line in (trained_tiny / "metrics.jsonl").read_text().splitlines():
+        metrics = json.loads(line)
+        for key in ("train_loss", "val_loss", "val_acc", "lr", "images_per_s", "train_tflops"):
+            assert math.isfinite(metrics[key]), key
+    # a start of 4 classes for a set of 3: a zero head (uniform predictions), the rest kept
+    make_shapes_set(tmp_path / "three", 16, image_size=32, seed=4)
+    for path in (tmp_path / "three").glob("3_*.png"):
+        path.unlink()
+    fit(tiny_args(tmp_path / "three", tmp_path / "three", tmp_path / "run", "--epochs", "1",
+                  "--pretrained", str(trained_tiny / "best.pt"), "--lr", "0",
+                  "--weight-decay", "0"))
+    started = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert started["arch"]["num_classes"] == 3
+    for key, value in started["model"].items():
+        if key.startswith("head."):
+            assert value.shape[0] == 3 and not value.any(), key
+        else:
+            assert torch.equal(value, best["model"][key]), key
+
+
+def test_validation_only_picks_best_pt(tmp_path):
+    make_shapes_set(tmp_path / "data", 24, image_size=32, seed=6)
+    fit(tiny_args(tmp_path / "data", tmp_path / "data", tmp_path / "with", "--epochs", "2"))
+    without = tiny_args(tmp_path / "data", tmp_path / "data", tmp_path / "without", "--epochs", "2")
+    without.val_dir = None
+    fit(without)
+    assert not (tmp_path / "without" / "best.pt").exists()
+    trained = load_checkpoint(tmp_path / "with" / "last.pt")["model"]
+    for key, value in load_checkpoint(tmp_path / "without" / "last.pt")["model"].items():
+        assert torch.equal(value, trained[key]), key
+
+
+def test_a_timm_model_name_starts_from_a_bare_timm_state_dict(tmp_path):
+    from p1.model import build_model, make_arch
+
+    make_shapes_set(tmp_path / "data", 8, image_size=32, seed=7)
+    classes = len({path.name.split("_")[0] for path in (tmp_path / "data").glob("*.png")})
+    torch.manual_seed(1)
+    start = build_model(make_arch("vit_tiny_patch16_224", classes, (32, 32)))
+    torch.save(start.state_dict(), tmp_path / "start.pth")
+    fit(tiny_args(tmp_path / "data", tmp_path / "data", tmp_path / "run", "--epochs", "1",
+                  "--model", "vit_tiny_patch16_224", "--pretrained", str(tmp_path / "start.pth"),
+                  "--lr", "0", "--weight-decay", "0"))
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    for key, value in start.state_dict().items():
+        assert torch.equal(kept[key], value), key

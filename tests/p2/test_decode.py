@@ -192,3 +192,44 @@ def test_a_caption_and_its_maps_do_not_depend_on_the_images_batched_with_it(mixe
         (alone,) = caption_images(model, [image], max_len=10, beam=beam, attention_layer=-1)
         assert result.tokens == alone.tokens
         np.testing.assert_allclose(result.attention, alone.attention, atol=1e-5)
+
+
+def test_the_default_layer_is_the_last_and_layer_0_is_the_first_decoder_layers(model, images):
+    last = caption_images(model, images[:1], max_len=6, attention_layer=-1)[0]
+    named = caption_images(model, images[:1], max_len=6, attention_layer=1)[0]
+    np.testing.assert_array_equal(last.attention, named.attention)
+    first = caption_images(model, images[:1], max_len=6, attention_layer=0)[0]
+    assert first.tokens == last.tokens and not np.allclose(first.attention, last.attention)
+
+    # layer 0 recomputed with nn.MultiheadAttention's own forward, on the whole caption at once
+    # (CATR's pre-norm layer): row k is what the query that produced token k looked at
+    layer = model.transformer.decoder.layers[0]
+    seen = {}
+    hook = layer.register_forward_pre_hook(lambda module, args: seen.update(t=args[0], pos=args[1]))
+    pixels, pixel_mask = pad_batch(images[:1])
+    caption = torch.tensor([first.tokens[:-1]])
+    with torch.no_grad():
+        model(pixels, pixel_mask, caption, torch.zeros_like(caption, dtype=torch.bool))
+        hook.remove()
+        encoded = model.encode(*model.image_features(pixels, pixel_mask))
+        t, query_pos = seen["t"], seen["pos"]
+        n = t.shape[1]
+        normed = layer.norm1(t)
+        future = torch.ones(n, n, dtype=torch.bool).triu(1)
+        t = t + layer.self_attn(normed + query_pos, normed + query_pos, normed,
+                                attn_mask=future)[0]
+        normed = layer.norm2(t)
+        weights = layer.multihead_attn(normed + query_pos, encoded.memory + encoded.pos,
+                                       encoded.memory)[1]
+    h, w = first.attention.shape[1:]
+    np.testing.assert_allclose(first.attention, weights[0].reshape(n, h, w).numpy(), atol=1e-5)
+
+
+def test_preprocessing_is_catrs_bicubic_resize_and_normalisation():
+    photo = sample_photos()["wide"]
+    scale = 299 / max(photo.size)
+    resized = photo.resize((int(photo.width * scale), int(photo.height * scale)),
+                           resample=3)  # PIL.Image.BICUBIC
+    expected = (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)
+                - 0.5) / 0.5
+    torch.testing.assert_close(preprocess(photo), expected, rtol=0, atol=1e-6)

@@ -176,3 +176,28 @@ def test_hw3_2_sh_wants_two_arguments(arguments):
     run = subprocess.run(["bash", str(ROOT / "hw3_2.sh"), *arguments], env=script_env(),
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr == "usage: bash hw3_2.sh IMAGE_DIR OUTPUT_DIR\n"
+
+
+def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
+    import matplotlib.pyplot as plt
+
+    image = np.zeros((40, 70, 3), dtype=np.uint8)  # cells of 16 pixels overhang: a 3 x 5 grid
+    maps = np.random.default_rng(0).random((2, 3, 3, 5)).astype(np.float32)  # 2 tokens, 3 heads
+    maps[1] *= 10
+    panels, columns = visualize.figure_panels(["cat", "<end>"], maps, per_head=True)
+    assert columns == 4  # the mean, then each head
+    assert [p and p[0] for p in panels] == [
+        "<start>", None, None, None, "cat (mean)", "cat h0", "cat h1", "cat h2",
+        "<end> (mean)", "<end> h0", "<end> h1", "<end> h2"]
+    fig = visualize.draw_caption_figure(image, "A cat.", panels, columns, stride=16)
+    try:
+        assert fig.get_suptitle() == "A cat."
+        overlays = [ax for ax in fig.axes if len(ax.images) == 2]
+        assert len(overlays) == 8
+        for ax, (_, heat) in zip(overlays, [p for p in panels if p and p[1] is not None]):
+            assert ax.get_xlim() == (0, 70) and ax.get_ylim() == (40, 0)  # the overhang is cut
+            assert ax.images[1].get_clim() == (heat.min(), heat.max())  # its own scale
+        plain = [ax for ax in fig.axes if len(ax.images) == 1]
+        assert [ax.get_title() for ax in plain] == ["<start>"]
+    finally:
+        plt.close(fig)

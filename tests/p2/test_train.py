@@ -1,6 +1,8 @@
 """p2/train.py on a few synthetic scenes: learning, resuming exactly, starting from a checkpoint."""
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ from p2.model import load_captioner
 from p2.tokenizer import CaptionTokenizer
 from p2.train import parse_args
 import p2.engine
-from tests.conftest import TEST_SEED
+from tests.conftest import TEST_SEED, run_entry_point
+import p2.train as p2_train
 
 # a very small captioner; the images are still resized to CATR's 299 pixels
 TINY = ["--config", "small", "--hidden-dim", "32", "--nheads", "2", "--enc-layers", "1",
@@ -33,14 +36,18 @@ def make_scenes(root):
 
 
 def train_args(scenes, out, *extra, architecture=TINY):
-    return parse_args([
+    return parse_args(train_args_list(scenes, out, *architecture, *extra))
+
+
+def train_args_list(scenes, out, *extra):
+    return [
         "--train-json", str(scenes / "train" / "captions.json"),
         "--train-dir", str(scenes / "train" / "images"),
         "--val-json", str(scenes / "val" / "captions.json"),
-        "--val-dir", str(scenes / "val" / "images"), "--out", str(out), *architecture,
+        "--val-dir", str(scenes / "val" / "images"), "--out", str(out),
         "--epochs", "2", "--batch-size", "4", "--workers", "0", "--max-len", "12",
         "--lr", "2e-3", "--lr-backbone", "1e-4", "--device", "cpu", "--seed", str(TEST_SEED),
-        *extra])
+        *extra]
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +69,26 @@ def test_training_lowers_the_loss_and_writes_the_run(straight_run):
     best = load_checkpoint(straight_run / "best.pt")
     assert "optimizer" not in best and best["config"]["hidden_dim"] == 32
     last = load_checkpoint(straight_run / "last.pt")
-    assert last["epoch"] == 2 and len(last["rng"]) == 1
+    assert last["epoch"] == 2 and last["in_epoch"] is None
 
 
-def test_resume_continues_to_the_same_result(scenes, straight_run, tmp_path, monkeypatch):
-    real_epoch = p2.engine.train_one_epoch
-    calls = []
+def test_a_signal_during_validation_keeps_the_trained_epoch_and_resume_ends_the_same(
+        scenes, straight_run, tmp_path, monkeypatch, capsys):
+    real_evaluate = p2.engine.evaluate
 
-    def interrupted_in_the_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
+    def signalled_in_the_first_evaluation(*args, **kwargs):
+        monkeypatch.setattr(p2.engine, "evaluate", real_evaluate)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(p2.engine, "train_one_epoch", interrupted_in_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(train_args(scenes, tmp_path))
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(p2.engine, "train_one_epoch", real_epoch)
-    fit(train_args(scenes, tmp_path, "--resume", str(tmp_path / "last.pt")))
+    monkeypatch.setattr(p2.engine, "evaluate", signalled_in_the_first_evaluation)
+    argv = train_args_list(scenes, tmp_path, *TINY)
+    status, _, err = run_entry_point(p2_train.main, argv, capsys)
+    assert status == 128 + signal.SIGINT
+    assert "stopped by SIGINT" in err and "all 2 training batches of epoch 1" in err
+    cut = load_checkpoint(tmp_path / "last.pt")
+    assert cut["epoch"] == 0 and cut["in_epoch"]["batches"] == 2 and cut["history"] == []
+    assert run_entry_point(p2_train.main, [*argv, "--resume", tmp_path / "last.pt"], capsys)[0] == 0
 
     resumed = load_checkpoint(tmp_path / "last.pt")
     straight = load_checkpoint(straight_run / "last.pt")
@@ -88,7 +96,31 @@ def test_resume_continues_to_the_same_result(scenes, straight_run, tmp_path, mon
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
     assert ([h["train_loss"] for h in resumed["history"]]
-            == pytest.approx([h["train_loss"] for h in straight["history"]], abs=1e-6))
+            == pytest.approx([h["train_loss"] for h in straight["history"]], rel=1e-9))
+
+
+def test_a_signal_mid_epoch_with_workers_and_the_cosine_schedule_resumes_exactly(
+        scenes, tmp_path, monkeypatch, capsys):
+    from tests.p1.test_train import signal_at
+
+    argv = train_args_list(scenes, tmp_path / "cut", *TINY, "--batch-size", "2", "--workers", "2",
+                           "--schedule", "cosine", "--warmup", "3", "--epochs", "1")
+    signal_at(monkeypatch, p2.engine, epoch=0, step=2)
+    assert run_entry_point(p2_train.main, argv, capsys)[0] == 128 + signal.SIGTERM
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["in_epoch"]["batches"] == 2
+    monkeypatch.undo()
+    assert run_entry_point(p2_train.main, [*argv, "--resume", tmp_path / "cut" / "last.pt"],
+                           capsys)[0] == 0
+    # without workers: each item is drawn from (seed, epoch, index) wherever it is loaded
+    straight = [*[a if a != str(tmp_path / "cut") else str(tmp_path / "straight") for a in argv],
+                "--workers", "0"]
+    assert run_entry_point(p2_train.main, straight, capsys)[0] == 0
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    expected = load_checkpoint(tmp_path / "straight" / "last.pt")
+    for key, value in expected["model"].items():  # workers leave fewer compute threads, which
+        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-4, atol=1e-5)  # sum apart
+    assert resumed["scheduler"] == expected["scheduler"]
+    assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in expected["history"]]
 
 
 def test_training_from_init_then_captioning_with_inference(scenes, straight_run, tmp_path):
@@ -169,3 +201,112 @@ def test_numbers_out_of_range_are_one_line_errors(flag, value, tmp_path, capsys)
                     "--out", str(tmp_path), flag, value])
     assert exit_info.value.code == 2
     assert f"error: argument {flag}: must be at least" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_catrs_recipe_is_the_default_and_small_is_as_described(tmp_path):
+    from p2.data import RightAngleRotation, train_transform
+    from p2.engine import build_optimizer, config_from_args
+    from p2.model import build_model
+
+    required = ["--train-json", str(tmp_path / "c.json"), "--train-dir", str(tmp_path),
+                "--out", str(tmp_path)]
+    args = parse_args(required)
+    assert (args.lr, args.lr_backbone, args.weight_decay, args.clip_grad) == (1e-4, 1e-5, 1e-4, 0.1)
+    assert (args.schedule, args.lr_drop, args.epochs, args.batch_size) == ("step", 20, 30, 32)
+    assert (args.rotate, args.color_jitter, args.hflip) == (True, True, False)
+    steps = [type(step).__name__ for step in train_transform(299).transforms]
+    assert "RightAngleRotation" in steps and "ColorJitter" in steps
+    assert "RandomHorizontalFlip" not in steps
+    plain = train_transform(299, rotate=False, color_jitter=False, hflip=True).transforms
+    assert not any(isinstance(step, RightAngleRotation) for step in plain)
+    assert type(plain[-2]).__name__ == "RandomHorizontalFlip"
+
+    small = config_from_args(parse_args([*required, "--config", "small"]))
+    assert {k: small[k] for k in ("backbone", "backbone_layer", "backbone_norm", "input_size",
+                                  "hidden_dim", "enc_layers", "dec_layers")} == dict(
+        backbone="resnet18", backbone_layer="layer2", backbone_norm="batch", input_size=128,
+        hidden_dim=128, enc_layers=2, dec_layers=3)
+    model = build_model(small)
+    assert model.stride == 8
+    optimizer = build_optimizer(model, 1e-4, 0.0, 1e-4)  # --lr-backbone 0 freezes the backbone
+    assert isinstance(optimizer, torch.optim.AdamW) and len(optimizer.param_groups) == 1
+    frozen = [p for name, p in model.named_parameters() if name.startswith("backbone.")]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    in_optimizer = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert not any(id(p) in in_optimizer for p in frozen)
+
+
+def test_best_pt_is_the_best_cider_epoch_with_curves_and_the_options_given(scenes, tmp_path):
+    options = ["--config", "small", "--backbone", "resnet34", "--no-dilation", "--backbone-layer",
+               "layer3", "--backbone-norm", "frozen", "--input-size", "64", "--hidden-dim", "32",
+               "--nheads", "2", "--enc-layers", "1", "--dec-layers", "1", "--dim-feedforward",
+               "32", "--dropout", "0.2"]
+    fit(train_args(scenes, tmp_path, "--batch-size", "8", architecture=options))
+    config = load_checkpoint(tmp_path / "best.pt")["config"]
+    assert {k: config[k] for k in ("backbone", "dilation", "backbone_layer", "backbone_norm",
+                                   "input_size", "hidden_dim", "dropout")} == dict(
+        backbone="resnet34", dilation=False, backbone_layer="layer3", backbone_norm="frozen",
+        input_size=64, hidden_dim=32, dropout=0.2)
+    history = load_checkpoint(tmp_path / "last.pt")["history"]
+    ciders = [h["val_cider"] for h in history]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1 + ciders.index(max(ciders))
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_scenes_json_holds_each_object_left_to_right(tmp_path):
+    returned = make_scene_set(tmp_path, 3, seed=4)
+    written = json.loads((tmp_path / "scenes.json").read_text())
+    assert written == returned and len(written) == 3
+    for objects in written.values():
+        assert [sorted(o) for o in objects] == [["box", "color", "shape"]] * len(objects)
+        assert [o["box"][0] for o in objects] == sorted(o["box"][0] for o in objects)
+    assert not (tmp_path / "masks").exists()  # only when asked
+
+
+def test_default_checkpoints_are_those_hw3_download_sh_writes(monkeypatch):
+    import importlib
+
+    import p1.inference
+
+    from tests.conftest import ROOT
+
+    monkeypatch.delenv("HW3_P1_CKPT", raising=False)
+    monkeypatch.delenv("HW3_P2_CKPT", raising=False)
+    assert inference.parse_args(["--images", "x", "--out", "y"]).checkpoint == str(
+        ROOT / "checkpoints" / "catr_v3.pth")
+    assert importlib.reload(p1.inference).parse_args(["--images", "x", "--out", "y"]).checkpoint \
+        == str(ROOT / "checkpoints" / "p1_vit.pt")
+    assert 'HW3_P2_CKPT:-$here/checkpoints/catr_v3.pth' in (ROOT / "hw3_2.sh").read_text()
+
+
+def test_torchrun_two_processes_split_the_images_and_gather_every_caption(scenes, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, script_env
+
+    # no dropout, frozen batch norm and SGD-like exactness aside, two ranks of 4 captions a step
+    # train as one process of 8
+    options = [*TINY, "--backbone-norm", "frozen", "--dropout", "0", "--epochs", "1",
+               "--lr-backbone", "0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "p2" / "train.py"),
+           *[str(a) for a in train_args_list(scenes, tmp_path / "two", *options,
+                                             "--batch-size", "4")]]
+    run = subprocess.run(cmd, env=script_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("epoch 1:") == 1  # rank 0 alone reports
+    two = load_checkpoint(tmp_path / "two" / "last.pt")
+    (metrics,) = two["history"]
+    # every training caption once, every validation image captioned once and gathered
+    assert metrics["images"] == 8 and metrics["val_images"] == 4
+    fit(parse_args(train_args_list(scenes, tmp_path / "one", *options, "--batch-size", "8")))
+    one = load_checkpoint(tmp_path / "one" / "last.pt")
+    assert metrics["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
+    # AdamW's first step is about lr times the gradient's sign, so parameters whose gradient is
+    # rounding noise may step either way; the rest must agree
+    for key, value in one["model"].items():
+        close = torch.isclose(two["model"][key], value, rtol=1e-4, atol=1e-5)
+        assert close.float().mean() > 0.9, key
+        assert (two["model"][key] - value).abs().max() <= 2.01 * 2e-3, key
