@@ -11,8 +11,6 @@
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dest="${HW3_CKPT_DIR:-$here/checkpoints}"
-vit_url="${HW3_VIT_URL:-https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2/B_16_imagenet1k.pth}"
-catr_url="${HW3_CATR_URL:-https://github.com/saahiluppal/catr/releases/download/0.2/weight493084032.pth}"
 check_only=0
 case "${1:-}" in
     "") ;;
@@ -21,61 +19,86 @@ case "${1:-}" in
 esac
 . "$here/venv.sh"
 python="$(hw3_python)"
-part=""  # the download in progress, removed whatever happens
-trap 'rm -f "$part"' EXIT
+
+names=(B_16_imagenet1k.pth catr_v3.pth)
+urls=("${HW3_VIT_URL:-https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2/B_16_imagenet1k.pth}"
+      "${HW3_CATR_URL:-https://github.com/saahiluppal/catr/releases/download/0.2/weight493084032.pth}")
+if [ -n "${HW3_P1_URL:-}" ] || [ -s "$dest/p1_vit.pt" ]; then
+    names+=(p1_vit.pt)
+    urls+=("${HW3_P1_URL:-}")
+fi
+
+parts=()  # downloads in progress or unchecked, removed whatever happens
+trap 'rm -f "${parts[@]+"${parts[@]}"}"' EXIT
 
 describe() {  # describe FILE: its size and SHA-256
     echo "$1: $(stat -c %s "$1") bytes, sha256 $(sha256sum "$1" | cut -d' ' -f1)"
 }
 
-loads() {  # loads FILE: a torch file that loads with weights_only=True (else the reason on stderr)
-    local reason
-    reason="$(PYTHONPATH="$here" "$python" -m hw3core.checkpoints "$1" 2>&1 >/dev/null)" && return 0
-    if ! "$python" -c "import torch" >/dev/null 2>&1; then  # asked only then: a start costs seconds
-        echo "error: torch is not importable with $python (activate the project's venv, or set PYTHON)" >&2
-        exit 2
-    fi
-    echo "$reason" >&2
-    return 1
-}
-
-fetch() {  # fetch NAME URL
-    local target="$dest/$1" url="$2" tmp
-    if [ "$check_only" = 1 ]; then
-        if [ ! -s "$target" ]; then
-            echo "missing $target" >&2
-            return 1
-        fi
-        loads "$target" || return 1
-        describe "$target"
-        return 0
-    fi
-    if [ -s "$target" ]; then
-        echo "have $target"
-        return 0
-    fi
-    mkdir -p "$dest" || return 1
-    tmp="$(mktemp "$dest/.$1.XXXXXX.part")" || return 1
-    part="$tmp"
-    echo "downloading $url -> $target"
-    if ! wget -q --tries=3 --timeout=60 -O "$tmp" "$url"; then
-        rm -f "$tmp"
-        echo "error: could not download $url; download it by hand and save it as $target" >&2
-        return 1
-    fi
-    if ! loads "$tmp"; then
-        rm -f "$tmp"
-        echo "error: $url is not a loadable checkpoint; download it by hand and save it as $target" >&2
-        return 1
-    fi
-    chmod "$(printf '%o' $((0666 & ~$(umask))))" "$tmp"  # mktemp makes 0600 files
-    mv "$tmp" "$target" && describe "$target"
+no_torch() {
+    echo "error: torch is not importable with $python (activate the project's venv, or set PYTHON)" >&2
+    exit 2
 }
 
 status=0
-fetch B_16_imagenet1k.pth "$vit_url" || status=1
-fetch catr_v3.pth "$catr_url" || status=1
-if [ -n "${HW3_P1_URL:-}" ] || [ -s "$dest/p1_vit.pt" ]; then
-    fetch p1_vit.pt "${HW3_P1_URL:-}" || status=1
+files=()    # what to check: the downloads, or with --check the files present
+targets=()  # where each goes
+sources=()  # and where it came from
+for i in "${!names[@]}"; do
+    target="$dest/${names[$i]}" url="${urls[$i]}"
+    if [ "$check_only" = 1 ]; then
+        if [ ! -s "$target" ]; then
+            echo "missing $target" >&2
+            status=1
+            continue
+        fi
+        files+=("$target")
+    elif [ -s "$target" ]; then
+        echo "have $target"
+        continue
+    else
+        if [ "${#parts[@]}" = 0 ] && ! "$python" -c "import torch" >/dev/null 2>&1; then
+            no_torch  # before hundreds of megabytes that could not be checked
+        fi
+        mkdir -p "$dest" && tmp="$(mktemp "$dest/.${names[$i]}.XXXXXX.part")" || { status=1; continue; }
+        parts+=("$tmp")
+        echo "downloading $url -> $target"
+        if ! wget -q --tries=3 --timeout=60 -O "$tmp" "$url"; then
+            echo "error: could not download $url; download it by hand and save it as $target" >&2
+            status=1
+            continue
+        fi
+        files+=("$tmp")
+    fi
+    targets+=("$target")
+    sources+=("$url")
+done
+
+if [ "${#files[@]}" -gt 0 ]; then
+    # one Python start for all the files (each start costs seconds): a line per file, "ok" or
+    # "bad: why"
+    mapfile -t verdicts < <(PYTHONPATH="$here" "$python" -m hw3core.checkpoints "${files[@]}" 2>/dev/null)
+    if [ "${#verdicts[@]}" -ne "${#files[@]}" ]; then
+        if ! "$python" -c "import torch" >/dev/null 2>&1; then
+            no_torch
+        else
+            echo "error: $python could not check the files; run: PYTHONPATH=$here $python -m hw3core.checkpoints ${files[*]}" >&2
+        fi
+        exit 2
+    fi
+    for i in "${!files[@]}"; do
+        if [ "${verdicts[$i]}" != ok ]; then
+            echo "${verdicts[$i]#bad: }" >&2
+            if [ "$check_only" = 0 ]; then
+                echo "error: ${sources[$i]} is not a loadable checkpoint; download it by hand and save it as ${targets[$i]}" >&2
+            fi
+            status=1
+        elif [ "$check_only" = 1 ]; then
+            describe "${targets[$i]}"
+        else
+            chmod "$(printf '%o' $((0666 & ~$(umask))))" "${files[$i]}"  # mktemp makes 0600 files
+            mv "${files[$i]}" "${targets[$i]}" && describe "${targets[$i]}" || status=1
+        fi
+    done
 fi
 exit "$status"

@@ -17,7 +17,11 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 
 # Decoding more pixels than this is refused: a hostile or corrupt header could ask for gigabytes.
-MAX_PIXELS = 178_956_970  # twice Pillow's warning threshold, Pillow's own hard limit
+# The largest phone sensors (200 MP) pass; Pillow's default (89.5 MP) would refuse their photos.
+# Pillow's own check decides (open_rgb turns its warning into a refusal), read when each file
+# opens: lower Image.MAX_IMAGE_PIXELS to refuse more.
+MAX_PIXELS = 250_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class UnreadableImage(Exception):
@@ -39,8 +43,11 @@ def require_images(folder):
     """``list_images(folder)``, or a UserError when the folder is missing or holds no image."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"not a folder: {folder}")
-    paths = list_images(folder)
+        raise UserError(f"{'not a folder' if folder.exists() else 'not found'}: {folder}")
+    try:
+        paths = list_images(folder)
+    except OSError as err:
+        raise UserError(f"cannot read {folder}: {err.strerror or err}") from None
     if not paths:
         raise UserError(f"no image files in {folder}")
     return paths
@@ -79,16 +86,13 @@ def open_rgb(path):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise UnreadableImage(
-                        f"{path}: {img.width}x{img.height} pixels is too large to decode safely")
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)
-    except UnreadableImage:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(f"{path}: more than {Image.MAX_IMAGE_PIXELS:,} pixels, too large "
+                              "to decode safely") from None
+    except (OSError, ValueError, SyntaxError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UnreadableImage(f"{path}: not a readable image ({reason})") from None
 

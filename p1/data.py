@@ -28,7 +28,7 @@ def discover(folder, class_names=None):
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"not a folder: {folder}")
+        raise UserError(f"{'not a folder' if folder.exists() else 'not found'}: {folder}")
     class_dirs = sorted(d for d in folder.iterdir()
                         if d.is_dir() and not d.name.startswith(".") and any(map(is_image_file, d.iterdir())))
     labelled = []

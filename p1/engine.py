@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from hw3core.checkpoints import load_checkpoint, save_epoch, unwrap_state_dict
+from hw3core.checkpoints import (check_format, format_tag, load_checkpoint, save_epoch,
+                                 unwrap_state_dict)
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import ImageFileDataset, collate_skip
@@ -20,7 +21,7 @@ from hw3core.training import (EpochLoader, EpochSums, Interruptible, restore_run
                               resumed_progress, run_state, seed_step, signals_during_backward,
                               start_run_folder, warmup_cosine, wrap_for_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
-from p1.model import (CHECKPOINT_FORMAT, DEFAULT_MEAN, DEFAULT_STD, build_model,
+from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
 
 
@@ -128,7 +129,8 @@ def _fit(args, dist_info):
 
     resume = load_checkpoint(args.resume) if args.resume else None
     if resume is not None:
-        if "optimizer" not in resume:
+        check_format(resume, "hw3-p1-vit", args.resume)
+        if not isinstance(resume, dict) or "optimizer" not in resume:
             raise UserError(f"{args.resume} is not a last.pt checkpoint (no optimizer state)")
         if resume["class_names"] != class_names:
             raise UserError(f"{args.resume} was trained on other classes than {args.train_dir}")
@@ -184,7 +186,7 @@ def _fit(args, dist_info):
                f"{dist_info.world_size} process(es) on {device.type}")
 
     def save(epoch_done, in_epoch=None, improved=False):
-        payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "preprocess": preprocess,
+        payload = {"format": format_tag("hw3-p1-vit"), "arch": arch, "preprocess": preprocess,
                    "class_names": class_names, "model": model.state_dict(), "epoch": epoch_done,
                    "val_acc": history[-1].get("val_acc") if history else None}
         save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,
@@ -236,6 +238,7 @@ def _report_epoch(stats, improved):
 
 def _load_pretrained(model, path):
     obj = load_checkpoint(path)
+    check_format(obj, "hw3-p1-vit", path)
     old_grid = None
     if isinstance(obj, dict) and "arch" in obj:  # a checkpoint of this project
         arch = obj["arch"]

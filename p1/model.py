@@ -24,7 +24,6 @@ PRESETS = {
                  mlp_ratio=4.0),
 }
 DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)
-CHECKPOINT_FORMAT = "hw3-p1-vit/1"
 
 
 def as_pair(size):
@@ -225,15 +224,19 @@ def load_classifier(path):
     model's own class ids) and no preprocessing record (B_16_imagenet1k's mean and std of 0.5 and
     its square input size, read off the position table, are used).
     """
-    from hw3core.checkpoints import load_checkpoint, unwrap_state_dict
+    from hw3core.checkpoints import check_format, load_checkpoint, unwrap_state_dict
 
     obj = load_checkpoint(path)
+    check_format(obj, "hw3-p1-vit", path)
     if isinstance(obj, dict) and "arch" in obj and "model" in obj:
         model = build_model(obj["arch"])
         model.load_state_dict(obj["model"])
         return model, obj["preprocess"], list(obj["class_names"])
     state_dict = to_timm_keys(unwrap_state_dict(obj, path))
-    arch = infer_arch(state_dict)
+    try:
+        arch = infer_arch(state_dict)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     model = build_model(arch)
     try:
         model.load_state_dict(state_dict)

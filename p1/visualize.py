@@ -87,12 +87,13 @@ def run_posemb(args):
 # --- attention maps -----------------------------------------------------------------------------
 
 def collect_images(specs):
-    """Image paths from files and folders; a folder without images is a UserError. A named file
-    that is missing or unreadable is reported and skipped when it is read."""
+    """Image paths from files and folders. A path that does not exist (a typo) or a folder
+    without images is a UserError; a named file that cannot be decoded is reported and skipped
+    when it is read."""
     paths = []
     for spec in specs:
         spec = Path(spec)
-        if spec.is_dir():
+        if spec.is_dir() or not spec.exists():
             paths += require_images(spec)
         else:
             paths.append(spec)
@@ -224,7 +225,7 @@ def run_attention(args):
             written += 1
     skipped = len(paths) - written
     if written == 0:
-        raise UserError(f"none of the {len(paths)} images could be read")
+        raise UserError(f"none of the {len(paths)} image files could be read")
     print(f"wrote {written} figure(s) to {out}" + (f"; skipped {skipped} unreadable" if skipped
                                                    else ""))
 

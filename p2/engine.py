@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hw3core.checkpoints import load_checkpoint, save_epoch
+from hw3core.checkpoints import check_format, format_tag, load_checkpoint, save_epoch
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import collate_list
@@ -269,6 +269,7 @@ def _fit(args, dist_info):
         lambda: caption_vocabulary(train_samples, tokenizer, args.max_len))
     resume = load_checkpoint(args.resume) if args.resume else None
     if resume is not None:
+        check_format(resume, "hw3-p2-catr", args.resume)
         if not isinstance(resume, dict) or "optimizer" not in resume:
             raise UserError(f"{args.resume} is not a last.pt checkpoint (no optimizer state)")
         config = make_config(resume["config"])
@@ -311,7 +312,7 @@ def _fit(args, dist_info):
                f"{device.type}")
 
     def save(epoch_done, in_epoch=None, improved=False):
-        payload = {"config": config, "model": model.state_dict(), "epoch": epoch_done,
+        payload = {"format": format_tag("hw3-p2-catr"), "config": config, "model": model.state_dict(), "epoch": epoch_done,
                    "val": {k: v for k, v in (history[-1] if history else {}).items()
                            if k.startswith("val_")}}
         save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,

@@ -18,7 +18,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
+from hw3core.checkpoints import (check_format, format_tag, load_checkpoint, save_checkpoint,
+                                 unwrap_state_dict)
 from hw3core.errors import UserError
 from p2.tokenizer import START_ID
 
@@ -533,8 +534,9 @@ def build_model(config=None):
 
 
 def save_captioner(model, path):
-    """Save in this project's format, {'config': ..., 'model': state_dict}, atomically."""
-    save_checkpoint({"config": model.config, "model": model.state_dict()}, path)
+    """Save in this project's format, {'format', 'config', 'model'}, atomically."""
+    save_checkpoint({"format": format_tag("hw3-p2-catr"), "config": model.config,
+                     "model": model.state_dict()}, path)
 
 
 def load_captioner(path):
@@ -544,6 +546,7 @@ def load_captioner(path):
     not a checkpoint, or holds another model's weights.
     """
     obj = load_checkpoint(path)
+    check_format(obj, "hw3-p2-catr", path)
     stored = obj.get("config") if isinstance(obj, dict) else None
     config = make_config(stored if isinstance(stored, dict) else None)
     state_dict = unwrap_state_dict(obj, path)

@@ -43,6 +43,24 @@ def run_entry_point(main, argv, capsys):
     return status, captured.out, captured.err
 
 
+def save_p1_checkpoint(path, image_size, class_names=("red", "green", "blue", "yellow"),
+                       model_name="tiny"):
+    """A randomly initialised ViT saved the way p1/train.py saves one; returns the model."""
+    import torch
+
+    from hw3core.checkpoints import format_tag
+    from p1.model import build_model, make_arch
+
+    arch = make_arch(model_name, len(class_names), image_size)
+    torch.manual_seed(0)
+    model = build_model(arch)
+    torch.save({"format": format_tag("hw3-p1-vit"), "arch": arch,
+                "preprocess": {"image_size": list(image_size), "mean": [0.5] * 3,
+                               "std": [0.5] * 3},
+                "class_names": list(class_names), "model": model.state_dict()}, path)
+    return model
+
+
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory):
     """A small course-layout set: (train dir, val dir)."""

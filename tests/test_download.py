@@ -89,4 +89,10 @@ def test_a_python_without_torch_is_told_apart_from_a_bad_file(server, tmp_path):
     assert run.returncode == 2
     assert run.stderr == (f"error: torch is not importable with {fake} (activate the project's "
                           "venv, or set PYTHON)\n")
-    assert list(dest.iterdir()) == []  # the good download is not kept as checked, nor left over
+    assert not dest.exists()  # asked before downloading what could not be checked
+    dest.mkdir()
+    torch.save({"w": torch.ones(2)}, dest / "catr_v3.pth")
+    check = subprocess.run(["bash", str(ROOT / "hw3_download.sh"), "--check"],
+                           env=script_env(HW3_CKPT_DIR=str(dest), PYTHON=str(fake)),
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2 and check.stderr.endswith(run.stderr)

@@ -60,11 +60,18 @@ def test_unreadable_files_raise_naming_the_file(tmp_path):
             open_rgb(tmp_path / name)
 
 
-def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    Image.new("L", (200, 200)).save(tmp_path / "big.png")
-    monkeypatch.setattr("hw3core.images.MAX_PIXELS", 100 * 100)
-    with pytest.raises(UnreadableImage, match="too large"):
-        open_rgb(tmp_path / "big.png")
+def test_pillows_limit_set_deliberately_decides_what_is_too_large(tmp_path, monkeypatch):
+    from hw3core.images import MAX_PIXELS
+
+    assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS >= 200_000_000  # a 200 MP phone photo opens
+    Image.new("L", (100, 100)).save(tmp_path / "at_limit.png")
+    Image.new("L", (101, 100)).save(tmp_path / "over.png")
+    Image.new("L", (300, 100)).save(tmp_path / "far_over.png")  # past Pillow's own hard stop
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
+    assert open_rgb(tmp_path / "at_limit.png").size == (100, 100)
+    for name in ("over.png", "far_over.png"):
+        with pytest.raises(UnreadableImage, match=f"{name}: more than 10,000 pixels, too large"):
+            open_rgb(tmp_path / name)
 
 
 def test_dataset_skips_unreadable_and_warns(tmp_path, capsys):

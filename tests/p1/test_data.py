@@ -44,5 +44,5 @@ def test_validation_uses_training_classes(tmp_path):
 def test_no_images_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no labelled images"):
         discover(tmp_path)
-    with pytest.raises(UserError, match="not a folder"):
+    with pytest.raises(UserError, match="not found"):
         discover(tmp_path / "missing")

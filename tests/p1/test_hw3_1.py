@@ -120,7 +120,7 @@ def test_the_wrapper_wants_two_arguments(arguments):
 def test_the_wrapper_passes_errors_through_as_status_2(tmp_path, trained_tiny):
     run = run_hw3_1(tmp_path / "nope", tmp_path / "out.csv", trained_tiny / "best.pt")
     assert run.returncode == 2
-    assert run.stderr == f"error: not a folder: {tmp_path / 'nope'}\n"
+    assert run.stderr == f"error: not found: {tmp_path / 'nope'}\n"
 
 
 @pytest.mark.parametrize("destination", ["an existing folder", "a path through a file"])

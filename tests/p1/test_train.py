@@ -9,7 +9,8 @@ import pytest
 import pytorch_pretrained_vit
 import torch
 
-from tests.conftest import ROOT, run_entry_point, script_env, tiny_args, tiny_argv
+from tests.conftest import (ROOT, run_entry_point, save_p1_checkpoint, script_env, tiny_args,
+                            tiny_argv)
 from hw3core.checkpoints import load_checkpoint
 from hw3core.errors import UserError
 from p1 import export
@@ -136,24 +137,16 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
     assert metrics["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
 
 
-def test_fine_tuned_b16_exports_back_to_pytorch_pretrained_vit(tmp_path):
-    torch.manual_seed(0)
-    start = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False)
-    torch.save(start.state_dict(), tmp_path / "B_16_imagenet1k.pth")
-    make_shapes_set(tmp_path / "data", 4, image_size=32, seed=3)
-    fit(tiny_args(tmp_path / "data", tmp_path / "data", tmp_path / "run", "--model",
-                  "B_16_imagenet1k", "--epochs", "1", "--batch-size", "4",
-                  "--pretrained", str(tmp_path / "B_16_imagenet1k.pth")))
-    export.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "v.pth")])
-    classes = load_checkpoint(tmp_path / "run" / "best.pt")["class_names"]
-    theirs = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False,
-                                        num_classes=len(classes), image_size=32)
+def test_a_b16_checkpoint_exports_back_to_pytorch_pretrained_vit(tmp_path):
+    ours = save_p1_checkpoint(tmp_path / "best.pt", (32, 32), ("a", "b", "c"),
+                              model_name="B_16_imagenet1k").eval()
+    export.main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "v.pth")])
+    theirs = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False, num_classes=3,
+                                        image_size=32)
     theirs.load_state_dict(torch.load(tmp_path / "v.pth", weights_only=True))
-    from p1.model import load_classifier
-    ours = load_classifier(tmp_path / "run" / "best.pt")[0]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(theirs.eval()(x), ours.eval()(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(theirs.eval()(x), ours(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"),

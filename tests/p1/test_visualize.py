@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_entry_point
+from tests.conftest import run_entry_point, save_p1_checkpoint
 from hw3core.images import open_rgb
 from p1 import visualize
 from p1.attention import attention_rollout, cls_attention
 from p1.data import eval_transform, make_shapes_set
-from p1.model import CHECKPOINT_FORMAT, build_model, load_classifier, make_arch
+from p1.model import build_model, load_classifier, make_arch
 
 
 def library_input(checkpoint, path):
@@ -30,26 +30,13 @@ def run(capsys):
     return call
 
 
-def save_train_checkpoint(path, image_size):
-    """A randomly initialised tiny model saved the way p1/train.py saves one."""
-    arch = make_arch("tiny", 4, image_size)
-    torch.manual_seed(0)
-    model = build_model(arch)
-    torch.save({"format": CHECKPOINT_FORMAT, "arch": arch,
-                "preprocess": {"image_size": list(image_size), "mean": [0.5] * 3,
-                               "std": [0.5] * 3},
-                "class_names": ["red", "green", "blue", "yellow"], "model": model.state_dict()},
-               path)
-    return model
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("visualize")
     make_shapes_set(root / "images", 3, image_size=48, seed=3)
     (root / "images" / "broken.jpg").write_bytes(b"not a jpeg")
-    square = save_train_checkpoint(root / "square.pt", (64, 64))
-    wide = save_train_checkpoint(root / "wide.pt", (64, 96))
+    square = save_p1_checkpoint(root / "square.pt", (64, 64))
+    wide = save_p1_checkpoint(root / "wide.pt", (64, 96))
     return {"root": root, "square": root / "square.pt", "wide": root / "wide.pt",
             "heads": square.blocks[-1].attn.num_heads, "wide_heads": wide.blocks[-1].attn.num_heads}
 

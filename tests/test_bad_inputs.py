@@ -1,0 +1,252 @@
+"""Bad inputs to every entry point: one `error:` line and status 2, or the bad file named on
+stderr and skipped while the rest goes on; never a traceback, never a partial output.
+
+The Python entry points run in this process (main(argv)); the shell wrappers' pass-through of
+both outcomes is tested in tests/p1/test_hw3_1.py and tests/p2/test_scripts.py. The README's
+troubleshooting section lists these cases.
+"""
+import csv
+import errno
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import p1.inference
+import p1.train
+import p1.visualize
+import p2.inference
+import p2.train
+import p2.visualize
+from hw3core.checkpoints import load_checkpoint
+from p1.data import make_shapes_set
+from p2.data import make_scene_set
+from p2.model import save_captioner
+from tests.conftest import run_entry_point, save_p1_checkpoint, tiny_argv
+from tests.p2.p2_samples import small_model
+
+# Image.MAX_IMAGE_PIXELS while these tests run: bomb.png is over it, the strips well under
+PIXEL_LIMIT = 1_000_000
+GOOD = {  # name: a PIL image that must be classified or captioned, not skipped
+    "dot.png": Image.new("RGB", (1, 1), "green"),
+    "wide strip.png": Image.new("RGB", (3000, 10), "red"),
+    "tall strip.jpg": Image.new("RGB", (10, 3000), "blue"),
+    "depth16.png": Image.fromarray(np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)),
+    "palette.png": Image.new("RGB", (30, 20), "yellow").convert("P"),
+    "it's \"quoted\".png": Image.new("RGB", (20, 20), "white"),
+    "new\nline.png": Image.new("RGB", (20, 20), "black"),
+    "café ☕.jpg": Image.new("RGB", (20, 30), "brown"),
+}
+BAD = ("fake.jpg", "bomb.png")  # not an image; more pixels than the limit
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("odd")
+    for name, image in GOOD.items():
+        image.save(folder / name)
+    frames = [Image.new("RGB", (16, 16), color) for color in ("red", "blue")]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=50)
+    (folder / "fake.jpg").write_text("this is a text file\n")
+    Image.new("L", (1100, 1000)).save(folder / "bomb.png")
+    (folder / "notes.txt").write_text("not an image, and not named\n")
+    return folder
+
+
+GOOD_NAMES = sorted([*GOOD, "animated.gif"])
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    save_p1_checkpoint(folder / "p1.pt", (32, 32), class_names=("a", "b"))
+    save_captioner(small_model(end_bias=50.0), folder / "p2.pt")
+    data = (folder / "p1.pt").read_bytes()
+    (folder / "truncated.pt").write_bytes(data[:len(data) // 3])
+    (folder / "text.pt").write_text("not a checkpoint\n")
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, folder / "foreign.pt")
+    newer = load_checkpoint(folder / "p1.pt")
+    newer["format"] = "hw3-p1-vit/2"
+    torch.save(newer, folder / "newer_p1.pt")
+    newer = load_checkpoint(folder / "p2.pt")
+    newer["format"] = "hw3-p2-catr/2"
+    torch.save(newer, folder / "newer_p2.pt")
+    return folder
+
+
+@pytest.fixture
+def pixel_limit(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PIXEL_LIMIT)
+
+
+# entry point: (main, argv for (checkpoint, image folder, output), problem, output kind)
+PREDICTORS = {
+    "p1/inference.py": (p1.inference.main,
+                        lambda c, i, o: ["--checkpoint", c, "--images", i, "--out", o / "p.csv"],
+                        "p1"),
+    "p1/visualize.py": (p1.visualize.main,
+                        lambda c, i, o: ["attention", "--checkpoint", c, "--images", i,
+                                         "--out", o / "maps", "--save-npy"], "p1"),
+    "p2/inference.py": (p2.inference.main,
+                        lambda c, i, o: ["--checkpoint", c, "--images", i, "--out", o / "c.jsonl",
+                                         "--max-len", "3"], "p2"),
+    "p2/visualize.py": (p2.visualize.main,
+                        lambda c, i, o: ["--checkpoint", c, "--images", i, "--out", o / "figs",
+                                         "--max-len", "3"], "p2"),
+}
+
+
+def outputs(entry, out):
+    """The names of the images the output of ``entry`` covers, sorted."""
+    if entry == "p1/inference.py":
+        rows = list(csv.reader(io.StringIO((out / "p.csv").read_text(), newline="")))
+        assert rows[0] == ["filename", "label"]
+        return sorted(row[0] for row in rows[1:])
+    if entry == "p2/inference.py":
+        return sorted(json.loads(line)["file"]
+                      for line in (out / "c.jsonl").read_text().splitlines())
+    folder = out / ("maps" if entry == "p1/visualize.py" else "figs")
+    return sorted(p.stem for p in folder.glob("*.png"))
+
+
+def one_line_error(status, err, *expected):
+    assert status == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for text in expected:
+        assert str(text) in err, err
+
+
+@pytest.mark.parametrize("entry", PREDICTORS)
+def test_odd_images_are_each_handled_and_bad_files_named_and_skipped(entry, odd_images,
+                                                                     checkpoints, pixel_limit,
+                                                                     tmp_path, capsys):
+    main, argv, problem = PREDICTORS[entry]
+    status, _, err = run_entry_point(main, argv(checkpoints / f"{problem}.pt", odd_images,
+                                                tmp_path), capsys)
+    assert status == 0, err
+    assert "Traceback" not in err
+    for name in BAD:
+        assert f"skipping {odd_images / name}" in err
+    assert "notes.txt" not in err
+    stems = entry.endswith("visualize.py")
+    assert outputs(entry, tmp_path) == sorted(Path(n).stem if stems else n for n in GOOD_NAMES)
+
+
+@pytest.mark.parametrize("entry", PREDICTORS)
+@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unreadable folder",
+                                  "missing checkpoint", "text checkpoint", "truncated checkpoint",
+                                  "foreign checkpoint", "newer format", "other problem's",
+                                  "output through a file", "read-only output", "full disk"])
+def test_bad_inputs_and_outputs_are_one_line_errors_with_no_output(entry, case, checkpoints,
+                                                                   odd_images, tmp_path,
+                                                                   monkeypatch, capsys):
+    main, argv, problem = PREDICTORS[entry]
+    other = {"p1": "p2", "p2": "p1"}[problem]
+    checkpoint, images, out = checkpoints / f"{problem}.pt", odd_images, tmp_path / "out"
+    expected = []
+    if case == "missing folder":
+        images = tmp_path / "absent"
+        expected = [f"not found: {images}"]
+    elif case == "empty folder":
+        images = tmp_path / "empty"
+        images.mkdir()
+        (images / "readme.txt").write_text("no images\n")
+        expected = [f"no image files in {images}"]
+    elif case == "unreadable folder":  # CI runs as root, where chmod 000 blocks nothing
+        real_iterdir = Path.iterdir
+
+        def refused(path):
+            if path == odd_images:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_iterdir(path)
+        monkeypatch.setattr(Path, "iterdir", refused)
+        expected = [f"cannot read {odd_images}: Permission denied"]
+    elif case.endswith("checkpoint") or case in ("newer format", "other problem's"):
+        checkpoint = checkpoints / {
+            "missing checkpoint": "absent.pt", "text checkpoint": "text.pt",
+            "truncated checkpoint": "truncated.pt", "foreign checkpoint": "foreign.pt",
+            "newer format": f"newer_{problem}.pt", "other problem's": f"{other}.pt"}[case]
+        expected = [checkpoint]
+        if case == "newer format":
+            expected.append("update the project")
+    elif case == "output through a file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+        expected = ["cannot write", "is a file"]
+    else:
+        code = errno.EACCES if case == "read-only output" else errno.ENOSPC
+
+        def refused(*args, **kwargs):
+            raise OSError(code, os.strerror(code))
+        monkeypatch.setattr(tempfile, "mkstemp", refused)
+        expected = ["cannot write", os.strerror(code)]
+    status, _, err = run_entry_point(main, argv(checkpoint, images, out), capsys)
+    one_line_error(status, err, *expected)
+    left = [p for p in (out.rglob("*") if out.is_dir() else []) if p.is_file()]
+    assert left == []  # nothing partial, no temporary file
+
+
+def test_training_goes_on_past_bad_images_and_refuses_bad_starts(odd_images, checkpoints,
+                                                                 pixel_limit, tmp_path, capsys):
+    # the course layout wants {label}_{id}: label the odd images (and the bad ones) class 0 or 1
+    data = tmp_path / "data"
+    make_shapes_set(data, 8, image_size=32, seed=1)
+    for path in (data).glob("[23]_*.png"):
+        path.unlink()
+    for i, path in enumerate(sorted(odd_images.iterdir())):
+        (data / f"{i % 2}_{900 + i}{path.suffix}").write_bytes(path.read_bytes())
+    argv = tiny_argv(data, data, tmp_path / "run", "--epochs", "1", "--batch-size", "8")
+    status, _, err = run_entry_point(p1.train.main, argv, capsys)
+    assert status == 0, err
+    assert err.count("skipping") >= 2 and "Traceback" not in err  # each pass names them
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+    for start, message in (("--resume", "truncated.pt"), ("--resume", "newer_p1.pt"),
+                           ("--pretrained", "foreign.pt"), ("--pretrained", "p2.pt")):
+        status, _, err = run_entry_point(
+            p1.train.main, [*argv[:-2], "--out", tmp_path / "again", start, checkpoints / message],
+            capsys)
+        one_line_error(status, err, checkpoints / message)
+    for data_dir, message in ((tmp_path / "absent", "not found"),
+                              (odd_images / "notes.txt", "not a folder")):
+        argv_bad = tiny_argv(data_dir, data, tmp_path / "bad", "--epochs", "1")
+        one_line_error(*run_entry_point(p1.train.main, argv_bad, capsys)[::2], message)
+
+
+def test_captioner_training_goes_on_past_bad_images_and_refuses_bad_starts(
+        odd_images, checkpoints, pixel_limit, tmp_path, capsys):
+    make_scene_set(tmp_path / "scenes", 4, seed=1, size=(64, 32))
+    images = tmp_path / "scenes" / "images"
+    content = json.loads((tmp_path / "scenes" / "captions.json").read_text())
+    for i, name in enumerate(["dot.png", "wide strip.png", "fake.jpg", "bomb.png"], 100):
+        (images / name).write_bytes((odd_images / name).read_bytes())
+        content["images"].append({"id": i, "file_name": name})
+        content["annotations"].append({"id": i, "image_id": i, "caption": "a red circle"})
+    (tmp_path / "captions.json").write_text(json.dumps(content))
+    data = ["--train-json", tmp_path / "captions.json", "--train-dir", images,
+            "--val-json", tmp_path / "captions.json", "--val-dir", images,
+            "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4", "--max-len", "8",
+            "--workers", "0", "--device", "cpu"]
+    architecture = ["--config", "small", "--hidden-dim", "32", "--nheads", "2", "--enc-layers",
+                    "1", "--dec-layers", "1", "--dim-feedforward", "32"]
+    status, _, err = run_entry_point(p2.train.main, [*data, *architecture], capsys)
+    assert status == 0, err
+    assert "fake.jpg" in err and "bomb.png" in err and "Traceback" not in err
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert history[0]["val_images"] == 6  # every readable image captioned, the two bad ones not
+
+    for start, message in (("--resume", "truncated.pt"), ("--resume", "newer_p2.pt"),
+                           ("--init", "foreign.pt"), ("--init", "p1.pt")):
+        given = data if start == "--init" else [*data, *architecture]
+        status, _, err = run_entry_point(p2.train.main, [*given, start, checkpoints / message],
+                                         capsys)
+        one_line_error(status, err, checkpoints / message)
+    status, _, err = run_entry_point(p2.train.main, [data[0], tmp_path / "absent.json",
+                                                     *data[2:]], capsys)
+    one_line_error(status, err, "absent.json")
