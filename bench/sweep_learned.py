@@ -24,6 +24,9 @@ MEASURES = {
                              0.8, True),
     "p1_tiny_last_over_first_train_loss": (
         "tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set", 0.8, False),
+    "p1_digits_from_scratch_best_val_acc": (
+        "tests/p1/test_train.py::test_from_random_weights_the_defaults_learn_real_digits", 0.5,
+        True),
     "p2_second_over_first_train_loss": (
         "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 0.95, False),
     "p2_second_over_first_val_loss": (
@@ -35,7 +38,8 @@ def measure_once():
     """The measures of one run, in this process (its seed and threads come from the caller)."""
     from p1.engine import fit as fit_p1
     from p2.engine import fit as fit_p2
-    from tests.conftest import make_shapes_data, tiny_args
+    from p1.train import parse_args
+    from tests.conftest import digits_argv, make_digits_data, make_shapes_data, tiny_args
     from tests.p2.test_train import make_scenes, train_args
 
     def history(out):
@@ -46,10 +50,13 @@ def measure_once():
         (tmp / "shapes").mkdir()
         fit_p1(tiny_args(*make_shapes_data(tmp / "shapes"), tmp / "p1"))
         p1 = history(tmp / "p1")
+        fit_p1(parse_args(digits_argv(*make_digits_data(tmp / "digits"), tmp / "digits_run")))
+        digits = history(tmp / "digits_run")
         fit_p2(train_args(make_scenes(tmp / "scenes"), tmp / "p2"))
         p2 = history(tmp / "p2")
     return {"p1_tiny_best_val_acc": max(h["val_acc"] for h in p1),
             "p1_tiny_last_over_first_train_loss": p1[-1]["train_loss"] / p1[0]["train_loss"],
+            "p1_digits_from_scratch_best_val_acc": max(h["val_acc"] for h in digits),
             "p2_second_over_first_train_loss": p2[1]["train_loss"] / p2[0]["train_loss"],
             "p2_second_over_first_val_loss": p2[1]["val_loss"] / p2[0]["val_loss"]}
 

@@ -38,10 +38,12 @@ def overlay_heatmap(ax, image, heat, cell=None, title=None, alpha=0.55, cmap="je
 
 
 def save_figure(fig, path, dpi=100):
-    """Save ``fig`` as PNG at ``path`` atomically, then free it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    """Save ``fig`` as PNG at ``path`` atomically, then free it (also when saving fails)."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_history(history, path, panels):

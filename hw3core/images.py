@@ -101,6 +101,20 @@ def warn_unreadable(message):
     print(f"warning: skipping {message}", file=sys.stderr, flush=True)
 
 
+def or_skip(path, work):
+    """``work()``, or None after naming ``path`` on stderr if it fails: one image's error,
+    whatever it is, never stops a folder run. A UserError (a wrong option or file, the same for
+    every image) still stops it."""
+    try:
+        return work()
+    except UserError:
+        raise
+    except Exception as err:  # a folder run goes on past anything one image does
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        warn_unreadable(f"{path}: {type(err).__name__}" + (f": {reason}" if reason else ""))
+        return None
+
+
 class ImageFileDataset(torch.utils.data.Dataset):
     """Images from a list of paths, transformed; an unreadable one yields None (see collate_skip).
 

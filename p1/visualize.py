@@ -19,8 +19,8 @@ import torch  # noqa: E402
 from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
 from hw3core.figures import overlay_heatmap, plt, save_figure, show_image  # noqa: E402
 from hw3core.files import atomic_path, require_writable_file, require_writable_folder  # noqa: E402
-from hw3core.images import (ImageFileDataset, collate_skip, require_distinct_stems,  # noqa: E402
-                            require_images)
+from hw3core.images import (ImageFileDataset, collate_skip, or_skip,  # noqa: E402
+                            require_distinct_stems, require_images)
 from hw3core.runtime import pick_device  # noqa: E402
 from p1.attention import (attention_rollout, block_index, cls_attention,  # noqa: E402
                           position_similarity)
@@ -198,6 +198,16 @@ def run_attention(args):
         preprocess["image_size"], preprocess["mean"], preprocess["std"]))
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, collate_fn=collate_skip)
     map_title = describe_map(args, block, depth, model.blocks[block].attn.num_heads)
+
+    def write(path, image, heat, prob):
+        predicted = int(prob.argmax())
+        heading = f"{path.name}: predicted class {class_names[predicted]} ({prob[predicted]:.1%})"
+        plot = plot_head_maps if heat.ndim == 3 else plot_single_map
+        save_figure(plot(image, heat, map_title, heading), out / f"{path.stem}.png")
+        if args.save_npy:
+            save_npy(heat, out / f"{path.stem}.npy")
+        return True  # or_skip gives None when this fails
+
     written = 0
     for batch in loader:
         if batch is None:
@@ -214,15 +224,7 @@ def run_attention(args):
         shown = unnormalise(images, preprocess["mean"], preprocess["std"])
         for image, heat, prob, index in zip(shown, maps.float().cpu().numpy(), probs, indices):
             path = paths[int(index)]
-            predicted = int(prob.argmax())
-            heading = (f"{path.name}: predicted class {class_names[predicted]} "
-                       f"({prob[predicted]:.1%})")
-            plot = plot_head_maps if heat.ndim == 3 else plot_single_map
-            save_figure(plot(image, heat, map_title, heading),
-                        out / f"{path.stem}.png")
-            if args.save_npy:
-                save_npy(heat, out / f"{path.stem}.npy")
-            written += 1
+            written += bool(or_skip(path, lambda: write(path, image, heat, prob)))
     skipped = len(paths) - written
     if written == 0:
         raise UserError(f"none of the {len(paths)} image files could be read")

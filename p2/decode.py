@@ -21,7 +21,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from hw3core.errors import UserError
-from hw3core.images import ImageFileDataset, collate_list
+from hw3core.images import ImageFileDataset, collate_list, or_skip
 from hw3core.runtime import autocast
 from p2.model import EncodedImages
 from p2.tokenizer import END_ID, PAD_ID, START_ID
@@ -238,15 +238,24 @@ def _attention_maps(rows, encoded: EncodedImages, index, per_head):
 def caption_folder(model, paths, batch_size=8, **options):
     """Yield (path, resized PIL image, Captioned) for each readable image in ``paths``, in order.
 
-    Unreadable files are named on stderr and skipped. ``options`` go to caption_images.
+    Unreadable files, and images whose captioning fails, are named on stderr and skipped (a
+    failing batch is captioned again one image at a time). ``options`` go to caption_images.
     """
     resize = partial(resize_for_catr, side=model.config["input_size"])
     loader = torch.utils.data.DataLoader(ImageFileDataset(paths, resize),
                                          batch_size=batch_size, collate_fn=collate_list)
     for batch in loader:
-        results = caption_images(model, [to_model_input(image) for image, _ in batch], **options)
+        inputs = [to_model_input(image) for image, _ in batch]
+        try:
+            results = caption_images(model, inputs, **options)
+        except UserError:
+            raise
+        except Exception:  # find the image at fault: one at a time, skipping any that fails
+            results = [or_skip(paths[index], lambda x=x: caption_images(model, [x], **options)[0])
+                       for x, (_, index) in zip(inputs, batch)]
         for (image, index), result in zip(batch, results):
-            yield paths[index], image, result
+            if result is not None:
+                yield paths[index], image, result
 
 
 def reference_greedy(model, image, max_len=128):

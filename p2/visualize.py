@@ -94,7 +94,7 @@ def main(argv=None):
 
     from hw3core.figures import save_figure
     from hw3core.files import atomic_path, require_writable_folder
-    from hw3core.images import require_distinct_stems, require_images
+    from hw3core.images import or_skip, require_distinct_stems, require_images
     from p2.decode import caption_folder
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
@@ -105,9 +105,8 @@ def main(argv=None):
     model, tokenizer = load_for_captioning(args)
     per_head = args.heads == "all"
     written = 0
-    for path, image, result in caption_folder(model, paths, args.batch_size, beam=args.beam,
-                                              max_len=args.max_len, attention_layer=args.layer,
-                                              per_head=per_head):
+
+    def write(path, image, result):
         pieces = tokenizer.pieces(result.tokens[1:])
         panels, columns = figure_panels(pieces, result.attention, per_head)
         columns = columns or panel_columns(len(panels), image.width / image.height)
@@ -117,7 +116,12 @@ def main(argv=None):
         if args.save_npy:
             with atomic_path(out / f"{path.stem}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, result.attention.astype(np.float32))
-        written += 1
+        return True  # or_skip gives None when this fails
+
+    for path, image, result in caption_folder(model, paths, args.batch_size, beam=args.beam,
+                                              max_len=args.max_len, attention_layer=args.layer,
+                                              per_head=per_head):
+        written += bool(or_skip(path, lambda: write(path, image, result)))
     if not written:
         raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
     skipped = len(paths) - written

@@ -75,6 +75,36 @@ def make_shapes_data(root):
     return root / "train", root / "val"
 
 
+def make_digits_data(root, train=500, val=150):
+    """scikit-learn's handwritten digits (8 x 8, 10 classes; real images that a dependency
+    ships) in the course layout at 16 x 16 pixels: (train dir, val dir)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    folders = []
+    for split, indices in (("train", order[:train]), ("val", order[train:train + val])):
+        folder = root / split
+        folder.mkdir(parents=True)
+        for i in indices:
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
+            Image.fromarray(pixels).resize((16, 16), Image.Resampling.NEAREST).save(
+                folder / f"{digits.target[i]}_{i}.png")
+        folders.append(folder)
+    return tuple(folders)
+
+
+def digits_argv(train_dir, val_dir, out):
+    """p1/train.py from random weights with the from-scratch defaults (AdamW, lr, weight decay,
+    warm-up); light augmentation and small batches for a set of 500 tiny images."""
+    return ["--model", "tiny", "--pretrained", "none", "--image-size", "16", "--train-dir",
+            str(train_dir), "--val-dir", str(val_dir), "--out", str(out), "--epochs", "6",
+            "--batch-size", "16", "--augment", "none", "--min-crop", "0.8", "--workers", "0",
+            "--seed", str(TEST_SEED)]
+
+
 def tiny_args(train_dir, val_dir, out, *extra):
     """train.py arguments for a fast CPU run of the tiny preset at 32 px."""
     from p1.train import parse_args

@@ -23,6 +23,7 @@ import p1.train
 import p1.visualize
 import p2.inference
 import p2.train
+import p2.decode
 import p2.visualize
 from hw3core.checkpoints import load_checkpoint
 from p1.data import make_shapes_set
@@ -250,3 +251,82 @@ def test_captioner_training_goes_on_past_bad_images_and_refuses_bad_starts(
     status, _, err = run_entry_point(p2.train.main, [data[0], tmp_path / "absent.json",
                                                      *data[2:]], capsys)
     one_line_error(status, err, "absent.json")
+
+
+@pytest.fixture(scope="module")
+def three_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("three")
+    for name, size in (("a.png", (40, 30)), ("b.png", (30, 50)), ("c.png", (20, 20))):
+        Image.new("RGB", size, "purple").save(folder / name)
+    return folder
+
+
+def fail_on_b(error):
+    """A stand-in for a save or a model call that raises ``error`` for image b alone."""
+    def check(argument):
+        if (isinstance(argument, Path) and argument.stem == "b") or (
+                isinstance(argument, list) and any(x.shape[1:] == (299, 179) for x in argument)):
+            raise error
+    return check
+
+
+@pytest.mark.parametrize("entry, target", [
+    ("p1/visualize.py", "p1.visualize.save_figure"),
+    ("p2/visualize.py", "hw3core.figures.save_figure"),
+    ("p2/inference.py", "p2.decode.caption_images")])
+def test_an_error_on_one_image_skips_it_and_the_run_goes_on(entry, target, three_images,
+                                                          checkpoints, tmp_path, monkeypatch,
+                                                          capsys):
+    import importlib
+
+    module, name = target.rsplit(".", 1)
+    real = getattr(importlib.import_module(module), name)
+    check = fail_on_b(RuntimeError("boom"))
+
+    def failing(*args, **kwargs):
+        check(args[1])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(target, failing)
+    main, argv, problem = PREDICTORS[entry]
+    status, _, err = run_entry_point(main, argv(checkpoints / f"{problem}.pt", three_images,
+                                                tmp_path), capsys)
+    assert status == 0, err
+    assert f"warning: skipping {three_images / 'b.png'}: RuntimeError: boom" in err
+    assert outputs(entry, tmp_path) == (["a.png", "c.png"] if entry.endswith("inference.py")
+                                        else ["a", "c"])
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_run_stopped_partway_leaves_whole_files_and_no_temporary(three_images, checkpoints,
+                                                                   tmp_path, monkeypatch, capsys):
+    import hw3core.figures
+
+    real = hw3core.figures.save_figure
+    check = fail_on_b(KeyboardInterrupt())
+
+    def interrupted_at_b(fig, path, dpi=100):
+        check(path)
+        return real(fig, path, dpi)
+    monkeypatch.setattr(hw3core.figures, "save_figure", interrupted_at_b)
+    status, _, err = run_entry_point(p2.visualize.main, [
+        "--checkpoint", checkpoints / "p2.pt", "--images", three_images, "--out", tmp_path,
+        "--max-len", "3", "--save-npy", "--batch-size", "1"], capsys)
+    assert status == 130 and err.endswith("interrupted\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "a.png"]
+    with Image.open(tmp_path / "a.png") as figure:
+        figure.load()  # a whole PNG
+    assert np.load(tmp_path / "a.npy").shape[0] == 1  # the model says [SEP] at once
+    monkeypatch.undo()
+    # captions are written once, at the end: a stopped run leaves no partial JSON-lines file
+    real_caption = p2.decode.caption_images
+    check = fail_on_b(KeyboardInterrupt())
+
+    def caption_interrupted_at_b(model, images, **options):
+        check(images)
+        return real_caption(model, images, **options)
+    monkeypatch.setattr(p2.decode, "caption_images", caption_interrupted_at_b)
+    status, _, _ = run_entry_point(p2.inference.main, [
+        "--checkpoint", checkpoints / "p2.pt", "--images", three_images, "--out",
+        tmp_path / "c.jsonl", "--batch-size", "1"], capsys)
+    assert status == 130 and not (tmp_path / "c.jsonl").exists()
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,18 @@ def test_tiny_preset_learns_the_synthetic_set(trained_tiny):
     assert "optimizer" not in best  # best.pt is for inference; last.pt carries the run
     assert (trained_tiny / "curves.png").stat().st_size > 0
     assert json.loads((trained_tiny / "args.json").read_text())["model"] == "tiny"
+
+
+def test_from_random_weights_the_defaults_learn_real_digits(tmp_path):
+    from tests.conftest import digits_argv, make_digits_data
+
+    fit(parse_args(digits_argv(*make_digits_data(tmp_path / "digits"), tmp_path / "run")))
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # 5 times chance (10 classes). bench/sweep_learned.py (5 seeds x 1 and 2 threads x plain and
+    # native kernels): best val acc 0.71 at the lowest, 0.75 on average. SGD at 1e-3, the old
+    # default, stayed at chance on digits; so did these settings at 32 x 32 pixels, where a 4 x 4
+    # grid of patches learns too slowly for 6 epochs
+    assert max(h["val_acc"] for h in history) >= 0.5
 
 
 def signal_at(monkeypatch, module, epoch, step, signum=signal.SIGTERM):
@@ -97,7 +110,7 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
         shapes_data, tmp_path):
     options = ["--model", "tiny", "--pretrained", "none", "--image-size", "32",
                "--train-dir", str(shapes_data[0]), "--val-dir", str(shapes_data[1]),
-               "--epochs", "1", "--workers", "0", "--device", "cpu", "--augment", "none",
+               "--epochs", "2", "--workers", "0", "--device", "cpu", "--augment", "none",
                "--drop-path", "0", "--optimizer", "sgd", "--lr", "0.05"]  # SGD: no amplified noise
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "p1" / "train.py"), *options, "--batch-size", "16",
@@ -105,7 +118,7 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
     env = script_env(OMP_NUM_THREADS="1")
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
         seen = b""
-        while b"| 2/19" not in seen:  # rank 0's progress bar: two steps done
+        while not re.search(rb"epoch 1/2: [^|]*\|[^|]*\| *[1-9][0-9]*/19 ", seen):  # a step done
             chunk = os.read(run.stderr.fileno(), 4096)
             assert chunk, seen.decode()[-2000:]
             seen += chunk
@@ -115,18 +128,20 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
     assert run.returncode != 0
     assert "stopped by SIGTERM" in err, err[-2000:]
     cut = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert cut["epoch"] == 0 and 2 <= cut["in_epoch"]["batches"] < 19
+    # in epoch 1 as a rule; in the first step of epoch 2 if the signal came during validation
+    assert cut["in_epoch"] is not None and cut["in_epoch"]["batches"] >= 1
     assert len(cut["in_epoch"]["ranks"]) == 2  # each rank's sums
     resume = subprocess.run([*cmd, "--resume", str(tmp_path / "two" / "last.pt")], env=env,
                             capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-2000:]
-    assert resume.stdout.count("epoch 1:") == 1  # rank 0 alone reports
+    assert resume.stdout.count("epoch 2:") == 1  # rank 0 alone reports
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "args.json", "best.pt", "curves.png", "last.pt", "metrics.jsonl"]
     last = load_checkpoint(tmp_path / "two" / "last.pt")
-    (metrics,) = [json.loads(line)
-                  for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics["images"] == 600 and metrics["val_images"] == 200  # no image dropped or doubled
+    metrics = [json.loads(line)
+               for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    for epoch in metrics:  # no image dropped or doubled
+        assert epoch["images"] == 600 and epoch["val_images"] == 200
     # two ranks of 16 images a step train as one process of 32: the same items (each drawn from
     # its seed, epoch and index), the gradients averaged
     fit(parse_args([*options, "--batch-size", "32", "--out", str(tmp_path / "one")]))
@@ -134,7 +149,8 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
     for key, value in one["model"].items():
         torch.testing.assert_close(last["model"][key], value, rtol=1e-4, atol=1e-5)
     assert last["val_acc"] == pytest.approx(one["val_acc"], abs=0.011)
-    assert metrics["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
+    for got, want in zip(metrics, one["history"]):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
 
 
 def test_a_b16_checkpoint_exports_back_to_pytorch_pretrained_vit(tmp_path):
