@@ -1,5 +1,6 @@
 """Checkpoint I/O: atomic saves, safe loads (weights_only=True), clear errors for wrong files."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,8 +27,12 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or damaged files
-        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({first_line})") from None
+        lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()
+                 if line.strip()]
+        # a weights-only refusal's first line says only that it failed; another says why
+        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")),
+                      lines[0] if lines else type(err).__name__)
+        raise UserError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
 
 
 # What each problem's checkpoints hold; the number after the slash changes when what they hold

@@ -61,6 +61,16 @@ def pick_device(name="auto", dist_info=Distributed()):
     return torch.device(name)
 
 
+def describe_device(device, processes=1):
+    """What a run computed on, for its records: 'NVIDIA H100 80GB HBM3' or 'CPU, 2 threads', with
+    the number of processes when there are several."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU, {torch.get_num_threads()} thread(s)"
+    return name + (f" x {processes} processes" if processes > 1 else "")
+
+
 def usable_cores():
     """The cores this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -2,6 +2,7 @@
 per-step seeding, stopping on SIGTERM/SIGINT, the warm-up and cosine schedule, the DDP wrapper,
 the run folder, and the run state that last.pt keeps for --resume."""
 import contextlib
+import functools
 import json
 import math
 import random
@@ -178,40 +179,75 @@ class Interruptible:
         if self.signum is not None:
             self._stop()
 
+
+class Epochs:
+    """The epochs a run has still to do, from where its last.pt left off (``in_epoch``: the
+    progress of an epoch a signal cut short), each stoppable by SIGTERM or SIGINT:
+
+        with Epochs(...) as epochs:
+            for e in epochs:
+                train_one_epoch(..., e.loader, e.sums, e.stop, e.step_seed)
+                ... validation ...
+                with e.committing():   # the epoch's record and checkpoint, written whole
+                    ...
+
+    A stop inside a run becomes Interrupted, naming what last.pt holds: the epoch once its
+    record is written, else ``save_last(epoch, in_epoch)`` (rank 0) writes last.pt with every
+    rank's sums at its last completed step.
+    """
+
+    def __init__(self, epochs, start, in_epoch, loader, device, dist_info, seed, out, save_last):
+        self.epochs, self.start, self.in_epoch = epochs, start, in_epoch
+        self.loader, self.device, self.dist_info, self.seed = loader, device, dist_info, seed
+        self.out, self.save_last = Path(out), save_last
+        self.stop = Interruptible(dist_info.enabled)
+        self.current = None
+
+    def __enter__(self):
+        self.stop.__enter__()
+        return self
+
+    def __iter__(self):
+        rank = self.dist_info.rank
+        for epoch in range(self.start, self.epochs):
+            resumed = self.in_epoch is not None and self.in_epoch["epoch"] == epoch
+            sums = EpochSums(self.device, self.in_epoch["ranks"][rank] if resumed else None)
+            self.current = types.SimpleNamespace(
+                index=epoch, sums=sums, stop=self.stop, saved=False,
+                loader=self.loader.epoch(epoch, sums.batches),
+                step_seed=functools.partial(seed_step, self.seed, rank, epoch),
+                committing=self._committing)
+            yield self.current
+
     @contextlib.contextmanager
-    def epoch(self, epoch, sums, batches_per_epoch, out, save_last, is_main):
-        """The block of one epoch (0-based) whose training adds to ``sums`` (EpochSums).
+    def _committing(self):
+        with self.stop.committing():
+            yield
+            self.current.saved = True
 
-        A stop in it becomes Interrupted, naming what last.pt holds. The block sets
-        ``.saved`` on what it yields once the epoch's own checkpoint is written; before that,
-        ``save_last(in_epoch)`` is called on rank 0 to write last.pt with every rank's sums at
-        its last completed step.
-        """
-        record = types.SimpleNamespace(saved=False)
+    def __exit__(self, kind, error, traceback):
         try:
-            yield record
-        except StopRequested:
-            if record.saved:
-                where = f"epoch {epoch + 1}"
-            else:
-                ranks = sums.progress_of_all_ranks()
-                done = ranks[0]["batches"]
-                if is_main:
-                    save_last({"epoch": epoch, "batches": done, "ranks": ranks})
-                where = (f"all {done} training batches of epoch {epoch + 1}"
-                         if done >= batches_per_epoch
-                         else f"epoch {epoch + 1} up to batch {done} of {batches_per_epoch}")
-            last = Path(out) / "last.pt"
-            raise Interrupted(self.signum, f"stopped by {signal.Signals(self.signum).name}: "
-                              f"{last} holds {where}; rerun the same command with --resume "
-                              f"{last} to go on") from None
+            if kind is not None and issubclass(kind, StopRequested):
+                raise self._interrupted() from None
+        finally:
+            self.stop.__exit__(kind, error, traceback)
 
-
-def resumed_progress(in_epoch, epoch, rank):
-    """This rank's saved EpochSums progress if last.pt's ``in_epoch`` is ``epoch``, else None."""
-    if in_epoch is None or in_epoch["epoch"] != epoch:
-        return None
-    return in_epoch["ranks"][rank]
+    def _interrupted(self):
+        epoch = self.current
+        if epoch.saved:
+            where = f"epoch {epoch.index + 1}"
+        else:
+            ranks = epoch.sums.progress_of_all_ranks()
+            done, total = ranks[0]["batches"], len(self.loader)
+            if self.dist_info.is_main:
+                self.save_last(epoch.index, {"epoch": epoch.index, "batches": done,
+                                             "ranks": ranks})
+            where = (f"all {done} training batches of epoch {epoch.index + 1}" if done >= total
+                     else f"epoch {epoch.index + 1} up to batch {done} of {total}")
+        last = self.out / "last.pt"
+        return Interrupted(self.stop.signum, f"stopped by {signal.Signals(self.stop.signum).name}"
+                           f": {last} holds {where}; rerun the same command with --resume "
+                           f"{last} to go on")
 
 
 def signals_during_backward(modules):

@@ -66,30 +66,43 @@ def eval_transform(image_size, mean, std):
     ])
 
 
-def train_transform(image_size, mean, std, augment="randaugment", min_scale=0.25):
+def train_transform(image_size, mean, std, augment="randaugment", min_scale=0.25, crop=True,
+                    flip=True):
+    """Each image draws its own random resized crop (area ``min_scale`` to 1; without ``crop`` a
+    plain resize, as eval_transform), horizontal flip and augmentation ``augment``."""
     policies = {
         "randaugment": [v2.RandAugment(num_ops=2, magnitude=9)],
         "trivialaugment": [v2.TrivialAugmentWide()],
         "none": [],
     }
+    size = tuple(image_size)
+    resize = (v2.RandomResizedCrop(size, scale=(min_scale, 1.0),
+                                   interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+              if crop else v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC,
+                                     antialias=True))
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(tuple(image_size), scale=(min_scale, 1.0),
-                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
+        resize,
+        *([v2.RandomHorizontalFlip()] if flip else []),
         *policies[augment],
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])
 
 
-def make_shapes_set(out_dir, count, image_size=64, seed=0, start_id=0):
+# label_by="warmth": 1 for a warm colour, 0 for a cool one (another task on the same images, to
+# pre-train features that the colour task can start from)
+WARM = {"red": 1, "yellow": 1, "green": 0, "blue": 0}
+
+
+def make_shapes_set(out_dir, count, image_size=64, seed=0, start_id=0, label_by="color"):
     """Write ``count`` images of one coloured shape each, in the course layout.
 
-    The class is the object's colour (index into COLORS); its shape, place, size and the
-    background vary, so a model must find the object to name the class. The box of every object
-    is written to ``out_dir/boxes.json`` ({file name: [x0, y0, x1, y1]}), so attention maps can be
-    checked against it. Returns that mapping.
+    The class is the object's colour (index into COLORS), or with ``label_by="warmth"`` whether
+    that colour is warm (WARM); its shape, place, size and the background vary, so a model must
+    find the object to name the class. The box of every object is written to
+    ``out_dir/boxes.json`` ({file name: [x0, y0, x1, y1]}), so attention maps can be checked
+    against it. Returns that mapping.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,10 +111,11 @@ def make_shapes_set(out_dir, count, image_size=64, seed=0, start_id=0):
     colors = list(COLORS)
     boxes = {}
     for i in range(count):
-        label = int(rng.integers(len(colors)))
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        color = int(rng.integers(len(colors)))
+        shape = int(rng.integers(len(SHAPES)))
         box = random_box(size, rng, min_frac=0.25, max_frac=0.45)
-        image, _ = render_scene(size, [(shape, colors[label], box)], rng)
+        image, _ = render_scene(size, [(SHAPES[shape], colors[color], box)], rng)
+        label = color if label_by == "color" else WARM[colors[color]]
         name = f"{label}_{start_id + i}.png"
         image.save(out_dir / name)
         boxes[name] = list(box)

@@ -1,6 +1,7 @@
 """Training: optimizer and schedule factories, one epoch, evaluation, and the whole run (fit)."""
-import functools
+import json
 import math
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from hw3core.checkpoints import (check_format, format_tag, load_checkpoint, save
 from hw3core.errors import UserError
 from hw3core.figures import plot_history
 from hw3core.images import ImageFileDataset, collate_skip
-from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
-                             seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, EpochSums, Interruptible, restore_run,
-                              resumed_progress, run_state, seed_step, signals_during_backward,
-                              start_run_folder, warmup_cosine, wrap_for_ranks)
+from hw3core.files import write_text_atomic
+from hw3core.runtime import (autocast, describe_device, distributed, is_main_process,
+                             pick_device, print0, seed_everything, share_cores, sum_over_ranks)
+from hw3core.training import (EpochLoader, Epochs, restore_run, run_state,
+                              signals_during_backward, start_run_folder, warmup_cosine,
+                              wrap_for_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
 from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
@@ -44,11 +46,15 @@ def build_optimizer(model, name, lr, weight_decay):
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs):
-    """Linear warm-up for ``warmup_epochs``, then cosine decay to zero, stepped once per
-    optimizer step."""
+def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs, schedule="cosine"):
+    """Linear warm-up for ``warmup_epochs``, then cosine decay to zero (``schedule`` "cosine") or
+    the peak rate held ("constant"), stepped once per optimizer step."""
     total = steps_per_epoch * epochs
-    return warmup_cosine(optimizer, min(total, round(steps_per_epoch * warmup_epochs)), total)
+    warmup = min(total, round(steps_per_epoch * warmup_epochs))
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return warmup_cosine(optimizer, warmup, total)
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
@@ -94,10 +100,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, precision="auto", desc="val"):
-    """Mean loss and accuracy over ``loader``, summed exactly over ranks."""
+def evaluate(model, loader, device, classes, precision="auto", desc="val"):
+    """Mean loss, accuracy and the confusion counts (true class x predicted class, ``classes``
+    of each) over ``loader``, summed exactly over ranks; also the seconds it took."""
     model.eval()
-    loss_sum = correct = count = 0.0
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
     for batch in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True,
                       leave=False):
         if batch is None:
@@ -105,12 +114,17 @@ def evaluate(model, loader, device, precision="auto", desc="val"):
         inputs, targets = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device, precision):
             logits = model(inputs)
-        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-        correct += (logits.argmax(1) == targets).sum().item()
-        count += len(targets)
-    loss_sum, correct, count = sum_over_ranks([loss_sum, correct, count], device)
-    return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1),
-            "val_images": int(count)}
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
+        confusion += torch.bincount(targets * classes + logits.argmax(1),
+                                    minlength=classes * classes)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(confusion)
+    confusion = confusion.view(classes, classes)
+    loss_sum, = sum_over_ranks([loss_sum.item()], device)
+    count = int(confusion.sum())
+    return {"val_loss": loss_sum / max(count, 1),
+            "val_acc": int(confusion.diagonal().sum()) / max(count, 1), "val_images": count,
+            "val_seconds": time.perf_counter() - start, "confusion": confusion.tolist()}
 
 
 def fit(args):
@@ -152,7 +166,8 @@ def _fit(args, dist_info):
         preprocess.update(mean=list(model.default_cfg["mean"]), std=list(model.default_cfg["std"]))
 
     train_set = LabelledImages(train_samples, train_transform(
-        arch["image_size"], preprocess["mean"], preprocess["std"], args.augment, args.min_crop))
+        arch["image_size"], preprocess["mean"], preprocess["std"], args.augment, args.min_crop,
+        args.crop, args.flip))
     train_loader = EpochLoader(train_set, args.batch_size, workers, collate_skip, device,
                                dist_info, args.seed)
     val_loader = None
@@ -166,7 +181,8 @@ def _fit(args, dist_info):
 
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
-    scheduler = build_scheduler(optimizer, steps_per_epoch, args.epochs, args.warmup_epochs)
+    scheduler = build_scheduler(optimizer, steps_per_epoch, args.epochs, args.warmup_epochs,
+                                args.schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     history, best_acc, start_epoch, in_epoch = [], -1.0, 0, None
     if resume is not None:
@@ -178,6 +194,7 @@ def _fit(args, dist_info):
     net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
     mix = _mixing(args, len(class_names))
     flops = 3 * forward_flops_per_image(model)  # forward + backward
+    device_name = describe_device(device, dist_info.world_size)
     if dist_info.is_main:
         start_run_folder(out, args)
         print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
@@ -192,32 +209,35 @@ def _fit(args, dist_info):
         save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,
                                            best_acc=best_acc), history, improved)
 
-    with Interruptible(dist_info.enabled) as stop:
-        for epoch in range(start_epoch, args.epochs):
-            sums = EpochSums(device, resumed_progress(in_epoch, epoch, dist_info.rank))
-            with stop.epoch(epoch, sums, len(train_loader), out,
-                            functools.partial(save, epoch), dist_info.is_main) as record:
-                train_one_epoch(net, train_loader.epoch(epoch, sums.batches), optimizer,
-                                scheduler, scaler, device, sums, stop,
-                                functools.partial(seed_step, args.seed, dist_info.rank, epoch),
-                                precision=args.precision, grad_accum=args.grad_accum,
-                                label_smoothing=args.label_smoothing, mix=mix,
-                                clip_grad=args.clip_grad, desc=f"epoch {epoch + 1}/{args.epochs}")
-                stats = sums.totals()
-                if val_loader is not None:
-                    stats.update(evaluate(net, val_loader, device, args.precision))
-                with stop.committing():  # the epoch's record is written whole
-                    images_per_s = stats["images"] / stats["seconds"]
-                    stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
-                                 images_per_s=images_per_s,
-                                 train_tflops=images_per_s * flops / 1e12)
-                    history.append(stats)
-                    improved = "val_acc" in stats and stats["val_acc"] > best_acc
-                    best_acc = max(best_acc, stats.get("val_acc", best_acc))
-                    if dist_info.is_main:
-                        save(epoch + 1, improved=improved)
-                        _report_epoch(stats, improved)
-                    record.saved = True
+    with Epochs(args.epochs, start_epoch, in_epoch, train_loader, device, dist_info, args.seed,
+                out, save) as epochs:
+        for e in epochs:
+            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
+                            e.step_seed, precision=args.precision, grad_accum=args.grad_accum,
+                            label_smoothing=args.label_smoothing, mix=mix,
+                            clip_grad=args.clip_grad, desc=f"epoch {e.index + 1}/{args.epochs}")
+            stats = e.sums.totals()
+            confusion = None
+            if val_loader is not None:
+                stats.update(evaluate(net, val_loader, device, len(class_names),
+                                      args.precision))
+                confusion = stats.pop("confusion")
+            with e.committing():
+                images_per_s = stats["images"] / stats["seconds"]
+                stats.update(epoch=e.index + 1, lr=optimizer.param_groups[0]["lr"],
+                             images_per_s=images_per_s, train_tflops=images_per_s * flops / 1e12,
+                             epoch_seconds=stats["seconds"] + stats.get("val_seconds", 0.0),
+                             device=device_name)
+                history.append(stats)
+                improved = "val_acc" in stats and stats["val_acc"] > best_acc
+                best_acc = max(best_acc, stats.get("val_acc", best_acc))
+                if dist_info.is_main:
+                    save(e.index + 1, improved=improved)
+                    if improved:  # what report/build.py tabulates, without loading a model
+                        write_text_atomic(out / "best_confusion.json", json.dumps(
+                            {"epoch": e.index + 1, "class_names": class_names,
+                             "counts": confusion}) + "\n")
+                    _report_epoch(stats, improved)
     if dist_info.is_main and history:
         train_label = "train (label-smoothed)" if args.label_smoothing else "train"
         plot_history(history, out / "curves.png", [

@@ -53,16 +53,23 @@ def parse_args(argv=None):
     optim.add_argument("--weight-decay", type=at_least(0.0, float),
                        help="on weight matrices only (0; 0.05 from random weights)")
     optim.add_argument("--warmup-epochs", type=at_least(0.0, float), default=1.0,
-                       help="linear warm-up, then cosine decay to 0 (%(default)s)")
+                       help="linear warm-up to --lr (%(default)s)")
+    optim.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                       help="after the warm-up: cosine decay to 0, or --lr held (%(default)s)")
     optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.1, help="(%(default)s)")
     optim.add_argument("--clip-grad", type=at_least(0.0, float), default=1.0, help="max gradient norm; 0: off (%(default)s)")
     aug = p.add_argument_group("augmentation")
     aug.add_argument("--augment", choices=("randaugment", "trivialaugment", "none"),
                      default="randaugment", help="policy after crop and flip (%(default)s)")
+    aug.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
+                     help="random resized crop; --no-crop: a plain resize to the input size "
+                     "(on)")
     aug.add_argument("--min-crop", type=at_least(0.0, float), default=0.25,
                      help="smallest area fraction of the random resized crop (%(default)s: 74%% "
                      "of crops keep at least half of an object a tenth of the photo, 88.6%% at "
                      "0.5; bench/min_crop.py)")
+    aug.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                     help="random horizontal flip (on)")
     aug.add_argument("--mixup", type=at_least(0.0, float), default=0.0, help="MixUp alpha; 0: off (%(default)s)")
     aug.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, help="CutMix alpha; 0: off (%(default)s)")
     run = p.add_argument_group("run")

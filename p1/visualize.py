@@ -150,6 +150,24 @@ def plot_single_map(image, heat, map_title, heading):
     return fig
 
 
+def plot_on_original(original, heat, map_title, heading):
+    """The photo at its own aspect ratio on the left; on the right the map over it, one cell per
+    patch. The model's input is a plain resize of the photo, so patch (r, c) covers the same
+    share of the photo: the cells are stretched with it and their edges fall on the patches'."""
+    original = np.asarray(original)
+    panel = _panel_width(original)
+    fig, (ax_photo, ax_map) = plt.subplots(1, 2, figsize=(2 * panel + 1.2, 4.6),
+                                           layout="constrained")
+    show_image(ax_photo, original,
+               f"original ({original.shape[0]} x {original.shape[1]} pixels)")
+    artist = overlay_heatmap(ax_map, original, heat, title=map_title, cmap=MAP_CMAP,
+                             vmin=float(heat.min()), vmax=float(heat.max()),
+                             interpolation="nearest")
+    fig.colorbar(artist, ax=ax_map, shrink=0.8, label="attention weight")
+    fig.suptitle(heading, fontsize="large")
+    return fig
+
+
 def plot_head_maps(image, heads_maps, map_title, heading):
     """The image, the mean over heads and each head's map, on one shared colour scale."""
     height, width = image.shape[:2]

@@ -15,8 +15,7 @@ from hw3core.figures import plot_history
 from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
                              seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, EpochSums, Interruptible, restore_run,
-                              resumed_progress, run_state, seed_step, start_run_folder,
+from hw3core.training import (EpochLoader, Epochs, restore_run, run_state, start_run_folder,
                               warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, train_transform)
@@ -318,30 +317,26 @@ def _fit(args, dist_info):
         save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,
                                            best_cider=best_cider), history, improved)
 
-    with Interruptible(dist_info.enabled) as stop:
-        for epoch in range(start_epoch, args.epochs):
-            sums = EpochSums(device, resumed_progress(in_epoch, epoch, dist_info.rank))
-            with stop.epoch(epoch, sums, len(train_loader), out,
-                            functools.partial(save, epoch), dist_info.is_main) as record:
-                train_one_epoch(net, train_loader.epoch(epoch, sums.batches), optimizer,
-                                scheduler, scaler, device, sums, stop,
-                                functools.partial(seed_step, args.seed, dist_info.rank, epoch),
-                                output_tokens=model.output_tokens, precision=args.precision,
-                                clip_grad=args.clip_grad, desc=f"epoch {epoch + 1}/{args.epochs}")
-                stats = sums.totals()
-                stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
-                             images_per_s=stats["images"] / stats["seconds"])
-                if val_loader is not None:
-                    stats.update(evaluate(model, val_loader, val_samples, tokenizer, device,
-                                          args.precision, args.max_len))
-                with stop.committing():  # the epoch's record is written whole
-                    history.append(stats)
-                    improved = "val_cider" in stats and stats["val_cider"] > best_cider
-                    best_cider = max(best_cider, stats.get("val_cider", best_cider))
-                    if dist_info.is_main:
-                        save(epoch + 1, improved=improved)
-                        _report_epoch(stats, improved)
-                    record.saved = True
+    with Epochs(args.epochs, start_epoch, in_epoch, train_loader, device, dist_info, args.seed,
+                out, save) as epochs:
+        for e in epochs:
+            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
+                            e.step_seed, output_tokens=model.output_tokens,
+                            precision=args.precision, clip_grad=args.clip_grad,
+                            desc=f"epoch {e.index + 1}/{args.epochs}")
+            stats = e.sums.totals()
+            stats.update(epoch=e.index + 1, lr=optimizer.param_groups[0]["lr"],
+                         images_per_s=stats["images"] / stats["seconds"])
+            if val_loader is not None:
+                stats.update(evaluate(model, val_loader, val_samples, tokenizer, device,
+                                      args.precision, args.max_len))
+            with e.committing():
+                history.append(stats)
+                improved = "val_cider" in stats and stats["val_cider"] > best_cider
+                best_cider = max(best_cider, stats.get("val_cider", best_cider))
+                if dist_info.is_main:
+                    save(e.index + 1, improved=improved)
+                    _report_epoch(stats, improved)
     if dist_info.is_main and history:
         plot_history(history, out / "curves.png", [
             ("loss", "cross-entropy per caption token",

@@ -63,16 +63,24 @@ def test_downloads_verifies_and_skips_present_files(server, tmp_path):
     assert again.returncode == 0 and again.stdout.count("have ") == 3
 
 
-def test_broken_or_missing_downloads_leave_nothing(server, tmp_path):
+class Pickled:
+    """An object that a weights-only load refuses to rebuild (it would run code to do so)."""
+
+
+def test_broken_missing_or_unsafe_downloads_leave_nothing(server, tmp_path):
     served, url = server
     torch.save({"w": torch.ones(1000)}, served / "whole.pth")
     (served / "broken.pth").write_bytes((served / "whole.pth").read_bytes()[:300])
+    torch.save({"model": Pickled()}, served / "unsafe.pth")  # loads only with weights_only=False
     dest = tmp_path / "checkpoints"
-    run = download(dest, HW3_VIT_URL=f"{url}/broken.pth", HW3_CATR_URL=f"{url}/absent.pth")
+    run = download(dest, HW3_VIT_URL=f"{url}/broken.pth", HW3_CATR_URL=f"{url}/absent.pth",
+                   HW3_P1_URL=f"{url}/unsafe.pth")
     assert run.returncode != 0
     assert list(dest.iterdir()) == []
     assert f"{url}/broken.pth" in run.stderr and str(dest / "B_16_imagenet1k.pth") in run.stderr
     assert f"{url}/absent.pth" in run.stderr and str(dest / "catr_v3.pth") in run.stderr
+    assert f"error: {url}/unsafe.pth is not a loadable checkpoint" in run.stderr
+    assert "Pickled" in run.stderr  # the weights-only loader's reason
 
 
 def test_a_python_without_torch_is_told_apart_from_a_bad_file(server, tmp_path):

@@ -51,9 +51,12 @@ def test_from_random_weights_the_defaults_learn_real_digits(tmp_path):
     assert max(h["val_acc"] for h in history) >= 0.5
 
 
-def signal_at(monkeypatch, module, epoch, step, signum=signal.SIGTERM):
-    """Make ``module``'s training send ``signum`` to this process as optimizer step ``step`` of
-    ``epoch`` (both 0-based) begins."""
+def signal_at(monkeypatch, epoch, step, signum=signal.SIGTERM):
+    """Make training send ``signum`` to this process as optimizer step ``step`` of ``epoch``
+    (both 0-based) begins."""
+    import hw3core.training
+
+    module = hw3core.training
     real = module.seed_step
 
     def seed_then_signal(seed, rank, this_epoch, this_step):
@@ -70,7 +73,7 @@ def test_a_signal_mid_epoch_keeps_the_last_step_and_resume_ends_as_if_uninterrup
     argv = tiny_argv(tmp_path / "data", tmp_path / "data", tmp_path / "cut", "--epochs", "2",
                      "--batch-size", "8", "--grad-accum", "2", "--workers", "2", "--augment",
                      "randaugment", "--drop-path", "0.1", "--mixup", "0.8", "--min-crop", "0.25")
-    signal_at(monkeypatch, p1.engine, epoch=1, step=2)  # micro-batches 4 and 5 of 6
+    signal_at(monkeypatch, epoch=1, step=2)  # micro-batches 4 and 5 of 6
     status, _, err = run_entry_point(p1_train.main, argv, capsys)
     last = tmp_path / "cut" / "last.pt"
     assert status == 128 + signal.SIGTERM
@@ -136,7 +139,7 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert resume.stdout.count("epoch 2:") == 1  # rank 0 alone reports
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        "args.json", "best.pt", "curves.png", "last.pt", "metrics.jsonl"]
+        "args.json", "best.pt", "best_confusion.json", "curves.png", "last.pt", "metrics.jsonl"]
     last = load_checkpoint(tmp_path / "two" / "last.pt")
     metrics = [json.loads(line)
                for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
@@ -239,10 +242,17 @@ def test_checkpoints_metrics_and_the_new_heads_start(trained_tiny, tmp_path):
     best = load_checkpoint(trained_tiny / "best.pt")
     assert best["format"] == "hw3-p1-vit/1"
     assert set(best["arch"]) == {"name", "num_classes", "image_size", "vit_kwargs"}
-    for line in (trained_tiny / "metrics.jsonl").read_text().splitlines():
-        metrics = json.loads(line)
-        for key in ("train_loss", "val_loss", "val_acc", "lr", "images_per_s", "train_tflops"):
+    history = [json.loads(line) for line in (trained_tiny / "metrics.jsonl").read_text().splitlines()]
+    for metrics in history:
+        for key in ("train_loss", "val_loss", "val_acc", "lr", "images_per_s", "train_tflops",
+                    "epoch_seconds"):
             assert math.isfinite(metrics[key]), key
+        assert metrics["device"].startswith("CPU, ")
+    # what report/build.py tabulates: the best epoch's confusion counts, true class by row
+    confusion = json.loads((trained_tiny / "best_confusion.json").read_text())
+    assert confusion["epoch"] == best["epoch"] and confusion["class_names"] == best["class_names"]
+    counts = torch.tensor(confusion["counts"])
+    assert int(counts.sum()) == 200 and int(counts.diag().sum()) / 200 == best["val_acc"]
     # a start of 4 classes for a set of 3: a zero head (uniform predictions), the rest kept
     make_shapes_set(tmp_path / "three", 16, image_size=32, seed=4)
     for path in (tmp_path / "three").glob("3_*.png"):
@@ -285,3 +295,31 @@ def test_a_timm_model_name_starts_from_a_bare_timm_state_dict(tmp_path):
     kept = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     for key, value in start.state_dict().items():
         assert torch.equal(kept[key], value), key
+
+
+def test_every_part_of_the_recipe_can_be_switched_off_for_the_seeds_recipe(tmp_path):
+    from p1.data import train_transform
+
+    args = parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), "--pretrained",
+                       "none", "--no-crop", "--no-flip", "--augment", "none", "--schedule",
+                       "constant", "--warmup-epochs", "0", "--label-smoothing", "0"])
+    steps = train_transform((32, 48), (0.5,) * 3, (0.5,) * 3, args.augment, args.min_crop,
+                            args.crop, args.flip).transforms
+    assert [type(step).__name__ for step in steps] == ["ToImage", "Resize", "ToDtype", "Normalize"]
+    assert steps[1].size == [32, 48]  # the whole image, resized: no crop to 4:3
+    default = [type(step).__name__ for step in train_transform((32, 32), (0.5,) * 3, (0.5,) * 3)
+               .transforms]
+    assert default[1:4] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment"]
+
+    def rates(steps_per_epoch, warmup_epochs):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.02)
+        scheduler = p1.engine.build_scheduler(optimizer, steps_per_epoch, 3, warmup_epochs,
+                                              "constant")
+        seen = []
+        for _ in range(3 * steps_per_epoch):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+    assert rates(5, 0) == [0.02] * 15
+    assert rates(4, 1) == pytest.approx([0.005, 0.01, 0.015] + [0.02] * 9)

@@ -123,3 +123,47 @@ def test_mosaic_places_tile_r_c_at_row_r_column_c():
             np.testing.assert_array_equal(mosaic[r * 4:r * 4 + 3, c * 6:c * 6 + 5],
                                           similarity[r, c])
     assert np.isnan(mosaic[3]).all() and np.isnan(mosaic[:, 5]).all()
+
+
+def test_the_attention_figure_shows_the_input_its_map_on_its_own_scale_and_the_prediction(
+        setup, run, monkeypatch):
+    drawn = {}
+    real_save = visualize.save_figure
+
+    def keep(fig, path, dpi=100):
+        drawn[path.stem] = fig
+        ax_image, ax_map = fig.axes[:2]
+        drawn[path.stem] = (ax_image.get_title(), ax_map.images[0].get_clim(),
+                            fig.get_suptitle())
+        real_save(fig, path, dpi)
+    monkeypatch.setattr(visualize, "save_figure", keep)
+    first = sorted((setup["root"] / "images").glob("*.png"))[0]
+    out = setup["root"] / "contents"
+    assert run("attention", "--checkpoint", setup["wide"], "--images", first, "--out", out,
+               "--save-npy").returncode == 0
+    title, clim, heading = drawn[first.stem]
+    assert title == "input as the model saw it\n(64 x 96 pixels)"
+    heat = np.load(out / f"{first.stem}.npy")
+    assert clim == pytest.approx((heat.min(), heat.max()))  # the map's own range
+    model, x = library_input(setup["wide"], first)
+    with torch.no_grad():
+        probability = model(x).softmax(-1)[0]
+    predicted = int(probability.argmax())
+    names = ["red", "green", "blue", "yellow"]
+    assert heading == (f"{first.name}: predicted class {names[predicted]} "
+                       f"({probability[predicted]:.1%})")
+
+
+def test_the_reports_figure_lays_the_map_on_the_photo_at_its_own_shape():
+    photo = np.zeros((120, 300, 3), dtype=np.uint8)
+    heat = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fig = visualize.plot_on_original(photo, heat, "map", "heading")
+    try:
+        ax_photo, ax_map = fig.axes[:2]
+        assert ax_photo.images[0].get_array().shape[:2] == (120, 300)  # not resized to a square
+        assert ax_map.get_xlim() == (0, 300) and ax_map.get_ylim() == (120, 0)
+        overlay = ax_map.images[1]
+        assert overlay.get_extent() == [0, 300, 120, 0]  # 4 x 3 cells of 75 x 40 pixels
+        assert overlay.get_clim() == (0.0, 11.0) and overlay.get_interpolation() == "nearest"
+    finally:
+        visualize.plt.close(fig)

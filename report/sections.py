@@ -1,0 +1,304 @@
+"""The report's sections, one function each: what to read from the inputs, what to compute with
+the project's code, and the neutral text that says how to read it. Each adds to a Report."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from matplotlib.ticker import MaxNLocator
+from reportlab.lib.units import cm
+
+from hw3core.figures import plt
+
+BUILD = "python report/build.py --out report.pdf"
+TRAIN_COMMAND = ("python p1/train.py --train-dir p1_data/train --val-dir p1_data/val "
+                 "--out runs/vit")
+
+
+def _read_run(run):
+    """(args, history) of a p1/train.py --out folder, or None when it has no metrics."""
+    run = Path(run)
+    if not (run / "metrics.jsonl").is_file() or not (run / "args.json").is_file():
+        return None
+    args = json.loads((run / "args.json").read_text())
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return args, history
+
+
+def _setting(args):
+    """A run's recipe in one line, from its args.json."""
+    start = Path(args["pretrained"]).name if args.get("pretrained") else "random weights"
+    crop = f"crop >= {args['min_crop']:g}" if args.get("crop", True) else "no crop"
+    return (f"{args['model']} from {start}, "
+            f"{'head only' if args.get('freeze_backbone') else 'whole network'}; "
+            f"{args['optimizer']} lr {args['lr']:g}, weight decay {args['weight_decay']:g}, "
+            f"{args.get('schedule', 'cosine')} after {args['warmup_epochs']:g} warm-up epoch(s); "
+            f"batch {args['batch_size']}; {args['augment']}, {crop}, "
+            f"{'flip' if args.get('flip', True) else 'no flip'}, "
+            f"label smoothing {args['label_smoothing']:g}")
+
+
+def accuracy(report, runs, final):
+    report.heading("Problem 1-1: validation accuracy of the fine-tuned ViT")
+    read = {run: _read_run(run) for run in runs}
+    done = {run: value for run, value in read.items() if value is not None}
+    for run in read:
+        if read[run] is None:
+            report.text(f"{run}: no args.json or metrics.jsonl there; left out.", italic=True)
+    if not done:
+        report.not_run("p1/train.py run folders (args.json and metrics.jsonl) given with "
+                       "--p1-runs", f"{TRAIN_COMMAND}; then {BUILD} --p1-runs runs/vit")
+        return
+    rows = []
+    for run, (args, history) in done.items():
+        accuracies = [h["val_acc"] for h in history if "val_acc" in h]
+        best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
+        seconds = sum(h.get("epoch_seconds", h.get("seconds", 0.0)) for h in history)
+        rows.append([
+            run.name + (" (final)" if run == final else ""), _setting(args),
+            f"{accuracies[best]:.2%} (epoch {history[best]['epoch']})" if accuracies else "no validation",
+            f"{accuracies[-1]:.2%}" if accuracies else "-",
+            f"{history[-1]['epoch']} of {args['epochs']}",
+            f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min",
+            history[-1].get("device", "not recorded")])
+    report.table(["run", "setting (args.json)", "best val acc", "final val acc", "epochs",
+                  "wall-clock", "device"], rows,
+                 widths=[2.4 * cm, None, 2.1 * cm, 1.6 * cm, 1.6 * cm, 1.8 * cm, 2.1 * cm])
+    if final in done:
+        accuracies = [h["val_acc"] for h in done[final][1] if "val_acc" in h]
+        if accuracies:
+            report.emphasis(f"Final result: {max(accuracies):.2%} validation accuracy "
+                            f"(run {final.name}, best.pt).")
+    report.text("Validation accuracy is the share of validation images whose highest-scoring "
+                "class is the true one. 'Best' is the highest over the epochs, the epoch that "
+                "best.pt was saved from; 'final' is the last epoch's. Wall-clock adds up each "
+                "epoch's training and validation time as the run recorded it.")
+    _curves(report, done)
+    _per_class(report, final)
+    report.discussion("Compare the settings: the whole network against the head only (a fixed "
+                      "feature extractor), the optimizers, learning rates and epochs. Which "
+                      "setting gave the final result, and why might it have?")
+
+
+def _curves(report, done):
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for run, (_, history) in done.items():
+        epochs = [h["epoch"] for h in history]
+        if any("val_acc" in h for h in history):
+            ax_acc.plot(epochs, [h.get("val_acc", np.nan) for h in history], "o-", label=run.name)
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label=run.name)
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    report.figure(fig, "Every run's curves, one line per run, from its metrics.jsonl.",
+                  max_height=6.5 * cm)
+
+
+def _per_class(report, final):
+    path = Path(final) / "best_confusion.json"
+    report.heading("Per-class accuracy of the final run", level=2, new_page=True)
+    if not path.is_file():
+        report.not_run(f"{path} (written by p1/train.py with --val-dir)", TRAIN_COMMAND)
+        return
+    record = json.loads(path.read_text())
+    counts = np.array(record["counts"])
+    names = record["class_names"]
+    totals = counts.sum(1)
+    rows = [[name, int(total), int(counts[i, i]),
+             f"{counts[i, i] / total:.1%}" if total else "no images"]
+            for i, (name, total) in enumerate(zip(names, totals))]
+    report.text(f"From best_confusion.json: the validation images of epoch {record['epoch']}, "
+                "the epoch best.pt was saved from, by true class.")
+    report.table(["class", "images", "right", "accuracy"], rows,
+                 widths=[3 * cm, 2 * cm, 2 * cm, 2 * cm])
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    pairs = sorted(((int(off[i, j]), i, j) for i in range(len(names)) for j in range(len(names))
+                    if off[i, j]), reverse=True)[:5]
+    if pairs:
+        report.text("The most frequent confusions (true class taken for another):")
+        report.table(["true class", "predicted as", "images", "share of the true class"],
+                     [[names[i], names[j], n, f"{n / totals[i]:.1%}"] for n, i, j in pairs],
+                     widths=[3 * cm, 3 * cm, 2 * cm, 4 * cm])
+    else:
+        report.text("No validation image of that epoch was confused with another class.")
+
+
+def position_embeddings(report, checkpoint):
+    report.heading("Problem 1-2: cosine similarity of the position embeddings")
+    if not checkpoint or not Path(checkpoint).is_file():
+        report.not_run("a Problem 1 checkpoint (--p1-checkpoint, or a final run with best.pt)",
+                       f"{TRAIN_COMMAND}; then {BUILD} --p1-runs runs/vit")
+        return
+    from p1.attention import position_similarity
+    from p1.model import load_classifier
+    from p1.visualize import plot_position_similarity
+
+    model = load_classifier(checkpoint)[0]
+    similarity = position_similarity(model).numpy()
+    rows, cols = similarity.shape[:2]
+    report.figure(plot_position_similarity(similarity, f"{Path(checkpoint).name}: {rows} x {cols} "
+                                           "patches"), max_height=13 * cm)
+    report.text(f"Tile (r, c), at row r and column c of the {rows} x {cols} patch grid, shows the "
+                "cosine similarity of patch (r, c)'s position embedding with every patch's "
+                "([CLS] left out); its brightest cell, 1.0, is the patch itself.")
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    r, c = r.ravel(), c.ravel()
+    flat = similarity.reshape(rows * cols, rows * cols)
+    distance = np.maximum(abs(r[:, None] - r[None]), abs(c[:, None] - c[None]))
+    same_line = (r[:, None] == r[None]) | (c[:, None] == c[None])
+    other = distance > 0
+    table = [[f"{d}", int((distance == d).sum()), f"{flat[distance == d].mean():.3f}"]
+             for d in range(1, min(6, int(distance.max()) + 1))]
+    table.append(["same row or column", int((same_line & other).sum()),
+                  f"{flat[same_line & other].mean():.3f}"])
+    table.append(["neither", int((~same_line).sum()), f"{flat[~same_line].mean():.3f}"])
+    report.text("Mean similarity of pairs of different patches, by grid distance (the larger "
+                "of the row and column offsets), and for pairs in the same row or column "
+                "against the others:")
+    report.table(["pairs", "count", "mean cosine similarity"], table,
+                 widths=[4 * cm, 2.5 * cm, 4 * cm])
+    report.discussion("What does the mosaic show about how the embeddings encode position: "
+                      "are neighbours, and patches in the same row or column, more similar?")
+
+
+def attention(report, checkpoint, images):
+    report.heading("Problem 1-3: what the last layer's [CLS] token attends to")
+    command = (f"{BUILD} --p1-runs runs/vit --p1-images "
+               + " ".join(f"p1_data/val/{name}" for name in ("26_5064.jpg", "29_4718.jpg",
+                                                            "31_4838.jpg")))
+    if not checkpoint or not Path(checkpoint).is_file():
+        report.not_run("a Problem 1 checkpoint", f"{TRAIN_COMMAND}; then {command}")
+        return
+    if not images:
+        report.not_run("the images to show (--p1-images)", command)
+        return
+    import torch
+
+    from hw3core.images import UnreadableImage, open_rgb
+    from p1.attention import cls_attention
+    from p1.data import eval_transform
+    from p1.model import grid_size, load_classifier
+    from p1.visualize import plot_on_original
+
+    model, preprocess, class_names = load_classifier(checkpoint)
+    model.eval()
+    transform = eval_transform(preprocess["image_size"], preprocess["mean"], preprocess["std"])
+    height, width = preprocess["image_size"]
+    rows, cols = grid_size(model)
+    heads = model.blocks[-1].attn.num_heads
+    report.text(f"Each map is the softmax attention of the [CLS] query over the {rows} x {cols} "
+                f"patch keys in the last of the {len(model.blocks)} blocks, the mean of its "
+                f"{heads} heads. The model sees the photo resized to {height} x {width} pixels, "
+                "so each patch covers the same share of the photo, and the cells are drawn "
+                "stretched to the photo's own shape. The colour scale runs from the map's "
+                "lowest weight to its highest. The true class is read from the file name "
+                "({label}_{id}).")
+    for path in map(Path, images):
+        try:
+            photo = open_rgb(path)
+        except UnreadableImage as err:
+            report.text(f"{err}: left out.", italic=True)
+            continue
+        with torch.no_grad():
+            maps, logits = cls_attention(model, transform(photo)[None], -1, with_logits=True)
+        probability = logits.float().softmax(-1)[0]
+        predicted = int(probability.argmax())
+        label = path.name.split("_")[0]
+        true = label if label in class_names else "unknown (not a {label}_{id} name)"
+        heading = (f"{path.name}: predicted class {class_names[predicted]} "
+                   f"({probability[predicted]:.1%}), true class {true}")
+        report.figure(plot_on_original(np.asarray(photo), maps[0].mean(0).numpy(),
+                                       "last layer's [CLS] attention", heading),
+                      max_height=6.6 * cm)
+    report.discussion("What does the model attend to in each image? Where the prediction is "
+                      "wrong, does the map show why?")
+
+
+def captions(report, checkpoint, image_dir, limit):
+    report.heading("Problem 2-2: a caption and where each word looked")
+    command = (f"bash hw3_download.sh; {BUILD} --p2-checkpoint checkpoints/catr_v3.pth "
+               "--p2-images p2_data/images")
+    if not checkpoint or not Path(checkpoint).is_file():
+        report.not_run("a CATR checkpoint (--p2-checkpoint)", command)
+        return
+    if not image_dir or not Path(image_dir).is_dir():
+        report.not_run("a folder of images to caption (--p2-images)", command)
+        return
+    from hw3core.images import list_images
+    from p2.decode import caption_folder
+    from p2.model import load_captioner
+    from p2.tokenizer import CaptionTokenizer
+    from p2.visualize import draw_caption_figure, figure_panels, panel_columns
+
+    model, config = load_captioner(checkpoint)
+    tokenizer = CaptionTokenizer()
+    layers = config["dec_layers"]
+    report.text("Decoding is greedy, as CATR's: from [CLS] the decoder predicts one word piece "
+                "at a time, each from the image's features and the pieces before it, until it "
+                "predicts [SEP] or reaches the length limit. A word's map is the cross-attention "
+                f"of the query that produced it, in the last of the {layers} decoder layers, the "
+                f"mean over its {config['nheads']} heads; each cell is one cell of the backbone's "
+                f"feature map ({model.stride} x {model.stride} pixels of the resized image). "
+                "The first panel is the image as the model saw it. Each panel's colours run from "
+                "its own lowest weight to its highest. The table gives, for each word, the share "
+                "of its attention on its single highest cell and on its three highest cells.")
+    paths = list_images(image_dir)[:limit]
+    for path, image, result in caption_folder(model, paths, batch_size=1, attention_layer=-1):
+        caption = tokenizer.decode(result.tokens)
+        pieces = tokenizer.pieces(result.tokens[1:])
+        panels, _ = figure_panels(pieces, result.attention, per_head=False)
+        columns = panel_columns(len(panels), image.width / image.height)
+        report.heading(f"{path.name}: \"{caption}\"", level=2)
+        report.figure(draw_caption_figure(image, caption, panels, columns, model.stride),
+                      max_height=14 * cm)
+        rows = []
+        for piece, heat in zip(pieces, result.attention):
+            weights = np.sort(heat.ravel())[::-1] / heat.sum()
+            rows.append([piece, f"{weights[0]:.1%}", f"{weights[:3].sum():.1%}", heat.size])
+        report.table(["word piece", "highest cell", "three highest cells", "cells"], rows,
+                     widths=[3.5 * cm, 3 * cm, 3.5 * cm, 2 * cm])
+    report.discussion("What do the maps show: does each word look at the thing it names? How "
+                      "do function words and [SEP] behave?")
+
+
+def benchmarks(report, folder):
+    report.heading("Measurements (bench/results)")
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        report.not_run(f"benchmark results in {folder}", "python bench/sweep_learned.py")
+        return
+    report.text("Each benchmark script writes its results as JSON with the machine and date; "
+                "the tables below are read from those files.")
+    for path in files:
+        data = json.loads(path.read_text())
+        report.heading(f"{path.name}: {data.get('what', '')}", level=2)
+        report.text(f"{data.get('date', '')[:10]}, {data.get('machine', '')}", small=True)
+        if "bars" in data:
+            rows = []
+            for name, bar in data["bars"].items():
+                values = [run[name] for run in data["runs"]]
+                worst = min(values) if bar["higher_is_better"] else max(values)
+                rows.append([name, f"{'>=' if bar['higher_is_better'] else '<'} {bar['bar']}",
+                             f"{worst:.3f}", f"{np.mean(values):.3f}", len(values)])
+            report.table(["measure", "test's bar", "worst run", "mean", "runs"], rows,
+                         widths=[None, 2.2 * cm, 2 * cm, 2 * cm, 1.3 * cm])
+        elif "kept_share" in data:
+            shares = next(iter(data["kept_share"].values())).keys()
+            report.table(["--min-crop", *[f"object {float(s):.0%} of the photo" for s in shares]],
+                         [[crop, *[f"{v:.1%}" for v in row.values()]]
+                          for crop, row in data["kept_share"].items()])
+        elif "rows" in data:
+            keys = list(data["rows"][0])
+            report.table(keys, [[row[k] for k in keys] for row in data["rows"]])
+        elif "runs" in data:
+            best = [run.get("best_pt_val_exact") for run in data["runs"]]
+            report.table(["runs", "target", "reached it", "lowest"],
+                         [[len(best), data.get("target"),
+                           sum(b is not None and b >= data.get("target", 0) for b in best),
+                           f"{min(b for b in best if b is not None):.3f}"]])
+

@@ -1,0 +1,71 @@
+"""report/build.py: a PDF whose numbers are the runs' own, and "not run" where inputs are missing."""
+import json
+import shutil
+
+import pytest
+from pypdf import PdfReader
+
+from p2.model import save_captioner
+from report import build
+from tests.conftest import run_entry_point
+from tests.p2.p2_samples import sample_photos, small_model
+
+SECTIONS = ("Problem 1-1: validation accuracy", "Problem 1-2: cosine similarity of the position",
+            "Problem 1-3: what the last layer's [CLS] token attends to",
+            "Problem 2-2: a caption and where each word looked", "Measurements (bench/results)")
+
+
+def pdf_text(path):
+    reader = PdfReader(path)
+    return reader, " ".join(" ".join(page.extract_text().split()) for page in reader.pages)
+
+
+def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, shapes_data,
+                                                                   tmp_path, capsys):
+    second = tmp_path / "second_run"
+    shutil.copytree(trained_tiny, second)
+    history = [json.loads(line) for line in (trained_tiny / "metrics.jsonl").read_text().splitlines()]
+    best = max(h["val_acc"] for h in history)
+    save_captioner(small_model(end_bias=50.0), tmp_path / "p2.pt")
+    (tmp_path / "photos").mkdir()
+    sample_photos()["wide"].save(tmp_path / "photos" / "cat.png")
+    image = sorted(shapes_data[1].glob("*.png"))[0]
+    status, out, err = run_entry_point(build.main, [
+        "--out", tmp_path / "report.pdf", "--p1-runs", trained_tiny, second,
+        "--p1-images", image, "--p2-checkpoint", tmp_path / "p2.pt",
+        "--p2-images", tmp_path / "photos", "--data-note", "fixture runs"], capsys)
+    assert status == 0, err
+    reader, text = pdf_text(tmp_path / "report.pdf")
+    for title in SECTIONS:
+        assert title in text
+    assert "Not run" not in text
+    assert f"Final result: {best:.2%} validation accuracy (run {trained_tiny.name}, best.pt)" in text
+    assert f"{history[-1]['val_acc']:.2%}" in text and "second_run" in text
+    confusion = json.loads((trained_tiny / "best_confusion.json").read_text())
+    right = confusion["counts"][0][0]
+    assert f"From best_confusion.json: the validation images of epoch {confusion['epoch']}" in text
+    assert f"{right / sum(confusion['counts'][0]):.1%}" in text
+    assert "The true class is read from the file name" in text
+    assert "cat.png" in text and "highest cell" in text
+    assert "sweep_learned.json" in text  # the repository's benchmark results
+    assert len(reader.pages) >= 7 and f"({len(reader.pages)} pages)" in out
+
+
+def test_missing_inputs_give_not_run_pages_with_the_commands(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status, out, err = run_entry_point(build.main, [
+        "--out", tmp_path / "report.pdf", "--p1-runs", tmp_path / "absent_run",
+        "--bench", tmp_path / "empty"], capsys)
+    assert status == 0, err
+    reader, text = pdf_text(tmp_path / "report.pdf")
+    assert len(reader.pages) == 1 + len(SECTIONS)  # the inputs page, then one page a section
+    assert text.count("Not run.") == len(SECTIONS)
+    assert "python p1/train.py --train-dir p1_data/train --val-dir p1_data/val --out runs/vit" in text
+    assert "bash hw3_download.sh" in text and "python bench/sweep_learned.py" in text
+    assert "absent_run: no args.json or metrics.jsonl there; left out." in text
+
+
+def test_an_unwritable_report_path_is_one_line_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    status, _, err = run_entry_point(build.main, ["--out", tmp_path / "file" / "r.pdf"], capsys)
+    assert status == 2 and err.startswith("error: cannot write") and err.count("\n") == 1
