@@ -91,6 +91,14 @@ class EpochLoader:
         """Batches in a whole epoch."""
         return math.ceil(len(self.sampler) / self.batch_size)
 
+    def close(self):
+        """Stop the worker processes now. Left to the garbage collector, which may take them
+        down after the queues they wait on, each waits out a 5 s join timeout."""
+        iterator = self.loader._iterator  # where a DataLoader keeps its persistent workers
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
+
     def epoch(self, epoch, skip_batches=0):
         """The loader over ``epoch``'s batches, from batch ``skip_batches`` on."""
         self.sampler.set_epoch(epoch)
@@ -231,6 +239,7 @@ class Epochs:
                 raise self._interrupted() from None
         finally:
             self.stop.__exit__(kind, error, traceback)
+            self.loader.close()
 
     def _interrupted(self):
         epoch = self.current

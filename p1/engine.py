@@ -175,9 +175,9 @@ def _fit(args, dist_info):
         # Each rank takes every world_size-th image, so the summed counts are exact.
         val_set = LabelledImages(val_samples[dist_info.rank::dist_info.world_size], eval_transform(
             arch["image_size"], preprocess["mean"], preprocess["std"]))
+        # workers started anew for each pass, and gone after it (see EpochLoader.close)
         val_loader = DataLoader(val_set, args.batch_size * 2, num_workers=workers,
-                                collate_fn=collate_skip, pin_memory=device.type == "cuda",
-                                persistent_workers=workers > 0)
+                                collate_fn=collate_skip, pin_memory=device.type == "cuda")
 
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)

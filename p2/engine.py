@@ -289,8 +289,9 @@ def _fit(args, dist_info):
         val_set = torch.utils.data.Subset(ReferenceImages(val_samples, config["input_size"]),
                                           range(dist_info.rank, len(val_samples),
                                                 dist_info.world_size))
+        # workers started anew for each pass, and gone after it (see EpochLoader.close)
         val_loader = DataLoader(val_set, args.batch_size, num_workers=workers,
-                                collate_fn=collate_list, persistent_workers=workers > 0)
+                                collate_fn=collate_list)
 
     optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
     scheduler = build_scheduler(optimizer, args, len(train_loader))

@@ -1,5 +1,6 @@
 import json
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -83,6 +84,7 @@ def test_a_signal_mid_epoch_keeps_the_last_step_and_resume_ends_as_if_uninterrup
     assert cut["epoch"] == 1 and cut["in_epoch"]["batches"] == 4
     assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
     assert not list((tmp_path / "cut").glob(".*.tmp"))
+    assert not multiprocessing.active_children()  # the data workers are gone, not left to GC
     monkeypatch.undo()
 
     assert run_entry_point(p1_train.main, [*argv, "--resume", last], capsys)[0] == 0
