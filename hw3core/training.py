@@ -181,10 +181,15 @@ class Interruptible:
         """At the end of a step: raise StopRequested if a stop was asked for (under torchrun,
         in any process; every process calls this at the same steps)."""
         if self._distributed:
+            # the decision is the reduced flag's alone: a signal that lands after the all-reduce
+            # waits for the next step, or this process would stop a step before the others
             flag = torch.tensor([self.signum or 0], device=device)
             torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
-            self.signum = self.signum or int(flag.item()) or None
-        if self.signum is not None:
+            agreed = int(flag.item())
+            if agreed:
+                self.signum = self.signum or agreed
+                self._stop()
+        elif self.signum is not None:
             self._stop()
 
 

@@ -155,3 +155,19 @@ def test_a_new_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
     (tmp_path / ".last.pt.k2j4_x.tmp").write_bytes(b"half a checkpoint")  # kill -9 mid-write
     start_run_folder(tmp_path, argparse.Namespace(lr=0.1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "last.pt"]
+
+
+def test_under_torchrun_a_process_stops_on_the_agreed_flag_alone(monkeypatch):
+    import signal
+
+    from hw3core.training import Interruptible, StopRequested
+
+    stop = Interruptible(distributed=True)
+
+    def reduced_then_signalled(flag, op):  # every process sent 0; then this one's signal lands
+        stop.signum = signal.SIGTERM
+    monkeypatch.setattr(torch.distributed, "all_reduce", reduced_then_signalled)
+    stop.check(torch.device("cpu"))  # no stop here: the others go on to the next step
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: flag.fill_(15))
+    with pytest.raises(StopRequested):
+        stop.check(torch.device("cpu"))  # the next step's flag carries it to every process
