@@ -323,11 +323,11 @@ class EpochSums:
         return self.loss_sum.item() / max(self.count, 1)
 
     def totals(self):
-        """{'train_loss' (mean over ranks), 'images' (summed), 'seconds', 'progress'}."""
+        """{'train_loss' (mean over ranks), 'images' (summed), 'seconds'}."""
         loss_sum, count, images = sum_over_ranks(
             [self.loss_sum.item(), self.count, self.images], self.device)
         return {"train_loss": loss_sum / max(count, 1), "images": int(images),
-                "seconds": self.seconds(), "progress": self.progress()}
+                "seconds": self.seconds()}
 
 
 def warmup_cosine(optimizer, warmup_steps, total_steps):

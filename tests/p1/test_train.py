@@ -249,6 +249,9 @@ def test_checkpoints_metrics_and_the_new_heads_start(trained_tiny, tmp_path):
         for key in ("train_loss", "val_loss", "val_acc", "lr", "images_per_s", "train_tflops",
                     "epoch_seconds"):
             assert math.isfinite(metrics[key]), key
+        assert set(metrics) == {"train_loss", "images", "seconds", "val_loss", "val_acc",
+                                "val_images", "val_seconds", "epoch", "lr", "images_per_s",
+                                "train_tflops", "epoch_seconds", "device"}
         assert metrics["device"].startswith("CPU, ")
     # what report/build.py tabulates: the best epoch's confusion counts, true class by row
     confusion = json.loads((trained_tiny / "best_confusion.json").read_text())
