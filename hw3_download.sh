@@ -77,7 +77,7 @@ done
 if [ "${#files[@]}" -gt 0 ]; then
     # one Python start for all the files (each start costs seconds): a line per file, "ok" or
     # "bad: why"
-    mapfile -t verdicts < <(PYTHONPATH="$here" "$python" -m hw3core.checkpoints "${files[@]}" 2>/dev/null)
+    mapfile -t verdicts < <("$python" -m hw3core.checkpoints "${files[@]}" 2>/dev/null)
     if [ "${#verdicts[@]}" -ne "${#files[@]}" ]; then
         if ! "$python" -c "import torch" >/dev/null 2>&1; then
             no_torch

@@ -6,6 +6,9 @@
 #                or when requirements.txt changed since), unless $PYTHON is set; then prints
 #                the interpreter as hw3_python does
 hw3_root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# .venv installs the project (requirements.txt's `-e .`); for an interpreter given as $PYTHON
+# that has only the dependencies, the project's folder goes on the import path
+export PYTHONPATH="$hw3_root${PYTHONPATH:+:$PYTHONPATH}"
 
 hw3_python() {
     if [ -n "${PYTHON:-}" ]; then

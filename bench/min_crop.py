@@ -10,16 +10,14 @@ random. CPU only, a few seconds.
     python bench/min_crop.py
 """
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.measure import write_result  # noqa: E402
+from bench.measure import write_result
 
 WIDTH, HEIGHT = 500, 375
 MIN_CROPS = (0.08, 0.25, 0.5, 1.0)

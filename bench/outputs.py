@@ -18,8 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TIMING = {"seconds", "images_per_s", "train_tflops", "epoch_seconds", "val_seconds", "device"}
 

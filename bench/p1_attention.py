@@ -14,25 +14,23 @@ with grid distance, after training and at initialisation.
 """
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import timm
+import torch
+from PIL import Image
 
-from bench.measure import cell_geometry, machine  # noqa: E402
-from hw3core.images import ImageFileDataset, collate_skip, list_images  # noqa: E402
-from p1.attention import attention_rollout, cls_attention, position_similarity  # noqa: E402
-from p1.data import eval_transform, make_shapes_set  # noqa: E402
-from p1.engine import fit  # noqa: E402
-from p1.model import build_model, load_classifier  # noqa: E402
-from p1.train import parse_args as parse_train_args  # noqa: E402
+from bench.measure import cell_geometry, machine
+from hw3core.images import ImageFileDataset, collate_skip, list_images
+from p1.attention import attention_rollout, cls_attention, position_similarity
+from p1.data import eval_transform, make_shapes_set
+from p1.engine import fit
+from p1.model import build_model, load_classifier
+from p1.train import parse_args as parse_train_args
 
 TARGET_POINTING = 0.8
 

@@ -8,17 +8,14 @@ Also measures a plain fp32 (CPU) or bf16 (GPU) matrix product of the size of ViT
 same run, as the rate the model's inference is compared with. Prints a markdown table.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from bench.measure import machine, median_seconds  # noqa: E402
-from hw3core.runtime import autocast, pick_device  # noqa: E402
-from p1.model import build_model, forward_flops_per_image, make_arch  # noqa: E402
+from bench.measure import machine, median_seconds
+from hw3core.runtime import autocast, pick_device
+from p1.model import build_model, forward_flops_per_image, make_arch
 
 
 def matmul_rate(device, tokens):

@@ -15,26 +15,24 @@ the same rule for a uniformly random cell of the image's map.
 """
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench.measure import cell_geometry, machine  # noqa: E402
-from hw3core.images import open_rgb  # noqa: E402
-from hw3core.scenes import COLORS, SHAPES  # noqa: E402
-from p2.data import make_scene_set, pad_tokens  # noqa: E402
-from p2.decode import caption_images, encode_images, preprocess  # noqa: E402
-from p2.engine import SCENE_RECIPE, fit  # noqa: E402
-from p2.metrics import bleu4, words  # noqa: E402
-from p2.model import load_captioner  # noqa: E402
-from p2.tokenizer import CaptionTokenizer  # noqa: E402
-from p2.train import parse_args as parse_train_args  # noqa: E402
+from bench.measure import cell_geometry, machine
+from hw3core.images import open_rgb
+from hw3core.scenes import COLORS, SHAPES
+from p2.data import make_scene_set, pad_tokens
+from p2.decode import caption_images, encode_images, preprocess
+from p2.engine import SCENE_RECIPE, fit
+from p2.metrics import bleu4, words
+from p2.model import load_captioner
+from p2.tokenizer import CaptionTokenizer
+from p2.train import parse_args as parse_train_args
 
 TARGET_EXACT = 0.9
 TARGET_POINTING = 0.8

@@ -9,20 +9,17 @@ CATR on the same 299 x 224 photo; [SEP] is made impossible so that every caption
 asked number of tokens and both procedures do the same work. Prints a markdown table.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from skimage import data  # noqa: E402
+import torch
+from PIL import Image
+from skimage import data
 
-from bench.measure import machine, median_seconds  # noqa: E402
-from hw3core.runtime import autocast, pick_device  # noqa: E402
-from p2.decode import caption_images, encode_images, preprocess, reference_greedy  # noqa: E402
-from p2.model import build_model  # noqa: E402
-from p2.tokenizer import END_ID, START_ID  # noqa: E402
+from bench.measure import machine, median_seconds
+from hw3core.runtime import autocast, pick_device
+from p2.decode import caption_images, encode_images, preprocess, reference_greedy
+from p2.model import build_model
+from p2.tokenizer import END_ID, START_ID
 
 
 def decoder_only(model, encoded, tokens, cache):

@@ -32,7 +32,6 @@ def main(argv=None):
     p.add_argument("--scenes", type=int, default=480)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "shared_cpu.json"))
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     from bench.measure import machine, write_result
     from hw3core.runtime import usable_cores
     from p2.data import make_scene_set

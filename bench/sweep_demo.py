@@ -44,7 +44,6 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_demo.json"))
     p.add_argument("--train", nargs=3, metavar=("SCENES", "OUT", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     if args.train:
         train(Path(args.train[0]), Path(args.train[1]), int(args.train[2]))
         return

@@ -3,7 +3,7 @@ CPU kernels, and print each measure's lowest value beside the test's bar.
 
 Another CPU computes other floats (other vector kernels, another order of sums), so a bar must
 hold with margin over what these runs give, not just over one machine's run:
-    python bench/sweep_learned.py [--seeds 5] [--threads 1 2] [--out bench/results/sweep_learned.json]
+    python -m bench.sweep_learned [--seeds 5] [--threads 1 2] [--out bench/results/sweep_learned.json]
 Each run is a fresh process with HW3_TEST_SEED, the thread count and ATEN_CPU_CAPABILITY set
 (default: the plain kernels; native: this CPU's widest); the tests read HW3_TEST_SEED.
 """
@@ -69,7 +69,6 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_learned.json"))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     if args.one:
         print(json.dumps(measure_once()))
         return
@@ -82,7 +81,7 @@ def main(argv=None):
                 if kernel != "native":
                     env["ATEN_CPU_CAPABILITY"] = kernel
                 start = time.perf_counter()
-                done = subprocess.run([sys.executable, __file__, "--one"], env=env, cwd=ROOT,
+                done = subprocess.run([sys.executable, "-m", "bench.sweep_learned", "--one"], env=env, cwd=ROOT,
                                       capture_output=True, text=True, check=True)
                 values = json.loads(done.stdout.strip().splitlines()[-1])
                 runs.append({"seed": seed, "threads": threads, "kernel": kernel,

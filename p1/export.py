@@ -8,11 +8,9 @@ image_size=S) with the checkpoint's class count N and input size S.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import run_cli  # noqa: E402
+from hw3core.errors import run_cli
 
 
 def main(argv=None):

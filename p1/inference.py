@@ -13,9 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
+from hw3core.errors import UserError, at_least, run_cli
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "p1_vit.pt"
 

@@ -7,14 +7,12 @@
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hw3core.errors import UserError, at_least, run_cli
+from p1.model import PRESETS
 
-from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
-from p1.model import PRESETS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # The defaults of the options left out: fine-tuning pretrained weights (the recipe for this task)
 # and training from random weights (--pretrained none), where SGD at 1e-3 stays at chance.

@@ -8,24 +8,22 @@ Checkpoints of p1/train.py and bare pytorch-pretrained-vit or timm state dicts a
 """
 import argparse
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
-from hw3core.figures import overlay_heatmap, plt, save_figure, show_image  # noqa: E402
-from hw3core.files import atomic_path, require_writable_file, require_writable_folder  # noqa: E402
-from hw3core.images import (ImageFileDataset, collate_skip, or_skip,  # noqa: E402
+from hw3core.errors import UserError, at_least, run_cli
+from hw3core.figures import overlay_heatmap, plt, save_figure, show_image
+from hw3core.files import atomic_path, require_writable_file, require_writable_folder
+from hw3core.images import (ImageFileDataset, collate_skip, or_skip,
                             require_distinct_stems, require_images)
-from hw3core.runtime import pick_device  # noqa: E402
-from p1.attention import (attention_rollout, block_index, cls_attention,  # noqa: E402
+from hw3core.runtime import pick_device
+from p1.attention import (attention_rollout, block_index, cls_attention,
                           position_similarity)
-from p1.data import eval_transform  # noqa: E402
-from p1.model import load_classifier  # noqa: E402
+from p1.data import eval_transform
+from p1.model import load_classifier
 
 MAP_CMAP = "jet"  # the overlay's colours, so the map panel and the overlay read the same way
 

@@ -13,17 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hw3core.checkpoints import load_checkpoint
+from hw3core.errors import at_least, run_cli
+from hw3core.runtime import pick_device
+from p2 import inference
+from p2.data import make_scene_set
+from p2.engine import SCENE_RECIPE, fit
+from p2.metrics import words
+from p2.train import parse_args
 
-from hw3core.checkpoints import load_checkpoint  # noqa: E402
-from hw3core.errors import at_least, run_cli  # noqa: E402
-from hw3core.runtime import pick_device  # noqa: E402
-from p2 import inference  # noqa: E402
-from p2.data import make_scene_set  # noqa: E402
-from p2.engine import SCENE_RECIPE, fit  # noqa: E402
-from p2.metrics import words  # noqa: E402
-from p2.train import parse_args  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # The demo's captioner has no encoder: the decoder reads the backbone's features directly, which
 # learns the shapes after about 8,000 to 12,000 training images instead of the 12,000 to 20,000

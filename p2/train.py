@@ -12,12 +12,9 @@ jitter. OUT gets metrics.jsonl, last.pt (the whole run) and best.pt (highest val
 p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import at_least, run_cli  # noqa: E402
+from hw3core.errors import at_least, run_cli
 
 
 def parse_args(argv=None):

@@ -13,12 +13,10 @@ import argparse
 import math
 import sys
 import textwrap
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hw3core.errors import UserError, run_cli  # noqa: E402
-from p2.inference import add_captioning_args, load_for_captioning  # noqa: E402
+from hw3core.errors import UserError, run_cli
+from p2.inference import add_captioning_args, load_for_captioning
 
 PANEL_INCHES = 2.4  # the longer side of one image panel
 MIN_PANEL_WIDTH = 1.4  # room for a word-piece title above a narrow image

@@ -13,15 +13,13 @@ discussion of what the numbers show is the student's: each section leaves a mark
 """
 import argparse
 import os
-import sys
 import warnings
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hw3core.errors import at_least, run_cli
 
-from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 COURSE_IMAGES = ("26_5064.jpg", "29_4718.jpg", "31_4838.jpg")
 

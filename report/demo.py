@@ -11,13 +11,10 @@ against the default. Each run is skipped when its folder already holds a finishe
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hw3core.errors import UserError, at_least, run_cli
 
-from hw3core.errors import UserError, at_least, run_cli  # noqa: E402
 
 # Shared by every comparison run: the demo's tiny preset and images, RandAugment off (its colour
 # operations would change the class of a colour-labelled image)

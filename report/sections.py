@@ -270,7 +270,7 @@ def benchmarks(report, folder):
     report.heading("Measurements (bench/results)")
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if not files:
-        report.not_run(f"benchmark results in {folder}", "python bench/sweep_learned.py")
+        report.not_run(f"benchmark results in {folder}", "python -m bench.sweep_learned")
         return
     report.text("Each benchmark script writes its results as JSON with the machine and date; "
                 "the tables below are read from those files.")
@@ -301,4 +301,3 @@ def benchmarks(report, folder):
                          [[len(best), data.get("target"),
                            sum(b is not None and b >= data.get("target", 0) for b in best),
                            f"{min(b for b in best if b is not None):.3f}"]])
-

@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root on sys.path, small synthetic data, one trained tiny ViT."""
+"""Shared fixtures: small synthetic data, one trained tiny ViT, and how to call the entry points."""
 import os
 import sys
 from pathlib import Path
@@ -6,15 +6,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # The seed of every training run whose learned quality a test asserts; bench/sweep_learned.py
 # reruns those tests' training over several seeds, thread counts and CPU kernels.
 TEST_SEED = int(os.environ.get("HW3_TEST_SEED", "0"))
 
 
 def script_env(**extra):
-    """Environment for running the project's shell entry points with this interpreter."""
-    env = dict(os.environ, PYTHON=sys.executable)
+    """Environment for running the project's entry points in a new process with this
+    interpreter (installed into it or not, as venv.sh does)."""
+    env = dict(os.environ, PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.update(extra)
     return env
 

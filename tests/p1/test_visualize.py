@@ -11,7 +11,7 @@ from hw3core.images import open_rgb
 from p1 import visualize
 from p1.attention import attention_rollout, cls_attention
 from p1.data import eval_transform, make_shapes_set
-from p1.model import build_model, load_classifier, make_arch
+from p1.model import load_classifier
 
 
 def library_input(checkpoint, path):

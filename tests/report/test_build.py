@@ -2,7 +2,6 @@
 import json
 import shutil
 
-import pytest
 from pypdf import PdfReader
 
 from p2.model import save_captioner
@@ -61,7 +60,7 @@ def test_missing_inputs_give_not_run_pages_with_the_commands(tmp_path, capsys):
     assert len(reader.pages) == 1 + len(SECTIONS)  # the inputs page, then one page a section
     assert text.count("Not run.") == len(SECTIONS)
     assert "python p1/train.py --train-dir p1_data/train --val-dir p1_data/val --out runs/vit" in text
-    assert "bash hw3_download.sh" in text and "python bench/sweep_learned.py" in text
+    assert "bash hw3_download.sh" in text and "python -m bench.sweep_learned" in text
     assert "absent_run: no args.json or metrics.jsonl there; left out." in text
 
 
