@@ -1,12 +1,11 @@
 """Figures: a heat map laid over the image it belongs to, and atomic PNG saving. No windows."""
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from .files import atomic_path
 
-from .files import atomic_path  # noqa: E402
+plt.switch_backend("Agg")  # files only, before any figure exists: no display is needed
 
 
 def show_image(ax, image, title=None):

@@ -75,7 +75,7 @@ class Report:
         self.story.append(table)
         self.story.append(Spacer(1, 8))
 
-    def figure(self, fig, caption=None, width_share=1.0, max_height=17 * cm, dpi=150):
+    def figure(self, fig, caption=None, width_share=1.0, max_height=17 * cm, dpi=120):
         """A matplotlib figure as a PNG scaled to the frame (the figure is closed)."""
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
