@@ -14,8 +14,7 @@ import math
 import sys
 import textwrap
 
-
-from hw3core.errors import UserError, run_cli
+from hw3core.errors import UserError, at_least, run_cli
 from p2.inference import add_captioning_args, load_for_captioning
 
 PANEL_INCHES = 2.4  # the longer side of one image panel
@@ -31,6 +30,10 @@ def parse_args(argv=None):
     p.add_argument("--heads", choices=("mean", "all"), default="mean",
                    help="the mean over heads, or each head as well (%(default)s)")
     p.add_argument("--save-npy", action="store_true", help="also write the maps as <stem>.npy")
+    p.add_argument("--draw-workers", type=at_least(0),
+                   help="processes drawing figures while the model captions (default: none on "
+                   "a CPU, whose cores caption; up to 4 beside a GPU, never more than the "
+                   "cores less one)")
     return p.parse_args(argv)
 
 
@@ -84,15 +87,38 @@ def figure_panels(pieces, maps, per_head):
     return panels, heads + 1
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    import warnings
+def write_figure(job):
+    """Draw and save one image's figure (and .npy); True, or None after naming the image on
+    stderr if anything fails. A job is a plain tuple, so that a drawing process can take it."""
+    from hw3core.images import or_skip
 
+    return or_skip(job[0], lambda: _write_figure(*job))
+
+
+def _write_figure(path, out, image, caption, pieces, attention, per_head, stride, save_npy):
     import numpy as np
 
     from hw3core.figures import save_figure
-    from hw3core.files import atomic_path, require_writable_folder
-    from hw3core.images import or_skip, require_distinct_stems, require_images
+    from hw3core.files import atomic_path
+
+    panels, columns = figure_panels(pieces, attention, per_head)
+    columns = columns or panel_columns(len(panels), image.width / image.height)
+    save_figure(draw_caption_figure(image, caption, panels, columns, stride),
+                out / f"{path.stem}.png")
+    if save_npy:
+        with atomic_path(out / f"{path.stem}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, attention.astype(np.float32))
+    return True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import multiprocessing
+    import warnings
+
+    from hw3core.files import require_writable_folder
+    from hw3core.images import require_distinct_stems, require_images
+    from hw3core.runtime import pick_device, usable_cores
     from p2.decode import caption_folder
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
@@ -100,26 +126,33 @@ def main(argv=None):
     paths = require_images(args.images)
     require_distinct_stems(paths)
     out = require_writable_folder(args.out)  # before the captioning, not after
-    model, tokenizer = load_for_captioning(args)
-    per_head = args.heads == "all"
-    written = 0
-
-    def write(path, image, result):
-        pieces = tokenizer.pieces(result.tokens[1:])
-        panels, columns = figure_panels(pieces, result.attention, per_head)
-        columns = columns or panel_columns(len(panels), image.width / image.height)
-        fig = draw_caption_figure(image, tokenizer.decode(result.tokens), panels, columns,
-                                  model.stride)
-        save_figure(fig, out / f"{path.stem}.png")
-        if args.save_npy:
-            with atomic_path(out / f"{path.stem}.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, result.attention.astype(np.float32))
-        return True  # or_skip gives None when this fails
-
-    for path, image, result in caption_folder(model, paths, args.batch_size, beam=args.beam,
-                                              max_len=args.max_len, attention_layer=args.layer,
-                                              per_head=per_head):
-        written += bool(or_skip(path, lambda: write(path, image, result)))
+    drawers = args.draw_workers
+    if drawers is None:
+        drawers = 0 if pick_device(args.device).type == "cpu" else 4
+    drawers = min(drawers, usable_cores() - 1)
+    # started before the model loads: the drawing processes never hold a copy of it or of CUDA
+    pool = multiprocessing.get_context("fork").Pool(drawers) if drawers > 0 else None
+    try:
+        model, tokenizer = load_for_captioning(args)
+        per_head = args.heads == "all"
+        done, pending = [], []
+        for path, image, result in caption_folder(
+                model, paths, args.batch_size, beam=args.beam, max_len=args.max_len,
+                attention_layer=args.layer, per_head=per_head):
+            job = (path, out, image, tokenizer.decode(result.tokens),
+                   tokenizer.pieces(result.tokens[1:]), result.attention, per_head,
+                   model.stride, args.save_npy)
+            if pool is None:
+                done.append(write_figure(job))
+                continue
+            pending.append(pool.apply_async(write_figure, (job,)))
+            while len(pending) > 4 * drawers:  # images waiting to be drawn stay few
+                done.append(pending.pop(0).get())
+        done += [result.get() for result in pending]
+    finally:
+        if pool is not None:
+            pool.terminate()
+    written = sum(bool(d) for d in done)
     if not written:
         raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
     skipped = len(paths) - written

@@ -201,3 +201,20 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
         assert [ax.get_title() for ax in plain] == ["<start>"]
     finally:
         plt.close(fig)
+
+
+def test_figures_drawn_in_other_processes_are_the_same_files(photo_dir, checkpoints, tmp_path,
+                                                              capsys):
+    from tests.conftest import run_entry_point
+
+    common = ["--checkpoint", checkpoints["runs"], "--images", photo_dir, "--max-len", "4",
+              "--save-npy"]
+    for workers in ("0", "1"):
+        status, _, err = run_entry_point(visualize.main, [*common, "--out", tmp_path / workers,
+                                                          "--draw-workers", workers], capsys)
+        assert status == 0 and "broken.jpg" in err and "wrote 3 figure(s)" in err
+    inline, drawn = sorted((tmp_path / "0").iterdir()), sorted((tmp_path / "1").iterdir())
+    assert [p.name for p in inline] == [p.name for p in drawn] == [
+        "square.npy", "square.png", "tall.npy", "tall.png", "wide.npy", "wide.png"]
+    for a, b in zip(inline, drawn):
+        assert a.read_bytes() == b.read_bytes(), a.name
