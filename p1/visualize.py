@@ -100,13 +100,14 @@ def collect_images(specs):
 
 
 def as_block_index(layer, model):
-    """A 1-based --layer (negative: from the end) as a 0-based block index."""
-    if layer == 0:
-        raise UserError("--layer counts from 1 (the first block); -1 is the last")
+    """--layer (0 the first block, negative from the end, as p2/visualize.py counts) as a
+    block index."""
+    depth = len(model.blocks)
     try:
-        return block_index(model, layer - 1 if layer > 0 else layer)
+        return block_index(model, layer)
     except ValueError:
-        raise UserError(f"--layer {layer}: the model has {len(model.blocks)} blocks") from None
+        raise UserError(f"--layer {layer}: the model has {depth} blocks, 0 to {depth - 1} "
+                        f"(or -{depth} to -1 from the end)") from None
 
 
 def describe_map(args, block, depth, heads):
@@ -114,7 +115,7 @@ def describe_map(args, block, depth, heads):
         return f"attention rollout over all {depth} layers\n[CLS] row, patch columns"
     which = "last layer" if block == depth - 1 else "layer"
     head_text = f"mean of {heads} heads" if args.heads == "mean" else f"{heads} heads"
-    return f"[CLS] attention to patches\n{which} {block + 1} of {depth}, {head_text}"
+    return f"[CLS] attention to patches\n{which} {block} of 0-{depth - 1}, {head_text}"
 
 
 def unnormalise(images, mean, std):
@@ -265,7 +266,8 @@ def parse_args(argv=None):
     att.add_argument("--heads", choices=("mean", "all"), default="mean",
                      help="mean over heads, or one map per head")
     att.add_argument("--layer", type=int,
-                     help="with --method last: 1 = first block, -1 = last (default: last)")
+                     help="with --method last: the block, 0 the first, -1 the last (default: "
+                     "the last), as p2/visualize.py counts decoder layers")
     att.add_argument("--save-npy", action="store_true",
                      help="also write OUT/<stem>.npy: (rows, cols), or (heads, rows, cols)")
     att.add_argument("--batch-size", type=at_least(1), default=8)

@@ -26,7 +26,8 @@ def parse_args(argv=None):
     add_captioning_args(p)
     p.add_argument("--out", required=True, help="folder for <stem>.png (created)")
     p.add_argument("--layer", type=int, default=-1,
-                   help="decoder layer whose cross-attention is shown; -1: the last (%(default)s)")
+                   help="decoder layer whose cross-attention is shown: 0 the first, -1 the last "
+                   "(%(default)s), as p1/visualize.py counts blocks")
     p.add_argument("--heads", choices=("mean", "all"), default="mean",
                    help="the mean over heads, or each head as well (%(default)s)")
     p.add_argument("--save-npy", action="store_true", help="also write the maps as <stem>.npy")

@@ -68,12 +68,12 @@ def test_attention_all_heads_on_a_non_square_grid(setup, run):
     out = setup["root"] / "heads"
     first = sorted((setup["root"] / "images").glob("*.png"))[0]
     result = run("attention", "--checkpoint", setup["wide"], "--images", first, "--out", out,
-                 "--heads", "all", "--layer", "1", "--save-npy")
+                 "--heads", "all", "--layer", "0", "--save-npy")
     assert result.returncode == 0, result.stderr
     heads = np.load(out / f"{first.stem}.npy")
     assert heads.shape == (setup["wide_heads"], 8, 12)
     model, x = library_input(setup["wide"], first)
-    # --layer counts from 1: --layer 1 is the first block (index 0)
+    # --layer counts from 0, as p2/visualize.py does: --layer 0 is the first block
     np.testing.assert_allclose(heads, cls_attention(model, x, 0)[0].numpy(), atol=1e-6)
     assert (out / f"{first.stem}.png").is_file()
 
