@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-
 from bench.measure import write_result
 
 WIDTH, HEIGHT = 500, 375

@@ -9,7 +9,6 @@ same run, as the rate the model's inference is compared with. Prints a markdown 
 """
 import argparse
 
-
 import torch
 import torch.nn.functional as F
 

@@ -10,7 +10,6 @@ asked number of tokens and both procedures do the same work. Prints a markdown t
 """
 import argparse
 
-
 import torch
 from PIL import Image
 from skimage import data

@@ -81,6 +81,14 @@ def remove_stale_temporaries(folder):
             stale.unlink()
 
 
+def save_npy(array, path):
+    """Write ``array`` as a float32 .npy file, atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # np.save appends .npy to a bare path
+        np.save(f, np.asarray(array, dtype=np.float32))
+
+
 def write_text_atomic(path, text):
     """Write ``text`` as UTF-8 (no byte-order mark) with "\n" line ends, atomically.
 

@@ -97,6 +97,19 @@ def open_rgb(path):
         raise UnreadableImage(f"{path}: not a readable image ({reason})") from None
 
 
+def require_some_read(count, paths, where):
+    """A folder run that could use none of its ``paths`` (images in ``where``) is an error."""
+    if not count:
+        raise UserError(f"none of the {len(paths)} image files in {where} could be read")
+
+
+def report_written(count, paths, what, destination):
+    """The last line of a folder run, on stderr: what it wrote and how many images it skipped."""
+    skipped = len(paths) - count
+    print(f"wrote {count} {what} to {destination}"
+          + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
+
+
 def warn_unreadable(message):
     print(f"warning: skipping {message}", file=sys.stderr, flush=True)
 

@@ -10,11 +10,9 @@ import argparse
 import csv
 import io
 import os
-import sys
 from pathlib import Path
 
-
-from hw3core.errors import UserError, at_least, run_cli
+from hw3core.errors import at_least, run_cli
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "p1_vit.pt"
 
@@ -35,7 +33,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from hw3core.files import require_writable_file, write_text_atomic
-    from hw3core.images import require_images
+    from hw3core.images import report_written, require_images, require_some_read
     from hw3core.runtime import pick_device
     from p1.engine import predict_files
     from p1.model import load_classifier
@@ -45,17 +43,14 @@ def main(argv=None):
     model, preprocess, class_names = load_classifier(args.checkpoint)
     predictions = predict_files(model, preprocess, paths, pick_device(args.device),
                                 args.batch_size, args.workers)
-    if not predictions:
-        raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
+    require_some_read(len(predictions), paths, args.images)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["filename", "label"])
     writer.writerows((path.name, class_names[predictions[path]]) for path in paths
                      if path in predictions)
     write_text_atomic(args.out, text.getvalue())
-    skipped = len(paths) - len(predictions)
-    print(f"wrote {len(predictions)} predictions to {args.out}"
-          + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
+    report_written(len(predictions), paths, "predictions", args.out)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,14 @@ import argparse
 import math
 from pathlib import Path
 
-
 import numpy as np
 import torch
 
 from hw3core.errors import UserError, at_least, run_cli
 from hw3core.figures import overlay_heatmap, plt, save_figure, show_image
-from hw3core.files import atomic_path, require_writable_file, require_writable_folder
-from hw3core.images import (ImageFileDataset, collate_skip, or_skip,
-                            require_distinct_stems, require_images)
+from hw3core.files import require_writable_file, require_writable_folder, save_npy
+from hw3core.images import (ImageFileDataset, collate_skip, or_skip, report_written,
+                            require_distinct_stems, require_images, require_some_read)
 from hw3core.runtime import pick_device
 from p1.attention import (attention_rollout, block_index, cls_attention,
                           position_similarity)
@@ -192,13 +191,6 @@ def plot_head_maps(image, heads_maps, map_title, heading):
     return fig
 
 
-def save_npy(array, path):
-    with atomic_path(path) as tmp:
-        # A file object, because np.save appends ".npy" to a path that lacks it.
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array, dtype=np.float32))
-
-
 def run_attention(args):
     if args.method == "rollout" and args.heads == "all":
         raise UserError("rollout averages the heads by definition: --heads all needs --method last")
@@ -242,11 +234,8 @@ def run_attention(args):
         for image, heat, prob, index in zip(shown, maps.float().cpu().numpy(), probs, indices):
             path = paths[int(index)]
             written += bool(or_skip(path, lambda: write(path, image, heat, prob)))
-    skipped = len(paths) - written
-    if written == 0:
-        raise UserError(f"none of the {len(paths)} image files could be read")
-    print(f"wrote {written} figure(s) to {out}" + (f"; skipped {skipped} unreadable" if skipped
-                                                   else ""))
+    require_some_read(written, paths, ", ".join(map(str, args.images)))
+    report_written(written, paths, "figure(s)", out)
 
 
 def parse_args(argv=None):

@@ -9,11 +9,9 @@ The checkpoint may be a released CATR checkpoint, a bare state dict or one of th
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-
-from hw3core.errors import UserError, at_least, run_cli
+from hw3core.errors import at_least, run_cli
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "catr_v3.pth"
 
@@ -51,7 +49,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from hw3core.files import require_writable_file, write_text_atomic
-    from hw3core.images import require_images
+    from hw3core.images import report_written, require_images, require_some_read
     from p2.decode import caption_folder
 
     paths = require_images(args.images)
@@ -61,12 +59,9 @@ def main(argv=None):
                          "tokens": result.tokens}, ensure_ascii=False)
              for path, _, result in caption_folder(model, paths, args.batch_size, beam=args.beam,
                                                    max_len=args.max_len)]
-    if not lines:
-        raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
+    require_some_read(len(lines), paths, args.images)
     write_text_atomic(args.out, "".join(line + "\n" for line in lines))
-    skipped = len(paths) - len(lines)
-    print(f"wrote {len(lines)} captions to {args.out}"
-          + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
+    report_written(len(lines), paths, "captions", args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
 """
 import argparse
 
-
 from hw3core.errors import at_least, run_cli
 
 

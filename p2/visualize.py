@@ -11,10 +11,9 @@ the image, each map cell on the pixels it was computed from; the last panel is <
 """
 import argparse
 import math
-import sys
 import textwrap
 
-from hw3core.errors import UserError, at_least, run_cli
+from hw3core.errors import at_least, run_cli
 from p2.inference import add_captioning_args, load_for_captioning
 
 PANEL_INCHES = 2.4  # the longer side of one image panel
@@ -96,19 +95,16 @@ def write_figure(job):
     return or_skip(job[0], lambda: _write_figure(*job))
 
 
-def _write_figure(path, out, image, caption, pieces, attention, per_head, stride, save_npy):
-    import numpy as np
-
+def _write_figure(path, out, image, caption, pieces, attention, per_head, stride, write_npy):
     from hw3core.figures import save_figure
-    from hw3core.files import atomic_path
+    from hw3core.files import save_npy
 
     panels, columns = figure_panels(pieces, attention, per_head)
     columns = columns or panel_columns(len(panels), image.width / image.height)
     save_figure(draw_caption_figure(image, caption, panels, columns, stride),
                 out / f"{path.stem}.png")
-    if save_npy:
-        with atomic_path(out / f"{path.stem}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, attention.astype(np.float32))
+    if write_npy:
+        save_npy(attention, out / f"{path.stem}.npy")
     return True
 
 
@@ -118,7 +114,8 @@ def main(argv=None):
     import warnings
 
     from hw3core.files import require_writable_folder
-    from hw3core.images import require_distinct_stems, require_images
+    from hw3core.images import (report_written, require_distinct_stems, require_images,
+                                require_some_read)
     from hw3core.runtime import pick_device, usable_cores
     from p2.decode import caption_folder
 
@@ -154,11 +151,8 @@ def main(argv=None):
         if pool is not None:
             pool.terminate()
     written = sum(bool(d) for d in done)
-    if not written:
-        raise UserError(f"none of the {len(paths)} image files in {args.images} could be read")
-    skipped = len(paths) - written
-    print(f"wrote {written} figure(s) to {out}"
-          + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
+    require_some_read(written, paths, args.images)
+    report_written(written, paths, "figure(s)", out)
 
 
 if __name__ == "__main__":
