@@ -26,7 +26,8 @@ from bench.measure import cell_geometry, machine
 from hw3core.images import open_rgb
 from hw3core.scenes import COLORS, SHAPES
 from p2.data import make_scene_set, pad_tokens
-from p2.decode import caption_images, encode_images, preprocess
+from p2.data import preprocess
+from p2.decode import caption_images, encode_images
 from p2.engine import SCENE_RECIPE, fit
 from p2.metrics import bleu4, words
 from p2.model import load_captioner

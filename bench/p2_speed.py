@@ -16,7 +16,8 @@ from skimage import data
 
 from bench.measure import machine, median_seconds
 from hw3core.runtime import autocast, pick_device
-from p2.decode import caption_images, encode_images, preprocess, reference_greedy
+from p2.data import preprocess
+from p2.decode import caption_images, encode_images, reference_greedy
 from p2.model import build_model
 from p2.tokenizer import END_ID, START_ID
 
@@ -56,7 +57,7 @@ def main():
     with torch.no_grad():
         model.mlp.layers[-1].bias[END_ID] = -1e4  # captions run to max_len
     photo = Image.fromarray(data.astronaut()).crop((0, 64, 512, 448))  # 4:3, like most COCO
-    image = preprocess(photo)
+    image = preprocess(photo, model.config["input_size"])
     # warm up both procedures: on a GPU the first call's kernel selection takes seconds
     caption_images(model, [image], max_len=3)
     reference_greedy(model, image, max_len=3)

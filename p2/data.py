@@ -1,5 +1,5 @@
-"""Caption data: COCO-format caption files, the batches the captioner trains on, and synthetic
-scenes whose captions, boxes and masks are known.
+"""Caption data: CATR's preprocessing, COCO-format caption files, the batches the captioner
+trains on, and synthetic scenes whose captions, boxes and masks are known.
 
 A caption file is COCO's: {"images": [{"id", "file_name"}, ...], "annotations": [{"image_id",
 "caption"}, ...]}; file names are relative to an image folder given beside it.
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision import transforms
 
@@ -18,8 +19,40 @@ from hw3core.errors import UserError
 from hw3core.files import write_text_atomic
 from hw3core.images import UnreadableImage, open_rgb, warn_unreadable
 from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
-from p2.decode import pad_batch, preprocess, resize_for_catr, to_model_input
 from p2.tokenizer import END_ID, PAD_ID
+
+
+def resize_for_catr(image, side):
+    """Scale a PIL image so that its longer side is ``side`` pixels, the model's
+    config["input_size"] (CATR's: 299), keeping the aspect ratio."""
+    scale = side / max(image.size)
+    # at least one pixel: a 3,000 x 10 image would otherwise shrink to 299 x 0
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    # Pillow's default for Image.resize, named so that a change of default cannot change captions
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def to_model_input(resized):
+    """(3, h, w) float tensor normalised with mean 0.5 and std 0.5."""
+    return TF.normalize(TF.to_tensor(resized), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def preprocess(image, side):
+    """A PIL image as the model's input tensor; ``side`` is the model's config["input_size"]."""
+    return to_model_input(resize_for_catr(image.convert("RGB"), side))
+
+
+def pad_batch(images):
+    """Stack (3, h, w) tensors, zero-padded at the bottom and right, with a mask (B, H, W) that
+    is True on padding."""
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    batch = images[0].new_zeros(len(images), 3, height, width)
+    mask = torch.ones(len(images), height, width, dtype=torch.bool, device=images[0].device)
+    for i, image in enumerate(images):
+        batch[i, :, :image.shape[1], :image.shape[2]] = image
+        mask[i, :image.shape[1], :image.shape[2]] = False
+    return batch, mask
 
 
 def read_caption_file(json_path, image_dir):

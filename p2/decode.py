@@ -1,4 +1,4 @@
-"""Captioning: CATR's preprocessing, greedy and beam decoding, and the cross-attention rows.
+"""Captioning: greedy and beam decoding, and the cross-attention rows (preprocessing: p2/data.py).
 
 The backbone and encoder run once per image. The decoder then runs one position per step on the
 caption so far, reusing the image keys/values and the past self-attention keys/values kept in a
@@ -17,50 +17,13 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
-from PIL import Image
 
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_list, or_skip
 from hw3core.runtime import autocast
+from p2.data import pad_batch, resize_for_catr, to_model_input
 from p2.model import EncodedImages
 from p2.tokenizer import END_ID, PAD_ID, START_ID
-
-LONGER_SIDE = 299
-
-
-def resize_for_catr(image, side=LONGER_SIDE):
-    """Scale a PIL image so that its longer side is ``side`` pixels (CATR: 299), keeping the
-    aspect ratio."""
-    scale = side / max(image.size)
-    # at least one pixel: a 3,000 x 10 image would otherwise shrink to 299 x 0
-    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-    # Pillow's default for Image.resize, named so that a change of default cannot change captions
-    return image.resize(size, Image.Resampling.BICUBIC)
-
-
-def to_model_input(resized):
-    """(3, h, w) float tensor normalised with mean 0.5 and std 0.5."""
-    return TF.normalize(TF.to_tensor(resized), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-
-def preprocess(image, side=LONGER_SIDE):
-    """A PIL image as the model's input tensor; ``side`` is the model's config["input_size"]."""
-    return to_model_input(resize_for_catr(image.convert("RGB"), side))
-
-
-def pad_batch(images):
-    """Stack (3, h, w) tensors, zero-padded at the bottom and right, with a mask (B, H, W) that
-    is True on padding."""
-    height = max(image.shape[1] for image in images)
-    width = max(image.shape[2] for image in images)
-    batch = images[0].new_zeros(len(images), 3, height, width)
-    mask = torch.ones(len(images), height, width, dtype=torch.bool, device=images[0].device)
-    for i, image in enumerate(images):
-        batch[i, :, :image.shape[1], :image.shape[2]] = image
-        mask[i, :image.shape[1], :image.shape[2]] = False
-    return batch, mask
-
 
 def encode_images(model, images):
     """EncodedImages for (3, h, w) tensors of any sizes; one backbone pass per distinct size."""

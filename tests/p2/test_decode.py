@@ -9,8 +9,9 @@ import torch
 from hw3core.errors import UserError
 from PIL import ImageOps
 
-from p2.decode import (beam_search, caption_images, encode_images, greedy_search, pad_batch,
-                       preprocess, reference_greedy, resize_for_catr)
+from p2.data import pad_batch, preprocess, resize_for_catr
+from p2.decode import (beam_search, caption_images, encode_images, greedy_search,
+                       reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import sample_photos, small_model
@@ -23,15 +24,15 @@ def model():
 
 @pytest.fixture(scope="module")
 def images():
-    return [preprocess(photo) for photo in sample_photos().values()]
+    return [preprocess(photo, 299) for photo in sample_photos().values()]
 
 
 def test_resize_keeps_aspect_and_longer_side_299():
     photos = sample_photos()
-    assert resize_for_catr(photos["wide"]).size == (299, int(120 * 299 / 451))
-    assert resize_for_catr(photos["tall"]).size == (int(150 * 299 / 512), 299)
-    assert resize_for_catr(photos["square"]).size == (299, 299)
-    x = preprocess(photos["square"])
+    assert resize_for_catr(photos["wide"], 299).size == (299, int(120 * 299 / 451))
+    assert resize_for_catr(photos["tall"], 299).size == (int(150 * 299 / 512), 299)
+    assert resize_for_catr(photos["square"], 299).size == (299, 299)
+    x = preprocess(photos["square"], 299)
     assert x.shape == (3, 299, 299) and -1 <= x.min() < x.max() <= 1
 
 
@@ -175,7 +176,7 @@ def test_a_beam_as_wide_as_the_search_space_returns_the_best_caption_and_its_map
 def mixed_images():
     """Two pairs of same-size images (they share one backbone pass) and one of its own size."""
     photos = sample_photos()
-    return [preprocess(photo) for photo in (
+    return [preprocess(photo, 299) for photo in (
         photos["wide"], ImageOps.mirror(photos["wide"]), photos["tall"], photos["square"],
         ImageOps.flip(photos["square"]))]
 
@@ -232,4 +233,4 @@ def test_preprocessing_is_catrs_bicubic_resize_and_normalisation():
                            resample=3)  # PIL.Image.BICUBIC
     expected = (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)
                 - 0.5) / 0.5
-    torch.testing.assert_close(preprocess(photo), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(preprocess(photo, 299), expected, rtol=0, atol=1e-6)

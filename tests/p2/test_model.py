@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hw3core.errors import UserError
-from p2.decode import caption_images, encode_images, pad_batch, preprocess, reference_greedy
+from p2.data import pad_batch, preprocess
+from p2.decode import caption_images, encode_images, reference_greedy
 from p2.model import build_model, load_captioner, save_captioner
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import sample_photos, small_model
@@ -52,7 +53,7 @@ def test_released_format_and_bare_state_dict_load_strictly(catr, released_file, 
 
 
 def test_captions_wide_tall_square_photos_with_own_grids(catr):
-    images = [preprocess(photo) for photo in sample_photos().values()]
+    images = [preprocess(photo, 299) for photo in sample_photos().values()]
     results = caption_images(catr, images, max_len=4, attention_layer=-1)
     for image, result in zip(images, results):
         grid = tuple(math.ceil(size / 16) for size in image.shape[1:])
@@ -63,7 +64,7 @@ def test_captions_wide_tall_square_photos_with_own_grids(catr):
 
 
 def test_fast_decoding_matches_catr_loop_on_full_model(catr):
-    image = preprocess(sample_photos()["wide"])
+    image = preprocess(sample_photos()["wide"], 299)
     tokens, _ = reference_greedy(catr, image, max_len=4)
     assert caption_images(catr, [image], max_len=4)[0].tokens == tokens
 
