@@ -57,8 +57,10 @@ for i in "${!names[@]}"; do
         echo "have $target"
         continue
     else
-        if [ "${#parts[@]}" = 0 ] && ! "$python" -c "import torch" >/dev/null 2>&1; then
-            no_torch  # before hundreds of megabytes that could not be checked
+        # before hundreds of megabytes that could not be checked; finding torch, not importing
+        # it, takes a moment (the check below tells an import that fails)
+        if [ "${#parts[@]}" = 0 ] && ! "$python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)" >/dev/null 2>&1; then
+            no_torch
         fi
         mkdir -p "$dest" && tmp="$(mktemp "$dest/.${names[$i]}.XXXXXX.part")" || { status=1; continue; }
         parts+=("$tmp")
