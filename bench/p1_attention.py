@@ -9,8 +9,10 @@ model must find the object), then on held-out images measures, for each layer's 
 - the same with a stricter rule: does the highest cell's centre lie inside the box?
 - attention mass inside the box divided by the box's share of the image (1 = no preference).
 Chance for a pointing rule is the accuracy of a uniformly random cell: the mean fraction of
-cells that pass the rule. It also reports how the position embeddings' cosine similarity falls
-with grid distance, after training and at initialisation.
+cells that pass the rule. The last layer's measures are also given for two baselines of the
+same network: untrained (random weights) and trained on shuffled labels (bench/results/
+p1_attention.json). It also reports how the position embeddings' cosine similarity falls with
+grid distance, after training and at initialisation.
 """
 import argparse
 import json
@@ -23,7 +25,7 @@ import timm
 import torch
 from PIL import Image
 
-from bench.measure import cell_geometry, machine
+from bench.measure import cell_geometry, machine, write_result
 from hw3core.images import ImageFileDataset, collate_skip, list_images
 from p1.attention import attention_rollout, cls_attention, position_similarity
 from p1.data import eval_transform, make_shapes_set
@@ -106,22 +108,36 @@ def main():
         run(args, Path(args.work or scratch))
 
 
+def shuffled_copy(folder, out, seed):
+    """``folder``'s images under labels shuffled among them (same images, same label counts):
+    a model trained on it learns no colour, whatever its maps look like."""
+    paths = list_images(folder)
+    labels = np.random.default_rng(seed).permutation([p.name.split("_")[0] for p in paths])
+    out.mkdir(parents=True, exist_ok=True)
+    for path, label in zip(paths, labels):
+        (out / f"{label}_{path.name.split('_', 1)[1]}").write_bytes(path.read_bytes())
+
+
+def train(args, train_dir, val_dir, out):
+    fit(parse_train_args([
+        "--model", "tiny", "--pretrained", "none", "--train-dir", str(train_dir),
+        "--val-dir", str(val_dir), "--out", str(out), "--epochs", str(args.epochs),
+        "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05",
+        "--workers", "0", "--augment", "none", "--min-crop", str(args.min_crop),
+        "--drop-path", "0", "--seed", str(args.seed)]))
+
+
 def run(args, work):
     image_side = 64
     make_shapes_set(work / "train", args.train, image_side, seed=args.seed)
     make_shapes_set(work / "val", 200, image_side, seed=args.seed + 1, start_id=args.train)
     make_shapes_set(work / "heldout", args.heldout, image_side, seed=args.seed + 2,
                     start_id=args.train + 200)
-    train_args = parse_train_args([
-        "--model", "tiny", "--pretrained", "none", "--train-dir", str(work / "train"),
-        "--val-dir", str(work / "val"),
-        "--out", str(work / "run"), "--epochs", str(args.epochs), "--batch-size", "32",
-        "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--workers", "0",
-        "--augment", "none", "--min-crop", str(args.min_crop), "--drop-path", "0",
-        "--seed", str(args.seed)])
     start = time.perf_counter()
-    fit(train_args)
+    train(args, work / "train", work / "val", work / "run")
     train_seconds = time.perf_counter() - start
+    shuffled_copy(work / "train", work / "train_shuffled", args.seed + 3)
+    train(args, work / "train_shuffled", work / "val", work / "run_shuffled")
 
     model, preprocess, class_names = load_classifier(work / "run" / "best.pt")
     model.eval()
@@ -129,8 +145,15 @@ def run(args, work):
     means, accuracy = evaluate_maps(model, preprocess, class_names, work / "heldout")
     map_seconds = time.perf_counter() - start
     torch.manual_seed(args.seed)
-    fresh = build_model(torch.load(work / "run" / "best.pt", weights_only=True)["arch"])
+    fresh = build_model(torch.load(work / "run" / "best.pt", weights_only=True)["arch"]).eval()
     trained_sim, initial_sim = similarity_by_distance(model), similarity_by_distance(fresh)
+    # the same measures for the same network untrained, and trained on shuffled labels
+    baselines = {"trained": (means, accuracy),
+                 "untrained (random weights)": evaluate_maps(fresh, preprocess, class_names,
+                                                             work / "heldout")}
+    shuffled = load_classifier(work / "run_shuffled" / "last.pt")[0].eval()
+    baselines["trained on shuffled labels"] = evaluate_maps(shuffled, preprocess, class_names,
+                                                            work / "heldout")
 
     depth = len(model.blocks)
     print(f"\n## Problem 1 attention maps on synthetic shapes\n\nmachine: {machine()}, timm {timm.__version__}  ")
@@ -155,6 +178,24 @@ def run(args, work):
     verdict = "met" if last >= TARGET_POINTING else "NOT met"
     print(f"\nTarget: last-layer pointing (overlap rule) >= {TARGET_POINTING}: {verdict} "
           f"({last:.3f}).\n")
+    last_layer = f"layer {depth}"
+    print("What training adds: the last layer's map (mean of heads) of three models of the same "
+          "network on the same held-out images\n")
+    print("| model | classification accuracy | pointing, overlap | chance | pointing, centre | "
+          "chance | mass ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, (kind_means, acc) in baselines.items():
+        m = kind_means[last_layer]
+        print(f"| {name} | {acc:.3f} | {m['hit']:.3f} | {m['hit_chance']:.3f} | "
+              f"{m['centre_hit']:.3f} | {m['centre_chance']:.3f} | {m['mass_ratio']:.2f} |")
+    print()
+    write_result(Path(__file__).parent / "results" / "p1_attention.json",
+                 "tiny ViT on synthetic shapes: pointing and mass ratio of the [CLS] maps, "
+                 "trained against untrained and shuffled-label baselines",
+                 images={"train": args.train, "heldout": args.heldout, "side": image_side},
+                 epochs=args.epochs, seed=args.seed,
+                 models={name: {"accuracy": acc, "maps": kind_means}
+                         for name, (kind_means, acc) in baselines.items()})
     print("Position embeddings: mean cosine similarity of patch pairs at each grid distance\n")
     print("| distance | Chebyshev, trained | Chebyshev, at init | Euclidean (rounded), trained "
           "| Euclidean, at init |")
