@@ -264,6 +264,21 @@ class Epochs:
                            f"{last} to go on")
 
 
+def join_the_gradient_all_reduce(model, forward):
+    """A step for a process whose batch held no readable image, under torchrun: the others'
+    backward pass waits for this one's gradients, and skipping it would hang them. A pass that
+    weighs the output by 0 gives every parameter a zero gradient, so this process joins the
+    all-reduce (and then the optimizer step) in lockstep; the step's averaged gradient then counts
+    its share as zero. ``forward()`` runs the model on a placeholder input, in eval mode: no
+    dropout draw, no batch-norm statistics from it."""
+    was_training = model.training
+    model.eval()
+    try:
+        (forward().float().sum() * 0.0).backward()
+    finally:
+        model.train(was_training)
+
+
 def signals_during_backward(modules):
     """Let a signal (Interruptible) stop a step between the backward passes of ``modules``.
 

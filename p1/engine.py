@@ -19,9 +19,9 @@ from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.files import write_text_atomic
 from hw3core.runtime import (autocast, describe_device, distributed, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, Epochs, restore_run, run_state,
-                              signals_during_backward, start_run_folder, warmup_cosine,
-                              wrap_for_ranks)
+from hw3core.training import (EpochLoader, Epochs, join_the_gradient_all_reduce, restore_run,
+                              run_state, signals_during_backward, start_run_folder,
+                              warmup_cosine, wrap_for_ranks)
 from p1.data import LabelledImages, discover, eval_transform, train_transform
 from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
@@ -59,11 +59,12 @@ def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs, schedule=
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
                     *, precision="auto", grad_accum=1, label_smoothing=0.0, mix=None,
-                    clip_grad=None, desc="train"):
+                    clip_grad=None, placeholder=None, desc="train"):
     """Train over ``loader``, the rest of an epoch after the ``sums.batches`` already done,
     adding to ``sums`` (EpochSums). ``step_seed(step)`` seeds each optimizer step's random
     draws; ``stop`` (Interruptible) may raise StopRequested, leaving ``sums`` committed at the
-    last completed optimizer step."""
+    last completed optimizer step. ``placeholder``: an input batch of one for the steps where
+    this process, under torchrun, has no readable image (join_the_gradient_all_reduce)."""
     model.train()
     total = sums.batches + len(loader)
     progress = tqdm(loader, desc=desc, initial=sums.batches, total=total,
@@ -73,17 +74,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
         if i % grad_accum == 0:
             step_seed(i // grad_accum)
         last_micro = (i + 1) % grad_accum == 0 or i + 1 == total
+        sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         if batch is not None:
             inputs, targets = (t.to(device, non_blocking=True) for t in batch)
             if mix is not None:
                 inputs, targets = mix(inputs, targets)
-            sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with autocast(device, precision):
                     logits = model(inputs)
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
                 scaler.scale(loss / grad_accum).backward()
             sums.add(loss, len(inputs), len(inputs))
+        elif hasattr(model, "no_sync"):  # under torchrun the others wait for this process
+            with sync:
+                join_the_gradient_all_reduce(model, lambda: model(placeholder))
         if last_micro:
             with stop.committing():
                 if clip_grad:
@@ -192,6 +196,7 @@ def _fit(args, dist_info):
     if device.type == "cpu" and not args.compile:
         signals_during_backward(model.blocks)
     net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
+    placeholder = torch.zeros(1, 3, *arch["image_size"], device=device)
     mix = _mixing(args, len(class_names))
     flops = 3 * forward_flops_per_image(model)  # forward + backward
     device_name = describe_device(device, dist_info.world_size)
@@ -215,7 +220,8 @@ def _fit(args, dist_info):
             train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
                             e.step_seed, precision=args.precision, grad_accum=args.grad_accum,
                             label_smoothing=args.label_smoothing, mix=mix,
-                            clip_grad=args.clip_grad, desc=f"epoch {e.index + 1}/{args.epochs}")
+                            clip_grad=args.clip_grad, placeholder=placeholder,
+                            desc=f"epoch {e.index + 1}/{args.epochs}")
             stats = e.sums.totals()
             confusion = None
             if val_loader is not None:

@@ -15,14 +15,14 @@ from hw3core.figures import plot_history
 from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
                              seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, Epochs, restore_run, run_state, start_run_folder,
-                              warmup_cosine, wrap_for_ranks)
+from hw3core.training import (EpochLoader, Epochs, join_the_gradient_all_reduce, restore_run,
+                              run_state, start_run_folder, warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, train_transform)
 from p2.decode import encode_images, greedy_search
 from p2.metrics import bleu4, cider, words
 from p2.model import build_model, load_captioner, make_config
-from p2.tokenizer import PAD_ID, CaptionTokenizer
+from p2.tokenizer import PAD_ID, START_ID, CaptionTokenizer
 
 # Starting points for --config; options such as --hidden-dim change them further. "small" trains
 # from scratch on a CPU: ResNet-18 cut after layer2 (stride 8, so that a word's map can single out
@@ -86,12 +86,15 @@ def caption_loss(logits, tokens, reduction="mean", output_tokens=None):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
-                    *, output_tokens=None, precision="auto", clip_grad=0.0, desc="train"):
+                    *, output_tokens=None, precision="auto", clip_grad=0.0, placeholder=None,
+                    desc="train"):
     """Teacher-forced training over ``loader``, the rest of an epoch after the ``sums.batches``
     already done, adding to ``sums`` (EpochSums; the loss per caption token). ``step_seed(step)``
     seeds each step's random draws; ``stop`` (Interruptible) may raise StopRequested, leaving
     ``sums`` committed at the last completed step. ``output_tokens``: the bare model's, if
-    restricted."""
+    restricted. ``placeholder``: (pixels, mask, tokens, padding) of one image and caption for the
+    steps where this process, under torchrun, has no readable image
+    (join_the_gradient_all_reduce)."""
     model.train()
     progress = tqdm(loader, desc=desc, initial=sums.batches, total=sums.batches + len(loader),
                     disable=not is_main_process(), dynamic_ncols=True)
@@ -105,13 +108,18 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
             loss = caption_loss(logits, tokens, output_tokens=output_tokens)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+        elif hasattr(model, "no_sync"):  # under torchrun the others wait for this process
+            optimizer.zero_grad(set_to_none=True)
+            join_the_gradient_all_reduce(model, lambda: model(*placeholder, restricted=True))
+        stepped = batch is not None or hasattr(model, "no_sync")
         with stop.committing():
-            if batch is not None:
+            if stepped:
                 if clip_grad:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
                 scaler.step(optimizer)
                 scaler.update()
+            if batch is not None:
                 sums.add(loss, int((~padding[:, 1:]).sum()), len(pixels))
             scheduler.step()
             sums.commit(i + 1)
@@ -302,6 +310,11 @@ def _fit(args, dist_info):
         best_cider = resume["best_cider"]
 
     net = wrap_for_ranks(model, device, dist_info)
+    side = config["input_size"]
+    placeholder = (torch.zeros(1, 3, side, side, device=device),
+                   torch.zeros(1, side, side, dtype=torch.bool, device=device),
+                   torch.full((1, 1), START_ID, device=device),
+                   torch.zeros(1, 1, dtype=torch.bool, device=device))
     if dist_info.is_main:
         start_run_folder(out, args)
         print0(f"captioner {config['backbone']}, hidden {config['hidden_dim']}, "
@@ -324,7 +337,7 @@ def _fit(args, dist_info):
             train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
                             e.step_seed, output_tokens=model.output_tokens,
                             precision=args.precision, clip_grad=args.clip_grad,
-                            desc=f"epoch {e.index + 1}/{args.epochs}")
+                            placeholder=placeholder, desc=f"epoch {e.index + 1}/{args.epochs}")
             stats = e.sums.totals()
             stats.update(epoch=e.index + 1, lr=optimizer.param_groups[0]["lr"],
                          images_per_s=stats["images"] / stats["seconds"])

@@ -309,3 +309,33 @@ def test_torchrun_two_processes_split_the_images_and_gather_every_caption(scenes
         close = torch.isclose(two["model"][key], value, rtol=1e-4, atol=1e-5)
         assert close.float().mean() > 0.9, key
         assert (two["model"][key] - value).abs().max() <= 2.01 * 2e-3, key
+
+
+def test_torchrun_processes_stay_in_lockstep_when_one_has_only_unreadable_images(scenes,
+                                                                                 tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, script_env
+
+    # one caption a step per process, and one image that cannot be read: at that step one
+    # process has nothing to train on, and must still join the others' gradient all-reduce
+    images = tmp_path / "images"
+    shutil.copytree(scenes / "train" / "images", images)
+    (images / "broken.png").write_bytes(b"not a png")
+    content = json.loads((scenes / "train" / "captions.json").read_text())
+    content["images"].append({"id": 999, "file_name": "broken.png"})
+    content["annotations"].append({"id": 999, "image_id": 999, "caption": "a red circle"})
+    (tmp_path / "captions.json").write_text(json.dumps(content))
+    argv = ["--train-json", tmp_path / "captions.json", "--train-dir", images, "--out",
+            tmp_path / "run", *TINY, "--epochs", "1", "--batch-size", "1", "--workers", "0",
+            "--max-len", "12", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "p2" / "train.py"), *map(str, argv)]
+    run = subprocess.run(cmd, env=script_env(OMP_NUM_THREADS="1"), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "broken.png" in run.stderr
+    (metrics,) = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert metrics["images"] == 8  # the readable ones, each once (the sampler pads to 10)
