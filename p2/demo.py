@@ -39,6 +39,8 @@ def main(argv=None):
                    help="8 on a CPU, 10 on a GPU")
     p.add_argument("--train-scenes", type=at_least(1), default=None, help="2,000 on a CPU, 3,000 on a GPU")
     p.add_argument("--show", type=at_least(1), default=4, help="held-out scenes captioned by hw3_2.sh")
+    p.add_argument("--val-scenes", type=at_least(1), default=30,
+                   help="validation scenes, which pick best.pt (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="of the training run (%(default)s)")
     args = p.parse_args(argv)
 
@@ -51,8 +53,9 @@ def main(argv=None):
     scenes = out / "scenes"
     print(f"1/3 writing synthetic scenes to {scenes}", flush=True)
     make_scene_set(scenes / "train", args.train_scenes, seed=1)
-    make_scene_set(scenes / "val", 30, seed=2, start_id=args.train_scenes)
-    make_scene_set(scenes / "heldout", args.show, seed=3, start_id=args.train_scenes + 30)
+    make_scene_set(scenes / "val", args.val_scenes, seed=2, start_id=args.train_scenes)
+    make_scene_set(scenes / "heldout", args.show, seed=3,
+                   start_id=args.train_scenes + args.val_scenes)
     print("2/3 training the small captioner from scratch", flush=True)
     run = out / "p2_run"
     fit(parse_args([
@@ -81,10 +84,11 @@ def main(argv=None):
               + ("" if ok else "  <- wrong"))
     val_exact = load_checkpoint(run / "best.pt")["val"]["val_exact"]
     print(f"Problem 2 demo: {right}/{len(truth)} held-out captions exactly right ({val_exact:.0%} "
-          f"of the 30 validation captions); word maps in {figures}/")
+          f"of the {args.val_scenes} validation captions); word maps in {figures}/")
     if val_exact < 0.5:
         command = shlex.join([sys.executable, os.path.relpath(__file__), "--out", str(out),
                               "--train-scenes", str(args.train_scenes),
+                              "--val-scenes", str(args.val_scenes),
                               "--epochs", str(args.epochs + 4), "--seed", str(args.seed)])
         print(f"Only {val_exact:.0%} of the validation captions are exactly right: the captioner "
               f"has not yet learnt the shapes (colours come first). Train longer: {command}")
