@@ -63,6 +63,32 @@ def save_p1_checkpoint(path, image_size, class_names=("red", "green", "blue", "y
 
 
 @pytest.fixture(scope="session")
+def ppvit_file(tmp_path_factory):
+    """(a random pytorch-pretrained-vit B_16_imagenet1k in eval mode, its state dict's file).
+
+    Its own init zeroes the head (logits would all be 0); here every weight is drawn, LayerNorm
+    gains near 1 as in a trained model, and queries and keys sharper, so that attention maps
+    are not near-constants. Built once: three test files compare against it.
+    """
+    import torch
+    from pytorch_pretrained_vit import ViT
+
+    torch.manual_seed(0)
+    model = ViT("B_16_imagenet1k", pretrained=False)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.normal_(0.0, 0.02)
+            if "norm" in name and name.endswith("weight"):
+                param.add_(1.0)
+            elif ".proj_q." in name or ".proj_k." in name:
+                param.mul_(5.0)
+    model.eval()  # its attention applies dropout to the stored scores in training mode
+    path = tmp_path_factory.mktemp("ppvit") / "B_16_imagenet1k.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory):
     """A small course-layout set: (train dir, val dir)."""
     return make_shapes_data(tmp_path_factory.mktemp("shapes"))

@@ -151,23 +151,10 @@ def test_non_square_shapes():
     assert position_similarity(model).shape == (8, 12, 8, 12)
 
 
-def test_matches_pytorch_pretrained_vit_scores(tmp_path):
+def test_matches_pytorch_pretrained_vit_scores(ppvit_file):
     """A B_16_imagenet1k state dict loaded via load_classifier gives the map that the original
     package keeps in blocks[-1].attn.scores (mean over heads, row 0, columns 1:)."""
-    from pytorch_pretrained_vit import ViT
-
-    torch.manual_seed(0)
-    reference = ViT("B_16_imagenet1k", pretrained=False)
-    with torch.no_grad():
-        for name, param in reference.named_parameters():
-            param.normal_(0.0, 0.02)
-            if "norm" in name and name.endswith("weight"):
-                param.add_(1.0)  # LayerNorm gains near 1, as in a trained model
-            elif ".proj_q." in name or ".proj_k." in name:
-                param.mul_(5.0)  # sharper attention, so the comparison is not of near-constants
-    reference.eval()  # its attention applies dropout to the stored scores in training mode
-    path = tmp_path / "B_16_imagenet1k.pth"
-    torch.save(reference.state_dict(), path)
+    reference, path = ppvit_file
     model, preprocess, _ = load_classifier(path)
     model.eval()
     assert preprocess["image_size"] == [384, 384]

@@ -1,28 +1,10 @@
 import pytest
-import pytorch_pretrained_vit
 import torch
 
 from hw3core.checkpoints import save_checkpoint
 from hw3core.errors import UserError
 from p1.model import (build_model, grid_size, infer_arch, load_classifier, load_weights,
                       make_arch, ppvit_to_timm, timm_to_ppvit)
-
-
-def random_ppvit(**kwargs):
-    torch.manual_seed(0)
-    model = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False, **kwargs).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # its own init zeroes the head: logits would all be 0
-            p.normal_(0, 0.02)
-    return model
-
-
-@pytest.fixture(scope="module")
-def ppvit_file(tmp_path_factory):
-    model = random_ppvit()
-    path = tmp_path_factory.mktemp("ppvit") / "B_16_imagenet1k.pth"
-    torch.save(model.state_dict(), path)
-    return model, path
 
 
 def test_ppvit_weights_give_the_same_logits(ppvit_file):
