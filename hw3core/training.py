@@ -40,13 +40,10 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        torch_seed, python_seed = np.random.SeedSequence(
-            (self.seed % 2**63, epoch, index)).generate_state(2, np.uint64).tolist()
         python_state = random.getstate()
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(torch_seed)
-                random.seed(python_seed)
+                seed_generators(self.seed, epoch, index)
                 return self.dataset[index]
         finally:
             random.setstate(python_state)
@@ -107,14 +104,19 @@ class EpochLoader:
         return self.loader
 
 
+def seed_generators(seed, *key):
+    """Seed torch's and Python's generators from (seed, *key) alone."""
+    torch_seed, python_seed = np.random.SeedSequence(
+        (seed % 2**63, *key)).generate_state(2, np.uint64).tolist()
+    torch.manual_seed(torch_seed)
+    random.seed(python_seed)
+
+
 def seed_step(seed, rank, epoch, step):
     """Seed the generators a training step draws from (dropout, stochastic depth, MixUp and
     CutMix) from (seed, rank, epoch, step) alone: a run resumed at any step draws what an
     uninterrupted one would, with no generator state to save or gather from the ranks."""
-    torch_seed, python_seed = np.random.SeedSequence(
-        (seed % 2**63, rank, epoch, step)).generate_state(2, np.uint64).tolist()
-    torch.manual_seed(torch_seed)
-    random.seed(python_seed)
+    seed_generators(seed, rank, epoch, step)
 
 
 class StopRequested(Exception):

@@ -121,14 +121,15 @@ def evaluate(model, loader, device, classes, precision="auto", desc="val"):
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
         confusion += torch.bincount(targets * classes + logits.argmax(1),
                                     minlength=classes * classes)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(confusion)
-    confusion = confusion.view(classes, classes)
-    loss_sum, = sum_over_ranks([loss_sum.item()], device)
-    count = int(confusion.sum())
-    return {"val_loss": loss_sum / max(count, 1),
-            "val_acc": int(confusion.diagonal().sum()) / max(count, 1), "val_images": count,
-            "val_seconds": time.perf_counter() - start, "confusion": confusion.tolist()}
+    # one all-reduce for both; float64 holds the counts exactly
+    loss_sum, *counts = sum_over_ranks([loss_sum.item(), *confusion.tolist()], device)
+    confusion = [[int(n) for n in counts[row * classes:(row + 1) * classes]]
+                 for row in range(classes)]
+    count = sum(map(sum, confusion))
+    right = sum(confusion[i][i] for i in range(classes))
+    return {"val_loss": loss_sum / max(count, 1), "val_acc": right / max(count, 1),
+            "val_images": count, "val_seconds": time.perf_counter() - start,
+            "confusion": confusion}
 
 
 def fit(args):
