@@ -26,7 +26,7 @@ def fingerprints():
     """{output name: sha256 of the file, or the metrics without timing fields}."""
     import torch
 
-    from hw3core.errors import run_cli
+    from hw3core.cli import run_cli
     from p1 import inference as p1_inference, train as p1_train, visualize as p1_visualize
     from p1.data import make_shapes_set
     from p2 import inference as p2_inference, visualize as p2_visualize

@@ -83,12 +83,9 @@ def pointing(model, folder, tokenizer, batch_size=16):
         encoded = encode_images(model, images)
         ids = [tokenizer.encode(captions[names[name]]) for name in batch]
         tokens, padding = pad_tokens(ids)
-        per_layer = []
-        for layer in range(layers):
-            state = model.start_decoding(encoded)
-            _, weights = model.decode(state, tokens[:, :-1], padding[:, :-1],
-                                      attention_layer=layer)
-            per_layer.append(weights.mean(1))  # (B, L-1, h*w)
+        _, weights = model.decode(model.start_decoding(encoded), tokens[:, :-1], padding[:, :-1],
+                                  attention_layers=range(layers))
+        maps = weights.mean(2)  # the mean of the heads: (B, layers, L-1, h*w)
         for b, name in enumerate(batch):
             rows, cols = encoded.grid_sizes()[b]
             # a cell covers stride x stride pixels of the model's input, scaled to the original
@@ -103,7 +100,7 @@ def pointing(model, folder, tokenizer, batch_size=16):
                 chance.append([passes[rule].mean() for rule in RULES])
                 for layer in range(layers):
                     # the row of position - 1 is the query whose logits predicted this word
-                    heat = per_layer[layer][b, position - 1].unflatten(
+                    heat = maps[b, layer, position - 1].unflatten(
                         0, encoded.padding.shape[1:])[:rows, :cols].numpy()
                     for rule in RULES:
                         hits[layer][rule].append(passes[rule].flat[heat.argmax()])
@@ -124,8 +121,8 @@ def caption_quality(model, folder, tokenizer, batch_size=16):
     candidates = []
     for start in range(0, len(entries), batch_size):
         batch = entries[start:start + batch_size]
-        images = [preprocess(open_rgb(folder / "images" / e["file_name"]), model.config["input_size"])
-                  for e in batch]
+        images = [preprocess(open_rgb(folder / "images" / e["file_name"]),
+                             model.config["input_size"]) for e in batch]
         candidates += [tokenizer.decode(r.tokens) for r in caption_images(model, images, 32)]
     truth = [references[e["id"]] for e in entries]
     exact = np.mean([words(c) == words(t) for c, t in zip(candidates, truth)])

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 # The compute threads torch chose at start (OMP_NUM_THREADS or the cores); share_cores never
 # raises the count above it, so a cap set by the user or a test holds.
 _THREADS_AT_START = torch.get_num_threads()
@@ -55,7 +57,6 @@ def pick_device(name="auto", dist_info=Distributed()):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            from .errors import UserError
             raise UserError("--device cuda asked for, but no CUDA GPU is visible")
         return torch.device("cuda", dist_info.local_rank)
     return torch.device(name)

@@ -1,6 +1,7 @@
-"""What both training runs share around their own model and loss: the sharded training loader,
-per-step seeding, stopping on SIGTERM/SIGINT, the warm-up and cosine schedule, the DDP wrapper,
-the run folder, and the run state that last.pt keeps for --resume."""
+"""The run skeleton both training runs share around their own model and loss: the sharded
+training and validation loaders, per-step seeding, stopping on SIGTERM/SIGINT, the warm-up and
+cosine schedule, the DDP wrapper, the run folder, --resume, and the epoch loop with its records
+and checkpoints (train_epochs)."""
 import contextlib
 import functools
 import json
@@ -15,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .errors import Interrupted
+from .checkpoints import check_format, load_checkpoint, save_epoch
+from .errors import Interrupted, UserError
+from .figures import plot_history
 from .files import remove_stale_temporaries, write_text_atomic
-from .runtime import sum_over_ranks
+from .runtime import describe_device, print0, sum_over_ranks
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -73,15 +76,17 @@ class EpochLoader:
     item's augmentations drawn from (seed, epoch, index) (SeededItems). Worker processes start
     once and serve every epoch."""
 
-    def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed):
-        self.batch_size = batch_size
+    def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed,
+                 pin_memory=None):
+        self.dataset, self.batch_size = dataset, batch_size
         self.sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
                                           shuffle=True, seed=seed)
         self.keys = _EpochKeys(self.sampler)
         # a generator of its own: starting workers then draws nothing from the global one
         self.loader = DataLoader(SeededItems(dataset, seed), batch_size, sampler=self.keys,
                                  drop_last=False, num_workers=workers, collate_fn=collate_fn,
-                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                 pin_memory=device.type == "cuda" if pin_memory is None
+                                 else pin_memory, persistent_workers=workers > 0,
                                  generator=torch.Generator())
 
     def __len__(self):
@@ -297,17 +302,18 @@ class EpochSums:
     at each completed optimizer step (``commit``): what last.pt keeps when a signal cuts the
     epoch short, and what ``saved`` (that copy, from last.pt) restarts from.
 
-    ``count`` is what the loss is averaged over: images, or caption tokens.
+    ``count`` is what the loss is averaged over: images, or caption tokens (a tensor is fine).
     """
 
     def __init__(self, device, saved=None):
         saved = saved or {"batches": 0, "seconds": 0.0, "loss_sum": 0.0, "count": 0, "images": 0}
         self.device = device
         self.loss_sum = torch.tensor(saved["loss_sum"], dtype=torch.float64, device=device)
-        self.count, self.images, self.batches = saved["count"], saved["images"], saved["batches"]
+        self.count = torch.tensor(saved["count"], dtype=torch.int64, device=device)
+        self.images, self.batches = saved["images"], saved["batches"]
         self._seconds_before = saved["seconds"]
         self._start = time.perf_counter()
-        self._committed = (self.loss_sum.clone(), self.count, self.images, self.batches,
+        self._committed = (self.loss_sum.clone(), self.count.clone(), self.images, self.batches,
                            self._seconds_before)
 
     def add(self, mean_loss, count, images):
@@ -320,13 +326,14 @@ class EpochSums:
 
     def commit(self, batches):
         self.batches = batches
-        self._committed = (self.loss_sum.clone(), self.count, self.images, batches, self.seconds())
+        self._committed = (self.loss_sum.clone(), self.count.clone(), self.images, batches,
+                           self.seconds())
 
     def progress(self):
         """The sums at the last commit, as plain numbers."""
         loss_sum, count, images, batches, seconds = self._committed
         return {"batches": batches, "seconds": seconds, "loss_sum": loss_sum.item(),
-                "count": count, "images": images}
+                "count": int(count.item()), "images": images}
 
     def progress_of_all_ranks(self):
         """[progress() of rank 0, of rank 1, ...]; every rank calls it at the same step."""
@@ -337,14 +344,31 @@ class EpochSums:
         return parts
 
     def mean_loss(self):
-        return self.loss_sum.item() / max(self.count, 1)
+        """The mean so far; a host sync, so a progress bar asks for it now and then (Every)."""
+        return (self.loss_sum / self.count.clamp(min=1)).item()
 
     def totals(self):
         """{'train_loss' (mean over ranks), 'images' (summed), 'seconds'}."""
         loss_sum, count, images = sum_over_ranks(
-            [self.loss_sum.item(), self.count, self.images], self.device)
+            [self.loss_sum.item(), self.count.item(), self.images], self.device)
         return {"train_loss": loss_sum / max(count, 1), "images": int(images),
                 "seconds": self.seconds()}
+
+
+class Every:
+    """True at most once per ``seconds`` when called: how often a progress bar reads values that
+    would make the host wait for the GPU."""
+
+    def __init__(self, seconds=1.0):
+        self.seconds = seconds
+        self.next = 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + self.seconds
+        return True
 
 
 def warmup_cosine(optimizer, warmup_steps, total_steps):
@@ -362,7 +386,26 @@ def wrap_for_ranks(model, device, dist_info):
     """``model`` itself in a single process, else wrapped in DistributedDataParallel."""
     if not dist_info.enabled:
         return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model,
+                                   device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def validation_loader(dataset, batch_size, workers, collate, device, dist_info, pin_memory=None):
+    """A loader of this process's share of ``dataset``: every world_size-th item, so that sums
+    over the processes count each item once. ``pin_memory``: by default, beside a GPU."""
+    share = Subset(dataset, range(dist_info.rank, len(dataset), dist_info.world_size))
+    # workers started anew for each pass, and gone after it (see EpochLoader.close)
+    return DataLoader(share, batch_size, num_workers=workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda" if pin_memory is None else pin_memory)
+
+
+def load_resume(path, format_name):
+    """The last.pt that --resume names, checked to be ``format_name``'s and to hold a run state."""
+    resume = load_checkpoint(path)
+    check_format(resume, format_name, path)
+    if not isinstance(resume, dict) or "optimizer" not in resume:
+        raise UserError(f"{path} is not a last.pt checkpoint (no optimizer state)")
+    return resume
 
 
 def start_run_folder(out, args):
@@ -374,11 +417,11 @@ def start_run_folder(out, args):
     write_text_atomic(out / "args.json", json.dumps(vars(args), indent=2) + "\n")
 
 
-def run_state(optimizer, scheduler, scaler, args, in_epoch=None, **extra):
+def run_state(optimizer, scheduler, scaler, args, in_epoch=None):
     """What last.pt holds beside the weights so that --resume continues exactly (restore_run).
     ``in_epoch``: the batches done and the sums so far of an epoch cut short by a signal."""
     return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "args": vars(args), "in_epoch": in_epoch, **extra}
+            "scaler": scaler.state_dict(), "args": vars(args), "in_epoch": in_epoch}
 
 
 def restore_run(resume, optimizer, scheduler, scaler):
@@ -388,3 +431,64 @@ def restore_run(resume, optimizer, scheduler, scaler):
     scheduler.load_state_dict(resume["scheduler"])
     scaler.load_state_dict(resume["scaler"])
     return resume["history"], resume["epoch"], resume.get("in_epoch")
+
+
+def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, resume, *,
+                 train_epoch, validate, best, weights, report_epoch, curves, on_best=None,
+                 flops_per_image=None):
+    """The epochs of a run (args.epochs in all), from where ``resume`` (a last.pt) left off.
+
+    Each epoch ``train_epoch(e)`` trains on ``loader`` (e as Epochs yields it) and ``validate()``
+    (None without a validation set) returns the val_* figures. The epoch's record then goes, whole,
+    into args.out: metrics.jsonl, last.pt (``weights(epochs done, the last record)`` plus the run
+    state) and best.pt when the record's ``best[0]`` beats every earlier epoch's, ``on_best(epoch)``
+    writing what else that epoch keeps. ``report_epoch(record, improved)`` prints it. At the end,
+    curves.png (``curves``: plot_history's panels) and a line naming the checkpoints, ``best[1]``
+    formatting the best value. ``flops_per_image`` (training) adds train_tflops to the records.
+    """
+    out = Path(args.out)
+    history, start, in_epoch = [], 0, None
+    if resume is not None:
+        history, start, in_epoch = restore_run(resume, optimizer, scheduler, scaler)
+    key, best_label = best
+    best_value = max((h[key] for h in history if key in h), default=None)
+    device_name = describe_device(device, dist_info.world_size)
+    if dist_info.is_main:
+        start_run_folder(out, args)
+
+    def save(epoch_done, in_epoch=None, improved=False):
+        save_epoch(out, weights(epoch_done, history[-1] if history else {}),
+                   run_state(optimizer, scheduler, scaler, args, in_epoch), history, improved)
+
+    with Epochs(args.epochs, start, in_epoch, loader, device, dist_info, args.seed, out,
+                save) as epochs:
+        for e in epochs:
+            train_epoch(e)
+            record = e.sums.totals()
+            if validate is not None:
+                started = time.perf_counter()
+                record.update(validate())
+                record["val_seconds"] = time.perf_counter() - started
+            with e.committing():
+                record.update(epoch=e.index + 1, lr=optimizer.param_groups[0]["lr"],
+                              images_per_s=record["images"] / record["seconds"])
+                if flops_per_image:
+                    record["train_tflops"] = record["images_per_s"] * flops_per_image / 1e12
+                record.update(epoch_seconds=record["seconds"] + record.get("val_seconds", 0.0),
+                              device=device_name)
+                history.append(record)
+                improved = key in record and (best_value is None or record[key] > best_value)
+                if improved:
+                    best_value = record[key]
+                if dist_info.is_main:
+                    save(e.index + 1, improved=improved)
+                    if improved and on_best is not None:
+                        on_best(e.index + 1)
+                    report_epoch(record, improved)
+    if dist_info.is_main:
+        if history:
+            plot_history(history, out / "curves.png", curves)
+        best_line = ("" if best_value is None else
+                     f", best {best_label.format(best_value)} in {out / 'best.pt'}")
+        print0(f"wrote {out / 'last.pt'}{best_line}")
+    return history

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from hw3core.errors import UserError
@@ -57,13 +58,20 @@ def discover(folder, class_names=None):
     return [(p, index[name]) for p, name in labelled], list(class_names)
 
 
-def eval_transform(image_size, mean, std):
+def eval_resize(image_size):
+    """The deterministic part of evaluation: the image as uint8, resized to ``image_size``."""
     return v2.Compose([
         v2.ToImage(),
         v2.Resize(tuple(image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
     ])
+
+
+def normalize(mean, std):
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def eval_transform(image_size, mean, std):
+    return v2.Compose([*eval_resize(image_size).transforms, *normalize(mean, std).transforms])
 
 
 def train_transform(image_size, mean, std, augment="randaugment", min_scale=0.25, crop=True,
@@ -85,8 +93,7 @@ def train_transform(image_size, mean, std, augment="randaugment", min_scale=0.25
         resize,
         *([v2.RandomHorizontalFlip()] if flip else []),
         *policies[augment],
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
+        *normalize(mean, std).transforms,
     ])
 
 
@@ -133,3 +140,43 @@ class LabelledImages(ImageFileDataset):
     def __getitem__(self, index):
         item = super().__getitem__(index)
         return None if item is None else (item[0], self.targets[index])
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """What LabelledImages gives, from images decoded once: each readable file of ``samples``
+    is decoded (``workers`` processes) and passed through ``prepare`` (e.g. eval_resize) once, and
+    kept as a uint8 tensor on ``device`` (in RAM where the cache would take more than a quarter of
+    the GPU's free memory). Each access runs ``transform`` there, in the calling process.
+
+    On a GPU this takes JPEG decoding out of every epoch and the augmentation off the CPU. The
+    images keep their own sizes, so each one draws its own crop, flip and augmentation from the
+    same policy and, under SeededItems, the same seeds as the CPU path (the draws are made on the
+    CPU's generator wherever the image is).
+    """
+
+    def __init__(self, samples, prepare, transform, device, workers=0):
+        decoded = DataLoader(ImageFileDataset([path for path, _ in samples], prepare),
+                             batch_size=None, num_workers=workers)
+        self.images = [None] * len(samples)
+        for item in decoded:
+            if item is not None:
+                image, index = item
+                self.images[index] = image.as_subclass(torch.Tensor)
+        self.targets = [target for _, target in samples]
+        self.transform = transform
+        self.device = device
+        if device.type == "cuda":
+            cache_bytes = sum(image.numel() for image in self.images if image is not None)
+            fits = cache_bytes <= torch.cuda.mem_get_info(device)[0] // 4
+            self.images = [None if image is None else
+                           image.to(device) if fits else image.pin_memory()
+                           for image in self.images]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        if image is None:  # named on stderr when it was decoded
+            return None
+        return self.transform(image.to(self.device, non_blocking=True)), self.targets[index]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hw3core.errors import at_least, run_cli
+from hw3core.cli import at_least, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

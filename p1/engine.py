@@ -1,7 +1,6 @@
 """Training: optimizer and schedule factories, one epoch, evaluation, and the whole run (fit)."""
 import json
 import math
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -11,24 +10,24 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from hw3core.checkpoints import (check_format, format_tag, load_checkpoint, save_epoch,
-                                 unwrap_state_dict)
+from hw3core.checkpoints import check_format, format_tag, load_checkpoint, unwrap_state_dict
 from hw3core.errors import UserError
-from hw3core.figures import plot_history
 from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.files import write_text_atomic
-from hw3core.runtime import (autocast, describe_device, distributed, is_main_process,
-                             pick_device, print0, seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, Epochs, join_the_gradient_all_reduce, restore_run,
-                              run_state, signals_during_backward, start_run_folder,
+from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
+                             seed_everything, share_cores, sum_over_ranks)
+from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
+                              signals_during_backward, train_epochs, validation_loader,
                               warmup_cosine, wrap_for_ranks)
-from p1.data import LabelledImages, discover, eval_transform, train_transform
+from p1.data import (DecodedImages, LabelledImages, discover, eval_resize, eval_transform,
+                     normalize, train_transform)
 from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
 
 
 def build_optimizer(model, name, lr, weight_decay):
-    """SGD (momentum 0.9) or AdamW over the trainable parameters.
+    """SGD (momentum 0.9) or AdamW over the trainable parameters (of a model already on its
+    device: the step is fused on a GPU).
 
     Biases, norms, the position table and the [CLS] token get no weight decay: shrinking them
     toward zero has no regularising meaning.
@@ -41,9 +40,11 @@ def build_optimizer(model, name, lr, weight_decay):
         (no_decay if plain else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # one kernel for all parameters on a GPU, instead of several per parameter group
+    fused = next(model.parameters()).is_cuda
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs, schedule="cosine"):
@@ -69,6 +70,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
     total = sums.batches + len(loader)
     progress = tqdm(loader, desc=desc, initial=sums.batches, total=total,
                     disable=not is_main_process(), dynamic_ncols=True)
+    show = Every(1.0)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(progress, start=sums.batches):
         if i % grad_accum == 0:
@@ -99,16 +101,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
                 scheduler.step()
                 sums.commit(i + 1)
             stop.check(device)
-            progress.set_postfix(loss=f"{sums.mean_loss():.4f}",
-                                 lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if show():
+                progress.set_postfix(loss=f"{sums.mean_loss():.4f}",
+                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, loader, device, classes, precision="auto", desc="val"):
     """Mean loss, accuracy and the confusion counts (true class x predicted class, ``classes``
-    of each) over ``loader``, summed exactly over ranks; also the seconds it took."""
+    of each) over ``loader``, summed exactly over ranks."""
     model.eval()
-    start = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
     for batch in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True,
@@ -128,29 +130,96 @@ def evaluate(model, loader, device, classes, precision="auto", desc="val"):
     count = sum(map(sum, confusion))
     right = sum(confusion[i][i] for i in range(classes))
     return {"val_loss": loss_sum / max(count, 1), "val_acc": right / max(count, 1),
-            "val_images": count, "val_seconds": time.perf_counter() - start,
-            "confusion": confusion}
+            "val_images": count, "confusion": confusion}
 
 
 def fit(args):
     """The whole run that train.py describes: data, model, resume, epochs, checkpoints, curves."""
     with distributed() as dist_info:
-        _fit(args, dist_info)
+        device = pick_device(args.device, dist_info)
+        workers = share_cores(args.workers, device, dist_info.local_world_size)
+        resume = load_resume(args.resume, "hw3-p1-vit") if args.resume else None
+        train_samples, class_names = discover(args.train_dir)
+        val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
+        model, arch, preprocess = _model_for_run(args, class_names, resume)
+        model.to(device)
+        train_loader, val_loader = _build_loaders(args, preprocess, train_samples, val_samples,
+                                                  workers, device, dist_info)
+        optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
+        scheduler = build_scheduler(optimizer, math.ceil(len(train_loader) / args.grad_accum),
+                                    args.epochs, args.warmup_epochs, args.schedule)
+        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        if device.type == "cpu" and not args.compile:
+            signals_during_backward(model.blocks)
+        net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
+        placeholder = torch.zeros(1, 3, *arch["image_size"], device=device)
+        mix = _mixing(args, len(class_names))
+        print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
+               f"parameters, grid {grid_size(model)}, {len(class_names)} classes, "
+               f"{len(train_samples)} train / {len(val_samples)} val images, "
+               f"{dist_info.world_size} process(es) on {device.type}")
+        last_confusion = None
+
+        def train_epoch(e):
+            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
+                            e.step_seed, precision=args.precision, grad_accum=args.grad_accum,
+                            label_smoothing=args.label_smoothing, mix=mix,
+                            clip_grad=args.clip_grad, placeholder=placeholder,
+                            desc=f"epoch {e.index + 1}/{args.epochs}")
+
+        def validate():
+            nonlocal last_confusion
+            figures = evaluate(net, val_loader, device, len(class_names), args.precision)
+            last_confusion = figures.pop("confusion")
+            return figures
+
+        def weights(epoch_done, record):
+            return {"format": format_tag("hw3-p1-vit"), "arch": arch, "preprocess": preprocess,
+                    "class_names": class_names, "model": model.state_dict(),
+                    "epoch": epoch_done, "val_acc": record.get("val_acc")}
+
+        def write_confusion(epoch):  # what report/build.py tabulates, without loading a model
+            write_text_atomic(Path(args.out) / "best_confusion.json", json.dumps(
+                {"epoch": epoch, "class_names": class_names, "counts": last_confusion}) + "\n")
+
+        train_label = "train (label-smoothed)" if args.label_smoothing else "train"
+        train_epochs(
+            args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
+            train_epoch=train_epoch, validate=validate if val_loader else None,
+            best=("val_acc", "val acc {:.4f}"), weights=weights, on_best=write_confusion,
+            report_epoch=_report_epoch, flops_per_image=3 * forward_flops_per_image(model),
+            curves=[("loss", "cross-entropy", [("train_loss", train_label),
+                                               ("val_loss", "validation")]),
+                    ("validation accuracy", "accuracy", [("val_acc", "validation")])])
 
 
-def _fit(args, dist_info):
-    device = pick_device(args.device, dist_info)
-    workers = share_cores(args.workers, device, dist_info.local_world_size)
+def _build_loaders(args, preprocess, train_samples, val_samples, workers, device, dist_info):
+    """The training loader (EpochLoader) and this process's validation loader, or None.
+
+    With --image-cache the images are decoded once (by the workers) and the loaders run in this
+    process, augmenting on the device; else the workers decode and augment every epoch."""
+    size, mean, std = preprocess["image_size"], preprocess["mean"], preprocess["std"]
+    augment = train_transform(size, mean, std, args.augment, args.min_crop, args.crop, args.flip)
+    if args.image_cache == "on" or (args.image_cache == "auto" and device.type == "cuda"):
+        train_set = DecodedImages(train_samples, v2.ToImage(), augment, device, workers)
+        val_set = DecodedImages(val_samples, eval_resize(size), normalize(mean, std), device,
+                                workers) if val_samples else None
+        workers, pin_memory = 0, False
+    else:
+        train_set = LabelledImages(train_samples, augment)
+        val_set = LabelledImages(val_samples, eval_transform(size, mean, std))
+        pin_memory = None
+    train_loader = EpochLoader(train_set, args.batch_size, workers, collate_skip, device,
+                               dist_info, args.seed, pin_memory)
+    val_loader = validation_loader(val_set, args.batch_size * 2, workers, collate_skip, device,
+                                   dist_info, pin_memory) if val_samples else None
+    return train_loader, val_loader
+
+
+def _model_for_run(args, class_names, resume):
+    """(model, arch, preprocess) of the run: resumed, from --pretrained weights, or random."""
     seed_everything(args.seed)  # the model's random initialisation
-    out = Path(args.out)
-    train_samples, class_names = discover(args.train_dir)
-    val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
-
-    resume = load_checkpoint(args.resume) if args.resume else None
     if resume is not None:
-        check_format(resume, "hw3-p1-vit", args.resume)
-        if not isinstance(resume, dict) or "optimizer" not in resume:
-            raise UserError(f"{args.resume} is not a last.pt checkpoint (no optimizer state)")
         if resume["class_names"] != class_names:
             raise UserError(f"{args.resume} was trained on other classes than {args.train_dir}")
         arch = resume["arch"]
@@ -164,94 +233,11 @@ def _fit(args, dist_info):
     if args.freeze_backbone:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("head.")
-    model.to(device)
     preprocess = {"image_size": list(arch["image_size"]), "mean": list(DEFAULT_MEAN),
                   "std": list(DEFAULT_STD)}
     if arch["vit_kwargs"] is None:  # a timm architecture brings its own normalisation
         preprocess.update(mean=list(model.default_cfg["mean"]), std=list(model.default_cfg["std"]))
-
-    train_set = LabelledImages(train_samples, train_transform(
-        arch["image_size"], preprocess["mean"], preprocess["std"], args.augment, args.min_crop,
-        args.crop, args.flip))
-    train_loader = EpochLoader(train_set, args.batch_size, workers, collate_skip, device,
-                               dist_info, args.seed)
-    val_loader = None
-    if val_samples:
-        # Each rank takes every world_size-th image, so the summed counts are exact.
-        val_set = LabelledImages(val_samples[dist_info.rank::dist_info.world_size], eval_transform(
-            arch["image_size"], preprocess["mean"], preprocess["std"]))
-        # workers started anew for each pass, and gone after it (see EpochLoader.close)
-        val_loader = DataLoader(val_set, args.batch_size * 2, num_workers=workers,
-                                collate_fn=collate_skip, pin_memory=device.type == "cuda")
-
-    optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
-    scheduler = build_scheduler(optimizer, steps_per_epoch, args.epochs, args.warmup_epochs,
-                                args.schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    history, best_acc, start_epoch, in_epoch = [], -1.0, 0, None
-    if resume is not None:
-        history, start_epoch, in_epoch = restore_run(resume, optimizer, scheduler, scaler)
-        best_acc = resume["best_acc"]
-
-    if device.type == "cpu" and not args.compile:
-        signals_during_backward(model.blocks)
-    net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
-    placeholder = torch.zeros(1, 3, *arch["image_size"], device=device)
-    mix = _mixing(args, len(class_names))
-    flops = 3 * forward_flops_per_image(model)  # forward + backward
-    device_name = describe_device(device, dist_info.world_size)
-    if dist_info.is_main:
-        start_run_folder(out, args)
-        print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
-               f"parameters, grid {grid_size(model)}, {len(class_names)} classes, "
-               f"{len(train_samples)} train / {len(val_samples)} val images, "
-               f"{dist_info.world_size} process(es) on {device.type}")
-
-    def save(epoch_done, in_epoch=None, improved=False):
-        payload = {"format": format_tag("hw3-p1-vit"), "arch": arch, "preprocess": preprocess,
-                   "class_names": class_names, "model": model.state_dict(), "epoch": epoch_done,
-                   "val_acc": history[-1].get("val_acc") if history else None}
-        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,
-                                           best_acc=best_acc), history, improved)
-
-    with Epochs(args.epochs, start_epoch, in_epoch, train_loader, device, dist_info, args.seed,
-                out, save) as epochs:
-        for e in epochs:
-            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
-                            e.step_seed, precision=args.precision, grad_accum=args.grad_accum,
-                            label_smoothing=args.label_smoothing, mix=mix,
-                            clip_grad=args.clip_grad, placeholder=placeholder,
-                            desc=f"epoch {e.index + 1}/{args.epochs}")
-            stats = e.sums.totals()
-            confusion = None
-            if val_loader is not None:
-                stats.update(evaluate(net, val_loader, device, len(class_names),
-                                      args.precision))
-                confusion = stats.pop("confusion")
-            with e.committing():
-                images_per_s = stats["images"] / stats["seconds"]
-                stats.update(epoch=e.index + 1, lr=optimizer.param_groups[0]["lr"],
-                             images_per_s=images_per_s, train_tflops=images_per_s * flops / 1e12,
-                             epoch_seconds=stats["seconds"] + stats.get("val_seconds", 0.0),
-                             device=device_name)
-                history.append(stats)
-                improved = "val_acc" in stats and stats["val_acc"] > best_acc
-                best_acc = max(best_acc, stats.get("val_acc", best_acc))
-                if dist_info.is_main:
-                    save(e.index + 1, improved=improved)
-                    if improved:  # what report/build.py tabulates, without loading a model
-                        write_text_atomic(out / "best_confusion.json", json.dumps(
-                            {"epoch": e.index + 1, "class_names": class_names,
-                             "counts": confusion}) + "\n")
-                    _report_epoch(stats, improved)
-    if dist_info.is_main and history:
-        train_label = "train (label-smoothed)" if args.label_smoothing else "train"
-        plot_history(history, out / "curves.png", [
-            ("loss", "cross-entropy", [("train_loss", train_label), ("val_loss", "validation")]),
-            ("validation accuracy", "accuracy", [("val_acc", "validation")])])
-        print0(f"wrote {out / 'last.pt'}" + (f", best val acc {best_acc:.4f} in {out / 'best.pt'}"
-                                              if best_acc >= 0 else ""))
+    return model, arch, preprocess
 
 
 def _report_epoch(stats, improved):
@@ -287,7 +273,7 @@ def _mixing(args, num_classes):
     return v2.RandomChoice(choices) if choices else None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_files(model, preprocess, paths, device, batch_size=64, workers=None,
                   precision="auto"):
     """Class index for each readable file in ``paths``: {path: index}. Unreadable files are

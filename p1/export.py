@@ -9,7 +9,7 @@ image_size=S) with the checkpoint's class count N and input size S.
 import argparse
 import sys
 
-from hw3core.errors import run_cli
+from hw3core.cli import run_cli
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import io
 import os
 from pathlib import Path
 
-from hw3core.errors import at_least, run_cli
+from hw3core.cli import add_device_options, at_least, run_cli
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "p1_vit.pt"
 
@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=at_least(1), default=64, help="(%(default)s)")
     p.add_argument("--workers", type=at_least(0),
                    help="DataLoader worker processes (default: none on a CPU, up to 4 beside a GPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
+    add_device_options(p)
     return p.parse_args(argv)
 
 

@@ -9,7 +9,8 @@ import argparse
 import os
 from pathlib import Path
 
-from hw3core.errors import UserError, at_least, run_cli
+from hw3core.cli import add_device_options, at_least, run_cli
+from hw3core.errors import UserError
 from p1.model import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,10 @@ def parse_args(argv=None):
     data.add_argument("--workers", type=at_least(0), help="DataLoader worker processes "
                       "(default: none on a CPU, up to 4 beside a GPU; never more than the cores "
                       "less one)")
+    data.add_argument("--image-cache", choices=("auto", "on", "off"), default="auto",
+                      help="on: decode each image once into uint8 tensors (on the GPU where they "
+                      "fit) and augment there; off: decode and augment every epoch in the "
+                      "workers; auto: on with CUDA, off on a CPU (%(default)s)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="B_16_imagenet1k",
                        help=f"a preset ({', '.join(PRESETS)}) or any timm ViT name (%(default)s)")
@@ -71,9 +76,7 @@ def parse_args(argv=None):
     aug.add_argument("--mixup", type=at_least(0.0, float), default=0.0, help="MixUp alpha; 0: off (%(default)s)")
     aug.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, help="CutMix alpha; 0: off (%(default)s)")
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
-    run.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                     help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    add_device_options(run, precision=True)
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--seed", type=int, default=0, help="(%(default)s)")
     run.add_argument("--resume", help="OUT/last.pt of an interrupted run: rerun the same "

@@ -133,33 +133,42 @@ def train_transform(side, rotate=True, color_jitter=True, hflip=False):
     return transforms.Compose(steps)
 
 
-class CaptionPairs(torch.utils.data.Dataset):
-    """One item per caption, as CATR trains: (image tensor, token ids), None if unreadable."""
+def tokenize_captions(samples, tokenizer, max_len):
+    """The captions of ``samples`` [(path, captions)] as token ids cut to ``max_len`` positions,
+    [[ids of each caption] per image]: tokenised once for training, its vocabulary and the
+    validation loss."""
+    return [[tokenizer.encode(text)[:max_len] for text in texts] for _, texts in samples]
 
-    def __init__(self, samples, tokenizer, transform, max_len):
-        self.pairs = [(path, text) for path, texts in samples for text in texts]
-        self.tokens = [tokenizer.encode(text)[:max_len] for _, text in self.pairs]
+
+class CaptionPairs(torch.utils.data.Dataset):
+    """One item per caption, as CATR trains: (image tensor, token ids), None if unreadable.
+    ``token_ids``: tokenize_captions(samples, ...)."""
+
+    def __init__(self, samples, token_ids, transform):
+        self.pairs = [(path, ids) for (path, _), captions in zip(samples, token_ids)
+                      for ids in captions]
         self.transform = transform
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, index):
+        path, ids = self.pairs[index]
         try:
-            image = open_rgb(self.pairs[index][0])
+            image = open_rgb(path)
         except UnreadableImage as err:
             warn_unreadable(err)
             return None
-        return self.transform(image), self.tokens[index]
+        return self.transform(image), ids
 
 
-def caption_vocabulary(samples, tokenizer, max_len):
-    """Sorted ids of the word pieces that captions of ``samples`` [(path, captions)] ask a model
-    to produce when cut to ``max_len`` positions as in training; [SEP] always."""
+def caption_vocabulary(token_ids):
+    """Sorted ids of the word pieces that captions (tokenize_captions) ask a model to produce;
+    [SEP] always."""
     ids = {END_ID}
-    for _, texts in samples:
-        for text in texts:
-            ids.update(tokenizer.encode(text)[1:max_len])
+    for captions in token_ids:
+        for caption in captions:
+            ids.update(caption[1:])
     ids.discard(PAD_ID)
     return sorted(ids)
 

@@ -25,6 +25,24 @@ from p2.data import pad_batch, resize_for_catr, to_model_input
 from p2.model import EncodedImages
 from p2.tokenizer import END_ID, PAD_ID, START_ID
 
+
+def check_decoding_options(config, max_len, beam=1, layer=None):
+    """Raise UserError unless a model of ``config`` can decode with these options; return
+    ``layer`` (a decoder layer index, negative counts from the end) counted from the first, or
+    None when it is None."""
+    limit = config["max_position_embeddings"]
+    if not 2 <= max_len <= limit:
+        raise UserError(f"--max-len must be between 2 and {limit}, not {max_len}")
+    if beam < 1:
+        raise UserError(f"--beam must be at least 1, not {beam}")
+    if layer is None:
+        return None
+    layers = config["dec_layers"]
+    if not -layers <= layer < layers:
+        raise UserError(f"--layer must be between {-layers} and {layers - 1}, not {layer}")
+    return layer % layers
+
+
 def encode_images(model, images):
     """EncodedImages for (3, h, w) tensors of any sizes; one backbone pass per distinct size."""
     by_size = {}
@@ -46,11 +64,12 @@ def encode_images(model, images):
                         torch.stack([pad(p, 0) for _, _, p in features]))
 
 
-def greedy_search(model, encoded, max_len, attention_layer=None):
+def greedy_search(model, encoded, max_len, attention_layers=()):
     """Argmax decoding, batched; a caption stops at [SEP] or at ``max_len`` positions.
 
-    Returns each image's token ids ([CLS] first) and, with ``attention_layer``, its attention rows
-    (generated tokens, heads, h*w), else None.
+    Returns each image's token ids ([CLS] first) and, with ``attention_layers`` (decoder layer
+    indices, as Caption.decode takes them), its attention rows (generated tokens,
+    len(attention_layers), heads, h*w), else None.
     """
     count = encoded.memory.shape[0]
     device = encoded.memory.device
@@ -60,12 +79,12 @@ def greedy_search(model, encoded, max_len, attention_layer=None):
     rows = [[] for _ in range(count)]
     last = torch.full((count, 1), START_ID, device=device)
     for _ in range(max_len - 1):
-        logits, weights = model.decode(state, last, attention_layer=attention_layer)
+        logits, weights = model.decode(state, last, attention_layers=attention_layers)
         next_ids = logits[:, -1].argmax(-1)
         for row, (image, token) in enumerate(zip(images.tolist(), next_ids.tolist())):
             tokens[image].append(token)
             if weights is not None:
-                rows[image].append(weights[row, :, -1])
+                rows[image].append(weights[row, ..., -1, :])
         going = next_ids != END_ID
         if not going.all():
             keep = going.nonzero()[:, 0]
@@ -74,7 +93,7 @@ def greedy_search(model, encoded, max_len, attention_layer=None):
             state.select(keep)
             images, next_ids = images[keep.cpu()], next_ids[keep]
         last = next_ids[:, None]
-    attention = [torch.stack(r) for r in rows] if attention_layer is not None else [None] * count
+    attention = [torch.stack(r) for r in rows] if attention_layers else [None] * count
     return tokens, attention
 
 
@@ -85,7 +104,7 @@ class _Hypothesis:
     attention: Optional[torch.Tensor]
 
 
-def beam_search(model, encoded, max_len, attention_layer=None, beam=3):
+def beam_search(model, encoded, max_len, attention_layers=(), beam=3):
     """Beam search, batched; returns what greedy_search returns, for the best hypothesis.
 
     Each image keeps ``beam`` live hypotheses. An [SEP] among the best ``beam`` candidates of a step
@@ -100,7 +119,7 @@ def beam_search(model, encoded, max_len, attention_layer=None, beam=3):
     scores = torch.full((count, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0
     sequences = torch.full((count * beam, 1), START_ID, device=device)
-    history = None  # attention rows so far (rows, steps, heads, h*w)
+    history = None  # attention rows so far (rows, steps, layers, heads, h*w)
     ended = [[] for _ in range(count)]
     images = list(range(count))  # the image of each block of ``beam`` rows
 
@@ -112,9 +131,10 @@ def beam_search(model, encoded, max_len, attention_layer=None, beam=3):
         return _Hypothesis(score / (len(tokens) - 1), tokens, rows)
 
     for _ in range(max_len - 1):
-        logits, weights = model.decode(state, sequences[:, -1:], attention_layer=attention_layer)
+        logits, weights = model.decode(state, sequences[:, -1:],
+                                       attention_layers=attention_layers)
         if weights is not None:
-            weights = weights[:, :, -1]
+            weights = weights[..., -1, :]
         log_probs = logits[:, -1].float().log_softmax(-1)
         vocab = log_probs.shape[-1]
         totals = (scores.view(-1, 1) + log_probs).view(len(images), beam * vocab)
@@ -169,25 +189,16 @@ def caption_images(model, images, max_len=128, beam=1, attention_layer=None, per
 
     ``attention_layer`` (a decoder layer index, negative counts from the end) asks for the
     cross-attention rows: row k is the attention of the query that produced generated token k,
-    cut to the image's own feature map, averaged over heads unless ``per_head``.
+    cut to the image's own feature map, averaged over heads unless ``per_head``. Options a model
+    cannot decode with raise UserError (check_decoding_options).
     """
-    limit = model.config["max_position_embeddings"]
-    if not 2 <= max_len <= limit:
-        raise UserError(f"--max-len must be between 2 and {limit}, not {max_len}")
-    if beam < 1:
-        raise UserError(f"--beam must be at least 1, not {beam}")
-    if attention_layer is not None:
-        layers = model.config["dec_layers"]
-        if not -layers <= attention_layer < layers:
-            raise UserError(f"--layer must be between {-layers} and {layers - 1}, not "
-                            f"{attention_layer}")
-        attention_layer %= layers
+    layer = check_decoding_options(model.config, max_len, beam, attention_layer)
     device = next(model.parameters()).device
     search = greedy_search if beam == 1 else partial(beam_search, beam=beam)
     with torch.inference_mode(), autocast(device):
         encoded = encode_images(model, [image.to(device) for image in images])
-        tokens, attention = search(model, encoded, max_len, attention_layer)
-    return [Captioned(t, None if a is None else _attention_maps(a, encoded, i, per_head))
+        tokens, attention = search(model, encoded, max_len, () if layer is None else (layer,))
+    return [Captioned(t, None if a is None else _attention_maps(a[:, 0], encoded, i, per_head))
             for i, (t, a) in enumerate(zip(tokens, attention))]
 
 

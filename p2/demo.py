@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from hw3core.checkpoints import load_checkpoint
-from hw3core.errors import at_least, run_cli
+from hw3core.cli import at_least, run_cli
 from hw3core.runtime import pick_device
 from p2 import inference
 from p2.data import make_scene_set

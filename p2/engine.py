@@ -1,25 +1,20 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
-import functools
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hw3core.checkpoints import check_format, format_tag, load_checkpoint, save_epoch
+from hw3core.checkpoints import format_tag
 from hw3core.errors import UserError
-from hw3core.figures import plot_history
 from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
                              seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, Epochs, join_the_gradient_all_reduce, restore_run,
-                              run_state, start_run_folder, warmup_cosine, wrap_for_ranks)
+from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
+                              train_epochs, validation_loader, warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
-                     pad_tokens, read_caption_file, train_transform)
-from p2.decode import encode_images, greedy_search
+                     pad_tokens, read_caption_file, tokenize_captions, train_transform)
+from p2.decode import check_decoding_options, encode_images, greedy_search
 from p2.metrics import bleu4, cider, words
 from p2.model import build_model, load_captioner, make_config
 from p2.tokenizer import PAD_ID, START_ID, CaptionTokenizer
@@ -66,7 +61,9 @@ def build_optimizer(model, lr, lr_backbone, weight_decay):
     groups = [{"params": rest, "lr": lr}]
     if backbone:
         groups.append({"params": backbone, "lr": lr_backbone})
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    # one kernel for all parameters on a GPU, instead of several per parameter group
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay,
+                             fused=next(model.parameters()).is_cuda)
 
 
 def caption_loss(logits, tokens, reduction="mean", output_tokens=None):
@@ -98,6 +95,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
     model.train()
     progress = tqdm(loader, desc=desc, initial=sums.batches, total=sums.batches + len(loader),
                     disable=not is_main_process(), dynamic_ncols=True)
+    show = Every(1.0)
     for i, batch in enumerate(progress, start=sums.batches):
         step_seed(i)
         if batch is not None:
@@ -120,15 +118,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
                 scaler.step(optimizer)
                 scaler.update()
             if batch is not None:
-                sums.add(loss, int((~padding[:, 1:]).sum()), len(pixels))
+                sums.add(loss, (~padding[:, 1:]).sum(), len(pixels))
             scheduler.step()
             sums.commit(i + 1)
         stop.check(device)
-        progress.set_postfix(loss=f"{sums.mean_loss():.4f}")
+        if show():
+            progress.set_postfix(loss=f"{sums.mean_loss():.4f}")
 
 
-@torch.no_grad()
-def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_len=128,
+@torch.inference_mode()
+def evaluate(model, loader, samples, token_ids, tokenizer, device, precision="auto", max_len=128,
              desc="val"):
     """Teacher-forced loss over every reference caption, and greedy captions scored against the
     references: BLEU-4, CIDEr-D and the share of images whose caption equals a reference (as
@@ -136,7 +135,7 @@ def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_le
     loss leaves out reference words that a model with output_tokens cannot say.
 
     ``model`` is the bare captioner (not a DDP wrapper). ``samples`` are the [(path, captions)]
-    that the loader's indices point into.
+    that the loader's indices point into, ``token_ids`` their tokenize_captions.
     """
     model.eval()
     loss_sum = tokens_seen = 0.0
@@ -148,10 +147,9 @@ def evaluate(model, loader, samples, tokenizer, device, precision="auto", max_le
         indices = [index for _, index in batch]
         with autocast(device, precision):
             encoded = encode_images(model, [image.to(device) for image, _ in batch])
-            reference_ids = [tokenizer.encode(text)[:max_len]
-                             for index in indices for text in samples[index][1]]
+            reference_ids = [ids for index in indices for ids in token_ids[index]]
             rows = torch.tensor([row for row, index in enumerate(indices)
-                                 for _ in samples[index][1]], device=device)
+                                 for _ in token_ids[index]], device=device)
             tokens, padding = pad_tokens(reference_ids, device)
             state = model.start_decoding(encoded)
             state.select(rows)
@@ -202,18 +200,94 @@ def _report_epoch(stats, improved):
 def fit(args):
     """The whole run that train.py describes: data, model, resume, epochs, checkpoints."""
     with distributed() as dist_info:
-        _fit(args, dist_info)
+        device = pick_device(args.device, dist_info)
+        workers = share_cores(args.workers, device, dist_info.local_world_size)
+        resume = load_resume(args.resume, "hw3-p2-catr") if args.resume else None
+        tokenizer = CaptionTokenizer()
+        train_samples = read_caption_file(args.train_json, args.train_dir)
+        val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
+        train_ids = tokenize_captions(train_samples, tokenizer, args.max_len)
+        val_ids = tokenize_captions(val_samples, tokenizer, args.max_len)
+        model, config = _model_for_run(args, resume, caption_vocabulary(train_ids))
+        check_decoding_options(config, args.max_len)
+        _check_output_vocab(args, config, train_ids, val_ids, tokenizer)
+        model.to(device)
+        train_loader, val_loader = _build_loaders(args, config, train_samples, train_ids,
+                                                  val_samples, workers, device, dist_info)
+        optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
+        scheduler = build_scheduler(optimizer, args, len(train_loader))
+        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        net = wrap_for_ranks(model, device, dist_info)
+        placeholder = _placeholder_pair(config["input_size"], device)
+        print0(f"captioner {config['backbone']}, hidden {config['hidden_dim']}, "
+               f"{config['enc_layers']}+{config['dec_layers']} layers: "
+               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
+               f"{len(train_loader.dataset)} training captions of {len(train_samples)} images, "
+               f"{len(val_samples)} val images; {dist_info.world_size} process(es) on "
+               f"{device.type}")
+
+        def train_epoch(e):
+            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
+                            e.step_seed, output_tokens=model.output_tokens,
+                            precision=args.precision, clip_grad=args.clip_grad,
+                            placeholder=placeholder, desc=f"epoch {e.index + 1}/{args.epochs}")
+
+        def validate():
+            return evaluate(model, val_loader, val_samples, val_ids, tokenizer, device,
+                            args.precision, args.max_len)
+
+        def weights(epoch_done, record):
+            return {"format": format_tag("hw3-p2-catr"), "config": config,
+                    "model": model.state_dict(), "epoch": epoch_done,
+                    "val": {k: v for k, v in record.items() if k.startswith("val_")}}
+
+        train_epochs(
+            args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
+            train_epoch=train_epoch, validate=validate if val_loader else None,
+            best=("val_cider", "val CIDEr {:.3f}"), weights=weights, report_epoch=_report_epoch,
+            curves=[("loss", "cross-entropy per caption token",
+                     [("train_loss", "train"), ("val_loss", "validation")]),
+                    ("validation captions (greedy)", "score (0 to 1)",
+                     [("val_bleu4", "BLEU-4"), ("val_exact", "exact caption share")]),
+                    # CIDEr-D runs to 10, which would flatten the others on a shared axis
+                    ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
 
 
-def _requested_output_tokens(args, train_vocabulary):
-    """The output_tokens that --output-vocab (given) asks for; ``train_vocabulary()`` returns
-    the training captions' word pieces."""
-    return None if args.output_vocab == "full" else train_vocabulary()
+def _build_loaders(args, config, train_samples, train_ids, val_samples, workers, device,
+                   dist_info):
+    """The training loader (EpochLoader, one item per caption) and this process's validation
+    loader (images; evaluate() gathers every process's captions), or None."""
+    train_loader = EpochLoader(CaptionPairs(train_samples, train_ids, train_transform(
+        config["input_size"], args.rotate, args.color_jitter, args.hflip)),
+        args.batch_size, workers, collate_pairs, device, dist_info, args.seed)
+    val_loader = validation_loader(ReferenceImages(val_samples, config["input_size"]),
+                                   args.batch_size, workers, collate_list, device,
+                                   dist_info) if val_samples else None
+    return train_loader, val_loader
 
 
-def _initial_model(args, train_vocabulary):
-    """(model, config) for a new run: from --init's weights and configuration, or fresh; with
-    --dropout and --output-vocab applied."""
+def _placeholder_pair(side, device):
+    """(pixels, mask, tokens, padding) of one blank image and caption: the input of a process
+    that has no readable image in a step (join_the_gradient_all_reduce)."""
+    return (torch.zeros(1, 3, side, side, device=device),
+            torch.zeros(1, side, side, dtype=torch.bool, device=device),
+            torch.full((1, 1), START_ID, device=device),
+            torch.zeros(1, 1, dtype=torch.bool, device=device))
+
+
+def _model_for_run(args, resume, train_vocabulary):
+    """(model, config) of the run: resumed; or from --init's weights and configuration, or
+    fresh, with --dropout and --output-vocab applied. ``train_vocabulary``: the word pieces of the
+    training captions (caption_vocabulary)."""
+    if resume is not None:
+        config = make_config(resume["config"])
+        if args.output_vocab is not None and (
+                _requested_output_tokens(args, train_vocabulary) != config["output_tokens"]):
+            raise UserError(f"--resume {args.resume}: that run has another output vocabulary; "
+                            "leave out --output-vocab or start a new run")
+        model = build_model(config)
+        model.load_state_dict(resume["model"])
+        return model, config
     if args.init:
         given = [f"--{name.replace('_', '-')}" for name in ("config", *ARCHITECTURE_OPTIONS)
                  if getattr(args, name) is not None]
@@ -238,21 +312,20 @@ def _initial_model(args, train_vocabulary):
     return model, config
 
 
-def _check_output_vocab(args, config, train_vocabulary, val_samples, tokenizer, resume):
-    """Refuse training captions the model cannot say (their loss would be infinite) and a
-    --output-vocab that differs from the resumed run's; warn about such validation words."""
+def _requested_output_tokens(args, train_vocabulary):
+    """The output_tokens that --output-vocab (given) asks for."""
+    return None if args.output_vocab == "full" else train_vocabulary
+
+
+def _check_output_vocab(args, config, train_ids, val_ids, tokenizer):
+    """Refuse training captions the model cannot say (their loss would be infinite); warn about
+    such validation words."""
     sayable = config["output_tokens"]
-    if resume is not None and args.output_vocab is not None:
-        if _requested_output_tokens(args, train_vocabulary) != sayable:
-            raise UserError(f"--resume {args.resume}: that run has another output vocabulary; "
-                            "leave out --output-vocab or start a new run")
     if sayable is None:
         return
-    for name, vocabulary, refuse in (
-            (args.train_json, train_vocabulary, True),
-            (args.val_json, lambda: caption_vocabulary(val_samples, tokenizer, args.max_len),
-             False)):
-        unsayable = sorted(set(vocabulary()) - set(sayable))
+    for name, token_ids, refuse in ((args.train_json, train_ids, True),
+                                    (args.val_json, val_ids, False)):
+        unsayable = sorted(set(caption_vocabulary(token_ids)) - set(sayable))
         if not unsayable:
             continue
         problem = (f"{name}: {len(unsayable)} word pieces of its captions (e.g. "
@@ -261,104 +334,3 @@ def _check_output_vocab(args, config, train_vocabulary, val_samples, tokenizer, 
         if refuse:
             raise UserError(problem + "; train with --output-vocab captions or full")
         print0(f"warning: {problem}; val_loss leaves them out")
-
-
-def _fit(args, dist_info):
-    device = pick_device(args.device, dist_info)
-    workers = share_cores(args.workers, device, dist_info.local_world_size)
-    out = Path(args.out)
-    tokenizer = CaptionTokenizer()
-    train_samples = read_caption_file(args.train_json, args.train_dir)
-    val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
-
-    # tokenising every training caption takes a while on COCO: once, and only if needed
-    train_vocabulary = functools.cache(
-        lambda: caption_vocabulary(train_samples, tokenizer, args.max_len))
-    resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is not None:
-        check_format(resume, "hw3-p2-catr", args.resume)
-        if not isinstance(resume, dict) or "optimizer" not in resume:
-            raise UserError(f"{args.resume} is not a last.pt checkpoint (no optimizer state)")
-        config = make_config(resume["config"])
-        model = build_model(config)
-        model.load_state_dict(resume["model"])
-    else:
-        model, config = _initial_model(args, train_vocabulary)
-    model.to(device)
-    _check_output_vocab(args, config, train_vocabulary, val_samples, tokenizer, resume)
-
-    train_set = CaptionPairs(train_samples, tokenizer, train_transform(
-        config["input_size"], args.rotate, args.color_jitter, args.hflip), args.max_len)
-    train_loader = EpochLoader(train_set, args.batch_size, workers, collate_pairs, device,
-                               dist_info, args.seed)
-    val_loader = None
-    if val_samples:
-        # each rank captions every world_size-th image; evaluate() gathers the captions
-        val_set = torch.utils.data.Subset(ReferenceImages(val_samples, config["input_size"]),
-                                          range(dist_info.rank, len(val_samples),
-                                                dist_info.world_size))
-        # workers started anew for each pass, and gone after it (see EpochLoader.close)
-        val_loader = DataLoader(val_set, args.batch_size, num_workers=workers,
-                                collate_fn=collate_list)
-
-    optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
-    scheduler = build_scheduler(optimizer, args, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    history, best_cider, start_epoch, in_epoch = [], -1.0, 0, None
-    if resume is not None:
-        history, start_epoch, in_epoch = restore_run(resume, optimizer, scheduler, scaler)
-        best_cider = resume["best_cider"]
-
-    net = wrap_for_ranks(model, device, dist_info)
-    side = config["input_size"]
-    placeholder = (torch.zeros(1, 3, side, side, device=device),
-                   torch.zeros(1, side, side, dtype=torch.bool, device=device),
-                   torch.full((1, 1), START_ID, device=device),
-                   torch.zeros(1, 1, dtype=torch.bool, device=device))
-    if dist_info.is_main:
-        start_run_folder(out, args)
-        print0(f"captioner {config['backbone']}, hidden {config['hidden_dim']}, "
-               f"{config['enc_layers']}+{config['dec_layers']} layers: "
-               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
-               f"{len(train_set)} training captions of {len(train_samples)} images, "
-               f"{len(val_samples)} val images; {dist_info.world_size} process(es) on "
-               f"{device.type}")
-
-    def save(epoch_done, in_epoch=None, improved=False):
-        payload = {"format": format_tag("hw3-p2-catr"), "config": config, "model": model.state_dict(), "epoch": epoch_done,
-                   "val": {k: v for k, v in (history[-1] if history else {}).items()
-                           if k.startswith("val_")}}
-        save_epoch(out, payload, run_state(optimizer, scheduler, scaler, args, in_epoch,
-                                           best_cider=best_cider), history, improved)
-
-    with Epochs(args.epochs, start_epoch, in_epoch, train_loader, device, dist_info, args.seed,
-                out, save) as epochs:
-        for e in epochs:
-            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
-                            e.step_seed, output_tokens=model.output_tokens,
-                            precision=args.precision, clip_grad=args.clip_grad,
-                            placeholder=placeholder, desc=f"epoch {e.index + 1}/{args.epochs}")
-            stats = e.sums.totals()
-            stats.update(epoch=e.index + 1, lr=optimizer.param_groups[0]["lr"],
-                         images_per_s=stats["images"] / stats["seconds"])
-            if val_loader is not None:
-                stats.update(evaluate(model, val_loader, val_samples, tokenizer, device,
-                                      args.precision, args.max_len))
-            with e.committing():
-                history.append(stats)
-                improved = "val_cider" in stats and stats["val_cider"] > best_cider
-                best_cider = max(best_cider, stats.get("val_cider", best_cider))
-                if dist_info.is_main:
-                    save(e.index + 1, improved=improved)
-                    _report_epoch(stats, improved)
-    if dist_info.is_main and history:
-        plot_history(history, out / "curves.png", [
-            ("loss", "cross-entropy per caption token",
-             [("train_loss", "train"), ("val_loss", "validation")]),
-            ("validation captions (greedy)", "score (0 to 1)",
-             [("val_bleu4", "BLEU-4"), ("val_exact", "exact caption share")]),
-            # CIDEr-D runs to 10, which would flatten the others on a shared axis
-            ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
-    if dist_info.is_main:
-        print0(f"wrote {out / 'last.pt'}" + (f", best val CIDEr {best_cider:.3f} in "
-                                              f"{out / 'best.pt'}" if best_cider >= 0 else ""))

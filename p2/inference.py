@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from hw3core.errors import at_least, run_cli
+from hw3core.cli import add_device_options, at_least, run_cli
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "catr_v3.pth"
 
@@ -22,11 +22,14 @@ def add_captioning_args(p):
                    help="released CATR checkpoint, bare state dict or project checkpoint "
                    "(default: $HW3_P2_CKPT, else checkpoints/catr_v3.pth)")
     p.add_argument("--images", required=True, help="folder of images (other files are ignored)")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="images decoded together (%(default)s)")
-    p.add_argument("--beam", type=at_least(1), default=1, help="beam size; 1: greedy, as CATR (%(default)s)")
+    p.add_argument("--batch-size", type=at_least(1), default=8,
+                   help="images decoded together (%(default)s)")
+    # --beam and --max-len are checked in one place for every caller: check_decoding_options
+    p.add_argument("--beam", type=int, default=1,
+                   help="beam size; 1: greedy, as CATR (%(default)s)")
     p.add_argument("--max-len", type=int, default=128,
                    help="caption positions, [CLS] included (%(default)s, as CATR)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
+    add_device_options(p)
 
 
 def load_for_captioning(args):

@@ -189,39 +189,27 @@ def _attend(attn, q, k, v, allowed, need_weights):
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoder and decoder layers
+# Encoder and decoder layers. Each creates its modules in DETR's order (attention, feed-forward,
+# norms, dropouts), which is the key order of the released state dicts.
 
 
-class _TransformerLayer(nn.Module):
-    """What encoder and decoder layers share: their modules, the ReLU feed-forward block.
+def _feed_forward(layer, x):
+    """The ReLU feed-forward block of an encoder or decoder layer."""
+    return layer.linear2(layer.dropout(F.relu(layer.linear1(x))))
 
-    Modules are created in DETR's order (attention, feed-forward, norms, dropouts) so that state
-    dicts list their keys in the released order. One norm and one dropout per sublayer.
-    """
 
-    def __init__(self, attention_names, hidden_dim, nheads, dim_feedforward, dropout, pre_norm):
+class EncoderLayer(nn.Module):
+    def __init__(self, hidden_dim, nheads, dim_feedforward, dropout, pre_norm):
         super().__init__()
-        self.nheads = nheads
-        for name in attention_names:
-            setattr(self, name, nn.MultiheadAttention(hidden_dim, nheads, dropout=dropout,
-                                                      batch_first=True))
+        self.self_attn = nn.MultiheadAttention(hidden_dim, nheads, dropout, batch_first=True)
         self.linear1 = nn.Linear(hidden_dim, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, hidden_dim)
-        sublayers = range(1, len(attention_names) + 2)
-        for i in sublayers:
-            setattr(self, f"norm{i}", nn.LayerNorm(hidden_dim))
-        for i in sublayers:
-            setattr(self, f"dropout{i}", nn.Dropout(dropout))
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.norm2 = nn.LayerNorm(hidden_dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
         self.pre_norm = pre_norm
-
-    def feed_forward(self, x):
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
-
-
-class EncoderLayer(_TransformerLayer):
-    def __init__(self, *args):
-        super().__init__(("self_attn",), *args)
 
     def _self_attention(self, x, pos, padding):
         return self.self_attn(x + pos, x + pos, x, key_padding_mask=padding, need_weights=False)[0]
@@ -229,14 +217,27 @@ class EncoderLayer(_TransformerLayer):
     def forward(self, x, pos, padding):
         if self.pre_norm:
             x = x + self.dropout1(self._self_attention(self.norm1(x), pos, padding))
-            return x + self.dropout2(self.feed_forward(self.norm2(x)))
+            return x + self.dropout2(_feed_forward(self, self.norm2(x)))
         x = self.norm1(x + self.dropout1(self._self_attention(x, pos, padding)))
-        return self.norm2(x + self.dropout2(self.feed_forward(x)))
+        return self.norm2(x + self.dropout2(_feed_forward(self, x)))
 
 
-class DecoderLayer(_TransformerLayer):
-    def __init__(self, *args):
-        super().__init__(("self_attn", "multihead_attn"), *args)
+class DecoderLayer(nn.Module):
+    def __init__(self, hidden_dim, nheads, dim_feedforward, dropout, pre_norm):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(hidden_dim, nheads, dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(hidden_dim, nheads, dropout, batch_first=True)
+        self.linear1 = nn.Linear(hidden_dim, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, hidden_dim)
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.norm2 = nn.LayerNorm(hidden_dim)
+        self.norm3 = nn.LayerNorm(hidden_dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+        self.nheads = nheads  # the attention here splits heads itself, to cache keys and values
 
     def memory_keys_values(self, memory, pos):
         """Cross-attention keys (of memory + pos) and values (of memory), split into heads."""
@@ -268,11 +269,11 @@ class DecoderLayer(_TransformerLayer):
             attended, weights = self._cross_attention(self.norm2(t), query_pos, cache,
                                                       memory_allowed, need_weights)
             t = t + self.dropout2(attended)
-            return t + self.dropout3(self.feed_forward(self.norm3(t))), weights
+            return t + self.dropout3(_feed_forward(self, self.norm3(t))), weights
         t = self.norm1(t + self.dropout1(self._self_attention(t, query_pos, cache, self_allowed)))
         attended, weights = self._cross_attention(t, query_pos, cache, memory_allowed, need_weights)
         t = self.norm2(t + self.dropout2(attended))
-        return self.norm3(t + self.dropout3(self.feed_forward(t))), weights
+        return self.norm3(t + self.dropout3(_feed_forward(self, t))), weights
 
 
 class LayerCache:
@@ -355,7 +356,8 @@ class DecoderEmbeddings(nn.Module):
 
     def forward(self, tokens, start):
         if self.words is not None:
-            rows = torch.searchsorted(self.words, tokens.contiguous()).clamp(max=len(self.words) - 1)
+            rows = torch.searchsorted(self.words, tokens.contiguous())
+            rows = rows.clamp(max=len(self.words) - 1)
             tokens = rows.masked_fill(self.words[rows] != tokens, self.word_embeddings.padding_idx)
         positions = self.position_embeddings.weight[start:start + tokens.shape[1]]
         return self.dropout(self.LayerNorm(self.word_embeddings(tokens) + positions))
@@ -455,13 +457,13 @@ class Caption(nn.Module):
                   for layer in self.transformer.decoder.layers]
         return DecoderState(layers, encoded.padding.flatten(1))
 
-    def decode(self, state, tokens, caption_padding=None, attention_layer=None,
-               restricted=False):
+    def decode(self, state, tokens, caption_padding=None, attention_layers=(), restricted=False):
         """Logits (B, n, vocab) for the ``tokens`` (B, n) that follow the positions in ``state``.
 
         ``caption_padding`` (B, n), True on padding, masks keys as CATR's caption mask does.
-        With ``attention_layer`` set, also returns that decoder layer's cross-attention weights
-        (B, heads, n, h*w); otherwise None.
+        ``attention_layers`` (decoder layer indices, negative counts from the end) asks for those
+        layers' cross-attention weights, all from this one pass: (B, len(attention_layers),
+        heads, n, h*w) in the order asked; None when it is empty.
         """
         start, n = state.length, tokens.shape[1]
         if start + n > self.config["max_position_embeddings"]:
@@ -476,20 +478,22 @@ class Caption(nn.Module):
             past = caption_padding.new_zeros(caption_padding.shape[0], start)
             self_allowed = self_allowed & ~torch.cat((past, caption_padding), 1)[:, None, None]
         memory_allowed = ~state.memory_padding[:, None, None]
-        weights = None
-        for i, (layer, cache) in enumerate(zip(self.transformer.decoder.layers, state.layers)):
-            t, layer_weights = layer(t, query_pos, cache, self_allowed, memory_allowed,
-                                     need_weights=(i == attention_layer))
-            if i == attention_layer:
-                weights = layer_weights
+        layers = self.transformer.decoder.layers
+        # a range counts negative indices from the end and raises IndexError past either end
+        wanted = [range(len(layers))[i] for i in attention_layers]
+        weights = {}
+        for i, (layer, cache) in enumerate(zip(layers, state.layers)):
+            t, weights[i] = layer(t, query_pos, cache, self_allowed, memory_allowed,
+                                  need_weights=i in wanted)
         state.length += n
-        return self.head(self.transformer.decoder.norm(t), restricted), weights
+        attention = torch.stack([weights[i] for i in wanted], 1) if wanted else None
+        return self.head(self.transformer.decoder.norm(t), restricted), attention
 
     def head(self, hidden, restricted=False):
         """Logits over the whole vocabulary. A model with output_tokens scores only those (the
-        others are -inf); with ``restricted`` it returns just their scores, (..., len(output_tokens)),
-        which is all a training loss needs: 30,522 columns would be most of a small captioner's
-        step."""
+        others are -inf); with ``restricted`` it returns just their scores,
+        (..., len(output_tokens)), which is all a training loss needs: 30,522 columns would be
+        most of a small captioner's step."""
         scores = self.mlp(hidden)
         if self.output_tokens is None or restricted:
             return scores
@@ -506,8 +510,10 @@ class Caption(nn.Module):
 
 # The parameters with one row per vocabulary word: (state-dict key, the Caption attribute path
 # of the token ids whose rows a restricted model keeps)
-_VOCABULARY_ROWS = (("mlp.layers.2.weight", "output_tokens"), ("mlp.layers.2.bias", "output_tokens"),
-                    ("transformer.embeddings.word_embeddings.weight", "transformer.embeddings.words"))
+_VOCABULARY_ROWS = (
+    ("mlp.layers.2.weight", "output_tokens"),
+    ("mlp.layers.2.bias", "output_tokens"),
+    ("transformer.embeddings.word_embeddings.weight", "transformer.embeddings.words"))
 
 
 def _rows_to_vocabulary(model, state_dict, prefix, local_metadata):

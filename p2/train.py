@@ -13,7 +13,7 @@ p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
 """
 import argparse
 
-from hw3core.errors import at_least, run_cli
+from hw3core.cli import add_device_options, at_least, run_cli
 
 
 def parse_args(argv=None):
@@ -83,17 +83,13 @@ def parse_args(argv=None):
                      help="random horizontal flip; CATR's recipe has it, but it makes 'left of' "
                      "and 'right of' captions wrong (off)")
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda (%(default)s)")
-    run.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                     help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    add_device_options(run, precision=True)
     run.add_argument("--seed", type=int, default=0, help="(%(default)s)")
     run.add_argument("--resume", help="OUT/last.pt of an interrupted run: rerun the same "
                      "command with this added")
     args = p.parse_args(argv)
     if bool(args.val_json) != bool(args.val_dir):
         p.error("--val-json and --val-dir go together")
-    if not 2 <= args.max_len <= 128:
-        p.error("--max-len must be between 2 and 128 (CATR's position table)")
     return args
 
 

@@ -10,14 +10,12 @@ the image, each map cell on the pixels it was computed from; the last panel is <
 --heads all; row k is the attention that produced generated token k and sums to 1.
 """
 import argparse
-import math
-import textwrap
 
-from hw3core.errors import at_least, run_cli
+from hw3core.cli import at_least, run_cli
 from p2.inference import add_captioning_args, load_for_captioning
 
-PANEL_INCHES = 2.4  # the longer side of one image panel
-MIN_PANEL_WIDTH = 1.4  # room for a word-piece title above a narrow image
+# torch, matplotlib and what needs them (p2.figures too) are imported inside the functions that
+# use them, not here: --help and argument errors then answer at once instead of after seconds.
 
 
 def parse_args(argv=None):
@@ -37,56 +35,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def panel_inches(aspect):
-    """(width, height) of one panel, title line included, for an image of width/height
-    ``aspect``."""
-    width = max(MIN_PANEL_WIDTH, PANEL_INCHES * min(1.0, aspect))
-    return width, PANEL_INCHES * min(1.0, 1 / aspect) + 0.35
-
-
-def panel_columns(count, aspect):
-    """Columns for ``count`` panels so that the whole grid is about 4:3 wide."""
-    width, height = panel_inches(aspect)
-    return max(1, min(count, round(math.sqrt(count * (4 / 3) * height / width))))
-
-
-def draw_caption_figure(image, caption, panels, columns, stride):
-    """A figure of ``panels`` in ``columns``: each (title, heat map, or None for the plain image),
-    or None for an empty slot."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from hw3core.figures import overlay_heatmap, show_image
-
-    image = np.asarray(image)
-    width, height = panel_inches(image.shape[1] / image.shape[0])
-    rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * height + 0.6),
-                             squeeze=False, layout="constrained")
-    for i, ax in enumerate(axes.flat):
-        if i >= len(panels) or panels[i] is None:
-            ax.set_axis_off()
-        elif panels[i][1] is None:
-            show_image(ax, image, panels[i][0])
-        else:
-            overlay_heatmap(ax, image, panels[i][1], cell=(stride, stride), title=panels[i][0])
-    fig.suptitle(textwrap.fill(caption, width=max(30, int(columns * width * 9))), fontsize=14)
-    return fig
-
-
-def figure_panels(pieces, maps, per_head):
-    """(panels, columns): <start>, then each token's map; with per-head maps, one row per token
-    (the mean, then every head)."""
-    if not per_head:
-        return [("<start>", None)] + list(zip(pieces, maps)), None
-    heads = maps.shape[1]
-    panels = [("<start>", None)] + [None] * heads
-    for piece, token_maps in zip(pieces, maps):
-        panels.append((f"{piece} (mean)", token_maps.mean(0)))
-        panels += [(f"{piece} h{h}", token_maps[h]) for h in range(heads)]
-    return panels, heads + 1
-
-
 def write_figure(job):
     """Draw and save one image's figure (and .npy); True, or None after naming the image on
     stderr if anything fails. A job is a plain tuple, so that a drawing process can take it."""
@@ -98,10 +46,9 @@ def write_figure(job):
 def _write_figure(path, out, image, caption, pieces, attention, per_head, stride, write_npy):
     from hw3core.figures import save_figure
     from hw3core.files import save_npy
+    from p2.figures import caption_figure
 
-    panels, columns = figure_panels(pieces, attention, per_head)
-    columns = columns or panel_columns(len(panels), image.width / image.height)
-    save_figure(draw_caption_figure(image, caption, panels, columns, stride),
+    save_figure(caption_figure(image, caption, pieces, attention, per_head, stride),
                 out / f"{path.stem}.png")
     if write_npy:
         save_npy(attention, out / f"{path.stem}.npy")

@@ -17,7 +17,7 @@ import warnings
 from datetime import date
 from pathlib import Path
 
-from hw3core.errors import at_least, run_cli
+from hw3core.cli import at_least, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from hw3core.errors import UserError, at_least, run_cli
+from hw3core.cli import at_least, run_cli
+from hw3core.errors import UserError
 
 
 # Shared by every comparison run: the demo's tiny preset and images, RandAugment off (its colour

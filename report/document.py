@@ -17,6 +17,9 @@ MARGIN = 1.8 * cm
 STYLES = getSampleStyleSheet()
 SMALL = ParagraphStyle("small", parent=STYLES["BodyText"], fontSize=8, leading=10)
 CELL = ParagraphStyle("cell", parent=STYLES["BodyText"], fontSize=8, leading=9.5)
+# a heading never ends a page: it stays with what follows it
+HEADINGS = {level: ParagraphStyle(f"heading{level}", parent=STYLES[f"Heading{level}"],
+                                  keepWithNext=1) for level in (1, 2)}
 BOX = ParagraphStyle("box", parent=STYLES["BodyText"], backColor=colors.HexColor("#f3f3f3"),
                      borderColor=colors.HexColor("#999999"), borderWidth=0.5, borderPadding=6,
                      spaceBefore=6, spaceAfter=10)
@@ -36,12 +39,14 @@ class Report:
     def heading(self, text, level=1, new_page=None):
         if new_page if new_page is not None else level == 1:
             self.story.append(PageBreak())
-        self.story.append(Paragraph(escape(text), STYLES["Heading1" if level == 1 else "Heading2"]))
+        self.story.append(Paragraph(escape(text), HEADINGS[1 if level == 1 else 2]))
 
-    def text(self, text, italic=False, small=False):
+    def text(self, text, italic=False, small=False, keep_with_next=False):
         body = escape(text)
-        self.story.append(Paragraph(f"<i>{body}</i>" if italic else body,
-                                    SMALL if small else STYLES["BodyText"]))
+        paragraph = Paragraph(f"<i>{body}</i>" if italic else body,
+                              SMALL if small else STYLES["BodyText"])
+        paragraph.keepWithNext = keep_with_next
+        self.story.append(paragraph)
 
     def emphasis(self, text):
         self.story.append(Paragraph(f"<b>{escape(text)}</b>", STYLES["BodyText"]))

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 from reportlab.lib.units import cm
 
+from bench.tables import RENDERERS, RESULTS_MD, marked_tables, plain_cells
 from hw3core.figures import plt
 
 BUILD = "python report/build.py --out report.pdf"
@@ -136,7 +137,7 @@ def position_embeddings(report, checkpoint):
         return
     from p1.attention import position_similarity
     from p1.model import load_classifier
-    from p1.visualize import plot_position_similarity
+    from p1.figures import plot_position_similarity
 
     model = load_classifier(checkpoint)[0]
     similarity = position_similarity(model).numpy()
@@ -183,7 +184,7 @@ def attention(report, checkpoint, images):
     from p1.attention import cls_attention
     from p1.data import eval_transform
     from p1.model import grid_size, load_classifier
-    from p1.visualize import plot_on_original
+    from p1.figures import plot_on_original
 
     model, preprocess, class_names = load_classifier(checkpoint)
     model.eval()
@@ -233,7 +234,7 @@ def captions(report, checkpoint, image_dir, limit):
     from p2.decode import caption_folder
     from p2.model import load_captioner
     from p2.tokenizer import CaptionTokenizer
-    from p2.visualize import draw_caption_figure, figure_panels, panel_columns
+    from p2.figures import draw_caption_figure, figure_panels, panel_columns
 
     model, config = load_captioner(checkpoint)
     tokenizer = CaptionTokenizer()
@@ -273,31 +274,25 @@ def benchmarks(report, folder):
         report.not_run(f"benchmark results in {folder}", "python -m bench.sweep_learned")
         return
     report.text("Each benchmark script writes its results as JSON with the machine and date; "
-                "the tables below are read from those files.")
+                "the tables below are rendered from those files by bench/tables.py, as "
+                "bench/RESULTS.md's are, where the prose around them says what each measures. "
+                "Files marked transcribed hold figures copied once from runs that cannot be "
+                "repeated here.")
+    kinds = {}
+    for kind, source in marked_tables(RESULTS_MD.read_text()):
+        kinds.setdefault(Path(source).name, []).append(kind)
+    untabled = []
     for path in files:
+        if path.name not in kinds:
+            untabled.append(path.name)
+            continue
         data = json.loads(path.read_text())
         report.heading(f"{path.name}: {data.get('what', '')}", level=2)
-        report.text(f"{data.get('date', '')[:10]}, {data.get('machine', '')}", small=True)
-        if "bars" in data:
-            rows = []
-            for name, bar in data["bars"].items():
-                values = [run[name] for run in data["runs"]]
-                worst = min(values) if bar["higher_is_better"] else max(values)
-                rows.append([name, f"{'>=' if bar['higher_is_better'] else '<'} {bar['bar']}",
-                             f"{worst:.3f}", f"{np.mean(values):.3f}", len(values)])
-            report.table(["measure", "test's bar", "worst run", "mean", "runs"], rows,
-                         widths=[None, 2.2 * cm, 2 * cm, 2 * cm, 1.3 * cm])
-        elif "kept_share" in data:
-            shares = next(iter(data["kept_share"].values())).keys()
-            report.table(["--min-crop", *[f"object {float(s):.0%} of the photo" for s in shares]],
-                         [[crop, *[f"{v:.1%}" for v in row.values()]]
-                          for crop, row in data["kept_share"].items()])
-        elif "rows" in data:
-            keys = list(data["rows"][0])
-            report.table(keys, [[row[k] for k in keys] for row in data["rows"]])
-        elif "runs" in data:
-            best = [run.get("best_pt_val_exact") for run in data["runs"]]
-            report.table(["runs", "target", "reached it", "lowest"],
-                         [[len(best), data.get("target"),
-                           sum(b is not None and b >= data.get("target", 0) for b in best),
-                           f"{min(b for b in best if b is not None):.3f}"]])
+        report.text(f"{data.get('date', '')[:10]}, {data.get('machine', '')}"
+                    + (" (transcribed)" if data.get("transcribed") else ""), small=True,
+                    keep_with_next=True)
+        for kind in kinds[path.name]:
+            header, _, *rows = map(plain_cells, RENDERERS[kind](data))
+            report.table(header, rows, widths=[None] * len(header))
+    if untabled:
+        report.text(f"Also in {folder.name}, with no table: {', '.join(untabled)}.", small=True)

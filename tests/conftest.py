@@ -32,7 +32,7 @@ def require_names_kept(folder, names):
 def run_entry_point(main, argv, capsys):
     """An entry script's ``main(argv)`` in this process, as run_cli runs it from the shell:
     (exit status, stdout, stderr). Saves the 3 s of a Python start with torch per call."""
-    from hw3core.errors import run_cli
+    from hw3core.cli import run_cli
 
     capsys.readouterr()
     try:

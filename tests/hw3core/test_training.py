@@ -70,14 +70,14 @@ def test_restore_run_puts_back_what_run_state_saved(tmp_path):
     optimizer.step()
     scheduler.step()
     in_epoch = {"epoch": 1, "batches": 3, "ranks": [{"batches": 3, "loss_sum": 1.5}]}
-    state = {**run_state(optimizer, scheduler, scaler, argparse.Namespace(lr=0.1), in_epoch,
-                         best_acc=0.5), "history": [{"epoch": 1}], "epoch": 1}
+    state = {**run_state(optimizer, scheduler, scaler, argparse.Namespace(lr=0.1), in_epoch),
+             "history": [{"epoch": 1}], "epoch": 1}
     save_checkpoint(state, tmp_path / "last.pt")
     saved = load_checkpoint(tmp_path / "last.pt")  # as --resume reads it: weights only
     fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
     fresh_scheduler = torch.optim.lr_scheduler.StepLR(fresh, 1)
     assert restore_run(saved, fresh, fresh_scheduler, scaler) == ([{"epoch": 1}], 1, in_epoch)
-    assert saved["best_acc"] == 0.5 and saved["args"] == {"lr": 0.1}
+    assert saved["args"] == {"lr": 0.1}
     assert fresh_scheduler.last_epoch == 1 and fresh.state_dict()["state"][0]["step"] == 1
 
 

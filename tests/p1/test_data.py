@@ -46,3 +46,43 @@ def test_no_images_is_a_clear_error(tmp_path):
         discover(tmp_path)
     with pytest.raises(UserError, match="not found"):
         discover(tmp_path / "missing")
+
+
+def test_images_decoded_once_draw_the_augmentations_the_workers_draw(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from torchvision.transforms import v2
+
+    from hw3core.training import SeededItems
+    from p1.data import (DecodedImages, LabelledImages, eval_resize, eval_transform, normalize,
+                         train_transform)
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, (height, width) in enumerate([(40, 60), (40, 60), (75, 30), (33, 33)]):
+        path = tmp_path / f"{i % 2}_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        samples.append((path, i % 2))
+    (tmp_path / "0_4.jpg").write_bytes(b"not an image")
+    samples.append((tmp_path / "0_4.jpg", 0))
+    # the same picture twice: each copy must draw its own crop, flip and operations
+    (tmp_path / "1_1.png").write_bytes((tmp_path / "0_0.png").read_bytes())
+    size, mean, std = (24, 32), [0.5] * 3, [0.25] * 3
+    augment = train_transform(size, mean, std, "randaugment", 0.25)
+    cpu = torch.device("cpu")
+    decoded = SeededItems(DecodedImages(samples, v2.ToImage(), augment, cpu), seed=3)
+    assert "0_4.jpg" in capsys.readouterr().err  # named once, when decoded
+    from_files = SeededItems(LabelledImages(samples, augment), seed=3)
+    for key in [(0, 0), (0, 1), (0, 2), (0, 3), (1, 2), (0, 4)]:
+        want, got = from_files[key], decoded[key]
+        if want is None:
+            assert got is None
+            continue
+        assert got[1] == want[1] and got[0].shape == (3, *size)
+        assert torch.equal(got[0], want[0]), key
+    assert not torch.equal(decoded[0, 0][0], decoded[0, 1][0])
+    assert not torch.equal(decoded[0, 2][0], decoded[1, 2][0])  # a new draw each epoch
+    kept = DecodedImages(samples, eval_resize(size), normalize(mean, std), cpu)
+    files = LabelledImages(samples, eval_transform(size, mean, std))
+    for index in range(4):
+        assert torch.equal(kept[index][0], files[index][0])

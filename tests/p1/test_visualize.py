@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.conftest import run_entry_point, save_p1_checkpoint
 from hw3core.images import open_rgb
-from p1 import visualize
+from p1 import figures, visualize
 from p1.attention import attention_rollout, cls_attention
 from p1.data import eval_transform, make_shapes_set
 from p1.model import load_classifier
@@ -113,7 +113,7 @@ def test_user_errors_are_one_line(setup, problem, run):
 
 
 def test_mosaic_places_tile_r_c_at_row_r_column_c():
-    from p1.visualize import similarity_mosaic
+    from p1.figures import similarity_mosaic
 
     similarity = np.random.default_rng(0).random((3, 5, 3, 5)).astype(np.float32)
     mosaic = similarity_mosaic(similarity, gap=1)
@@ -157,7 +157,7 @@ def test_the_attention_figure_shows_the_input_its_map_on_its_own_scale_and_the_p
 def test_the_reports_figure_lays_the_map_on_the_photo_at_its_own_shape():
     photo = np.zeros((120, 300, 3), dtype=np.uint8)
     heat = np.arange(12, dtype=np.float32).reshape(3, 4)
-    fig = visualize.plot_on_original(photo, heat, "map", "heading")
+    fig = figures.plot_on_original(photo, heat, "map", "heading")
     try:
         ax_photo, ax_map = fig.axes[:2]
         assert ax_photo.images[0].get_array().shape[:2] == (120, 300)  # not resized to a square
@@ -166,4 +166,4 @@ def test_the_reports_figure_lays_the_map_on_the_photo_at_its_own_shape():
         assert overlay.get_extent() == [0, 300, 120, 0]  # 4 x 3 cells of 75 x 40 pixels
         assert overlay.get_clim() == (0.0, 11.0) and overlay.get_interpolation() == "nearest"
     finally:
-        visualize.plt.close(fig)
+        figures.plt.close(fig)

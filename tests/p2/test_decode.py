@@ -10,11 +10,11 @@ from hw3core.errors import UserError
 from PIL import ImageOps
 
 from p2.data import pad_batch, preprocess, resize_for_catr
-from p2.decode import (beam_search, caption_images, encode_images, greedy_search,
-                       reference_greedy)
+from p2.decode import (beam_search, caption_images, check_decoding_options, encode_images,
+                       greedy_search, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
-from tests.p2.p2_samples import sample_photos, small_model
+from tests.p2.p2_samples import SMALL_CONFIG, sample_photos, small_model
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,8 @@ def test_a_beam_of_one_finds_the_greedy_caption(model, images):
     # beam_search itself, not caption_images, which hands beam=1 to greedy_search
     with torch.inference_mode():
         encoded = encode_images(model, images)
-        greedy = greedy_search(model, encoded, 7, attention_layer=1)
-        beam_one = beam_search(model, encoded, 7, attention_layer=1, beam=1)
+        greedy = greedy_search(model, encoded, 7, attention_layers=(1,))
+        beam_one = beam_search(model, encoded, 7, attention_layers=(1,), beam=1)
     assert beam_one[0] == greedy[0]
     for ours, theirs in zip(beam_one[1], greedy[1]):
         torch.testing.assert_close(ours, theirs)
@@ -124,6 +124,41 @@ def test_bad_options_are_user_errors(model, images, options):
         caption_images(model, images[:1], **options)
 
 
+def test_decoding_options_count_the_layer_from_the_first(model):
+    layers = model.config["dec_layers"]
+    assert [check_decoding_options(model.config, 128, 3, layer)
+            for layer in (None, 0, -1, -layers)] == [None, 0, layers - 1, 0]
+    with pytest.raises(UserError, match="--beam must be at least 1, not 0"):
+        check_decoding_options(model.config, 128, 0)
+
+
+def test_one_decode_gives_the_attention_of_several_layers_in_the_order_asked(images):
+    torch.manual_seed(0)
+    model = build_model({**SMALL_CONFIG, "dec_layers": 3})
+    tokens = torch.tensor([[START_ID, 1037, 2417, 4418], [START_ID, 4418, 1037, 0]])
+    padding = tokens == 0
+    asked = (0, 2, -1)
+    with torch.inference_mode():
+        encoded = encode_images(model, images[:2])
+        logits, weights = model.decode(model.start_decoding(encoded), tokens, padding,
+                                       attention_layers=asked)
+        assert weights.shape == (2, len(asked), 4, 4, encoded.memory.shape[1])
+        for k, layer in enumerate(asked):
+            alone_logits, alone = model.decode(model.start_decoding(encoded), tokens, padding,
+                                               attention_layers=(layer,))
+            torch.testing.assert_close(logits, alone_logits)
+            torch.testing.assert_close(weights[:, k], alone[:, 0])
+        reversed_order = model.decode(model.start_decoding(encoded), tokens, padding,
+                                      attention_layers=asked[::-1])[1]
+        plain_logits, nothing = model.decode(model.start_decoding(encoded), tokens, padding,
+                                             attention_layers=())
+    torch.testing.assert_close(reversed_order, weights.flip(1))
+    assert nothing is None
+    torch.testing.assert_close(logits, plain_logits)
+    torch.testing.assert_close(weights[:, 1], weights[:, 2])  # 2 and -1: the same, last layer
+    assert not torch.allclose(weights[:, 0], weights[:, 1])
+
+
 WORDS = [1037, 2417, 4418]  # a, red, circle
 
 
@@ -148,12 +183,12 @@ def teacher_forced(model, encoded, caption, layer):
     attention rows averaged over heads, (generated tokens, h, w)) for one encoded image."""
     with torch.inference_mode():
         logits, weights = model.decode(model.start_decoding(encoded), torch.tensor([caption[:-1]]),
-                                       attention_layer=layer)
+                                       attention_layers=(layer,))
     log_probs = logits[0].log_softmax(-1)
     generated = caption[1:]
     score = sum(log_probs[i, token].item() for i, token in enumerate(generated)) / len(generated)
     height, width = encoded.grid_sizes()[0]
-    return score, weights[0].mean(0).unflatten(-1, (height, width)).numpy()
+    return score, weights[0, 0].mean(0).unflatten(-1, (height, width)).numpy()
 
 
 def test_a_beam_as_wide_as_the_search_space_returns_the_best_caption_and_its_maps(

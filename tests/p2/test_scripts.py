@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hw3core.errors import run_cli
-from p2 import inference, visualize
+from hw3core.cli import run_cli
+from p2 import figures, inference, visualize
 from p2.model import save_captioner
 from p2.tokenizer import END_ID, START_ID
 from tests.conftest import ROOT, script_env
@@ -158,7 +158,8 @@ def test_a_figure_has_the_caption_and_a_panel_per_generated_token(model, expecte
                             fig.get_suptitle())
         save(fig, path, dpi)
     monkeypatch.setattr(hw3core.figures, "save_figure", keep)
-    options = ["--checkpoint", str(checkpoints[model]), "--images", str(photo_dir), "--max-len", "5"]
+    options = ["--checkpoint", str(checkpoints[model]), "--images", str(photo_dir),
+               "--max-len", "5"]
     visualize.main([*options, "--out", str(tmp_path / "figures")])
     inference.main([*options, "--out", str(tmp_path / "captions.jsonl")])
     tokenizer = CaptionTokenizer()
@@ -184,12 +185,12 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
     image = np.zeros((40, 70, 3), dtype=np.uint8)  # cells of 16 pixels overhang: a 3 x 5 grid
     maps = np.random.default_rng(0).random((2, 3, 3, 5)).astype(np.float32)  # 2 tokens, 3 heads
     maps[1] *= 10
-    panels, columns = visualize.figure_panels(["cat", "<end>"], maps, per_head=True)
+    panels, columns = figures.figure_panels(["cat", "<end>"], maps, per_head=True)
     assert columns == 4  # the mean, then each head
     assert [p and p[0] for p in panels] == [
         "<start>", None, None, None, "cat (mean)", "cat h0", "cat h1", "cat h2",
         "<end> (mean)", "<end> h0", "<end> h1", "<end> h2"]
-    fig = visualize.draw_caption_figure(image, "A cat.", panels, columns, stride=16)
+    fig = figures.draw_caption_figure(image, "A cat.", panels, columns, stride=16)
     try:
         assert fig.get_suptitle() == "A cat."
         overlays = [ax for ax in fig.axes if len(ax.images) == 2]
@@ -204,7 +205,7 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
 
 
 def test_figures_drawn_in_other_processes_are_the_same_files(photo_dir, checkpoints, tmp_path,
-                                                              capsys):
+                                                             capsys):
     from tests.conftest import run_entry_point
 
     common = ["--checkpoint", checkpoints["runs"], "--images", photo_dir, "--max-len", "4",

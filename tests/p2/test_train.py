@@ -64,8 +64,11 @@ def test_training_lowers_the_loss_and_writes_the_run(straight_run):
     # epoch's loss is at most 0.81 of the first's for training, 0.66 for validation
     assert history[1]["train_loss"] < 0.95 * history[0]["train_loss"]
     assert history[1]["val_loss"] < 0.9 * history[0]["val_loss"]
-    for key in ("val_bleu4", "val_cider", "val_exact", "images_per_s"):
-        assert key in history[0]
+    # the record P1's runs keep too (hw3core.training.train_epochs), less train_tflops
+    assert set(history[0]) == {"train_loss", "images", "seconds", "val_loss", "val_bleu4",
+                               "val_cider", "val_exact", "val_images", "val_examples",
+                               "val_seconds", "epoch", "lr", "images_per_s", "epoch_seconds",
+                               "device"}
     best = load_checkpoint(straight_run / "best.pt")
     assert "optimizer" not in best and best["config"]["hidden_dim"] == 32
     last = load_checkpoint(straight_run / "last.pt")
@@ -154,6 +157,15 @@ def test_init_with_architecture_options_or_a_foreign_state_dict_is_refused(scene
     save_checkpoint({"model": load_checkpoint(straight_run / "best.pt")["model"]}, bare)
     with pytest.raises(UserError, match="not a CATR checkpoint"):
         fit(train_args(scenes, tmp_path, "--init", str(bare), architecture=[]))
+
+
+@pytest.mark.parametrize("max_len", ["1", "129"])
+def test_a_max_len_beyond_the_position_table_is_refused_before_training(scenes, tmp_path,
+                                                                         max_len):
+    # the check that inference and visualize make too (p2.decode.check_decoding_options)
+    with pytest.raises(UserError, match=f"--max-len must be between 2 and 128, not {max_len}"):
+        fit(train_args(scenes, tmp_path, "--max-len", max_len))
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_output_vocab_of_the_captions_is_stored_and_val_words_beyond_it_warned(scenes, tmp_path,

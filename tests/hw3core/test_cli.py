@@ -1,9 +1,10 @@
-"""Numbers out of range on the command line: one argparse line, not a traceback from torch."""
+"""The command line every script shares: numbers out of range and unknown devices are one argparse
+line, not a traceback from torch."""
 import argparse
 
 import pytest
 
-from hw3core.errors import at_least
+from hw3core.cli import at_least
 
 
 def test_at_least_accepts_the_bound_and_above():
@@ -31,3 +32,15 @@ def test_a_parser_turns_it_into_one_line_and_status_2(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == \
         "train.py: error: argument --epochs: must be at least 1, not 0"
+
+
+def test_device_options_are_the_same_everywhere_and_refuse_unknown_names(capsys):
+    from hw3core.cli import add_device_options
+
+    parser = argparse.ArgumentParser(prog="train.py")
+    add_device_options(parser, precision=True)
+    assert vars(parser.parse_args([])) == {"device": "auto", "precision": "auto"}
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--device", "gpu"])
+    assert exit_info.value.code == 2
+    assert "argument --device: invalid choice: 'gpu'" in capsys.readouterr().err

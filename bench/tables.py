@@ -1,0 +1,270 @@
+"""The tables of bench/RESULTS.md, generated from the JSON files in bench/results/.
+
+Each table in RESULTS.md sits between two marker comments,
+
+    <!-- table: KIND from results/FILE.json -->
+    | ... |
+    <!-- end table -->
+
+and is rendered from FILE.json by RENDERERS[KIND]; the prose around the tables is left alone.
+Files named *_transcribed.json ("transcribed": true) hold figures from runs that cannot be
+repeated here, such as the GPU run and the recipe search, copied once from RESULTS.md.
+
+    python -m bench.tables           # rewrite RESULTS.md's tables from their JSON
+    python -m bench.tables --check   # change nothing; exit 1 naming each table that differs
+"""
+import argparse
+import difflib
+import json
+import re
+import sys
+from functools import partial
+from pathlib import Path
+
+from hw3core.files import write_text_atomic
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+MARKER = re.compile(r"^<!-- table: (\S+) from (\S+) -->\n(.*?)^<!-- end table -->$",
+                    re.M | re.S)
+P1_TARGET_POINTING = 0.8  # bench/p1_attention.py's target, judged on the last layer's map
+
+
+def row(cells):
+    # an empty cell is written "| |", as the hand-made tables had it
+    return "|" + "".join(f" {cell} |" if cell != "" else " |" for cell in map(str, cells))
+
+
+def table(header, rows, align):
+    """Markdown lines; ``align`` has a letter a column: l (---) or r (---:)."""
+    return [row(header), row("---:" if a == "r" else "---" for a in align), *map(row, rows)]
+
+
+def bold(cells, columns):
+    return [f"**{cell}**" if i in columns else cell for i, cell in enumerate(cells)]
+
+
+# RESULTS.md's words for names the benchmarks write; an unknown name is shown as it is
+LEARNED_MEASURES = {
+    "p1_tiny_best_val_acc": "tiny ViT, best val accuracy (4 classes)",
+    "p1_tiny_last_over_first_train_loss": "tiny ViT, last / first epoch train loss",
+    "p1_digits_from_scratch_best_val_acc": "tiny ViT from random weights with the from-scratch "
+    "defaults, best val accuracy on 500 real digits (10 classes)",
+    "p2_second_over_first_train_loss": "small captioner, 2nd / 1st epoch train loss",
+    "p2_second_over_first_val_loss": "small captioner, 2nd / 1st epoch val loss",
+}
+LOADERS = {"default (no worker on a CPU)": "default (no worker on a CPU, 2 compute threads)",
+           "--workers 1": "`--workers 1` (1 worker, 1 compute thread)"}
+MIN_CROPS = {"0.08": "0.08 (torchvision's default)", "0.25": "0.25 (this project's default)"}
+
+
+def sweep_learned(data):
+    rows, previous = [], None
+    for name, bar in data["bars"].items():
+        values = [run[name] for run in data["runs"]]
+        worst = min(values) if bar["higher_is_better"] else max(values)
+        test = "same" if bar["test"] == previous else f"`{bar['test']}`"
+        previous = bar["test"]
+        rows.append([LEARNED_MEASURES.get(name, name), test,
+                     f"{'>=' if bar['higher_is_better'] else '<'} {bar['bar']}",
+                     f"{worst:.3f}", f"{sum(values) / len(values):.3f}"])
+    return table(["measure", "test", "bar", "worst run", "mean"], rows, "llrrr")
+
+
+def shared_cpu(data):
+    return table(["loader", "alone (s)", "beside one busy process (s)", "slowdown"],
+                 [[LOADERS.get(r["loader"], r["loader"]), f"{r['alone_s']:.2f}",
+                   f"{r['beside_one_busy_process_s']:.2f}", f"{r['slowdown']:.2f}x"]
+                  for r in data["rows"]], "lrrr")
+
+
+def min_crop(data):
+    objects = [f"{float(s):.0%}" for s in next(iter(data["kept_share"].values()))]
+    objects[0] = f"object {objects[0]} of the photo"
+    return table(["--min-crop", *objects],
+                 [[MIN_CROPS.get(crop, crop),
+                   *("100%" if v == 1 else f"{v:.1%}" for v in shares.values())]
+                  for crop, shares in data["kept_share"].items()], "l" + "r" * len(objects))
+
+
+def p1_speed(data):
+    header = ["model", f"inference images/s (batch {data['batch']})", "inference TFLOP/s",
+              "share of matmul rate", f"training images/s (batch {data['train_batch']})",
+              "training TFLOP/s"]
+    return table(header, [[r["model"] + (f", run {r['run']}" if "run" in r else ""),
+                           f"{r['inference_images_per_s']:.2f}", f"{r['inference_tflops']:.3f}",
+                           f"{r['share_of_matmul_rate']:.0%}",
+                           f"{r['training_images_per_s']:.2f}", f"{r['training_tflops']:.3f}"]
+                          for r in data["rows"]], "l" * 6)
+
+
+# the two p1_attention layer tables name the same five columns, the older one at length
+SHORT = ("pointing, overlap", "chance", "pointing, centre", "chance", "mass ratio")
+DESCRIBED = ("pointing (highest cell overlaps the box)", "chance",
+             "pointing (cell centre in the box)", "chance", "mass in box / box's share")
+
+
+def last_layer(maps):
+    return max((kind for kind in maps if kind.startswith("layer ")), key=lambda k: int(k[6:]))
+
+
+def scores(m):
+    return [*(f"{m[k]:.3f}" for k in ("hit", "hit_chance", "centre_hit", "centre_chance")),
+            f"{m['mass_ratio']:.2f}"]
+
+
+def p1_attention_layers(data, header):
+    maps = data["models"]["trained"]["maps"]
+    last, rows = last_layer(maps), []
+    labels = {"rollout": "rollout (all layers)", last: f"last layer ({last[6:]}), mean of heads"}
+    for kind, m in maps.items():
+        cells = [labels.get(kind, f"{kind}, mean of heads"), *scores(m)]
+        # bold: the figures the target is judged by, where they meet it
+        met = kind == last and m["hit"] >= P1_TARGET_POINTING
+        rows.append(bold(cells, (0, 1, 3) if met else ()))
+    return table(["map ([CLS] query, patch keys)", *header], rows, "l" * 6)
+
+
+def p1_attention_baselines(data):
+    return table(["model (last layer's map, mean of heads)", "classification accuracy", *SHORT],
+                 [[name, f"{m['accuracy']:.3f}", *scores(m["maps"][last_layer(m["maps"])])]
+                  for name, m in data["models"].items()], "l" * 7)
+
+
+def p1_position_similarity(data):
+    sims = data["position_similarity"]
+    distances = list(next(iter(next(iter(sims.values())).values())))
+    return table(["distance", *distances],
+                 [[f"{metric}, {state}", *(f"{v:.3f}" for v in by_distance.values())]
+                  for metric, states in sims.items() for state, by_distance in states.items()],
+                 "l" * (1 + len(distances)))
+
+
+def p2_speed(data):
+    return table(["tokens", "CATR loop (s/image)", "project (s/image)", "speed-up",
+                  "project decoder only, cached (s)", "decoder only, prefix re-run (s)"],
+                 [[r["tokens"], f"{r['catr_loop_s']:.2f}", f"{r['project_s']:.3f}",
+                   f"**{r['speed_up']:.1f}x**", f"{r['decoder_cached_s']:.3f}",
+                   f"{r['decoder_prefix_rerun_s']:.3f}"] for r in data["rows"]], "r" * 6)
+
+
+def p2_attention_layers(data):
+    layers, chance = data["rows"], data["chance"]
+    best = max(layers, key=lambda r: r["centre"])  # the target is judged on the best layer
+    rows = [bold([f"{r['layer']}" + (" (last)" if r is layers[-1] else ""),
+                  *(f"{r[k]:.3f}" for k in ("centre", "colour_words", "shape_words", "overlap",
+                                            "within_15px"))],
+                 (0, 1, 4, 5) if r is best else ()) for r in layers]
+    rows.append(["chance (a uniformly random cell)", f"{chance['centre']:.3f}", "", "",
+                 f"{chance['overlap']:.3f}", f"{chance['within_15px']:.3f}"])
+    return table(["decoder layer", "pointing: cell centre in the box", "colour words",
+                  "shape words", "pointing: cell overlaps the box",
+                  "pointing game: within 15 px"], rows, "l" * 6)
+
+
+def p2_recipe_search(data):
+    return table(["run", "backbone (stride, grid)", "enc + dec layers", "scenes x epochs",
+                  "train s", "exact", "strict pointing, layer 0 / 1 / 2"],
+                 [[r["run"], f"{r['backbone']} ({r['stride']}, {r['grid'][0]} x {r['grid'][1]})",
+                   f"{r['enc_layers']} + {r['dec_layers']}", f"{r['scenes']:,} x {r['epochs']}",
+                   r["train_s"], f"{r['exact']:.3f}",
+                   " / ".join(f"{p:.2f}" for p in r["strict_pointing"])]
+                  for r in data["rows"]], "llllrrl")
+
+
+def p2_demo_precision(data):
+    epochs = list(data["rows"][0]["val_exact_by_epoch"])
+    return table(["precision", "seed", f"val exact, epoch {' / '.join(epochs)}",
+                  f"train loss, epoch {epochs[-1]}", "images/s"],
+                 [[r["precision"] + (f" ({r['note']})" if r["note"] else ""), r["seed"],
+                   " / ".join(f"{v:.3f}" for v in r["val_exact_by_epoch"].values()),
+                   f"{r['train_loss_last_epoch']:.3f}", f"about {r['images_per_s_about']}"]
+                  for r in data["rows"]], "l" * 5)
+
+
+def sweep_demo(data):
+    groups = {}
+    for run in data["runs"]:
+        groups.setdefault((run["threads"], run["parallel"]), []).append(run)
+
+    def median(values):
+        values = sorted(values)
+        return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+
+    return table(["threads x runs side by side", "runs", f"best.pt at target ({data['target']})",
+                  "lowest best.pt val exact", "median train s", "median images/s"],
+                 [[f"{threads} x {parallel}", len(runs),
+                   sum(r["best_pt_val_exact"] >= data["target"] for r in runs),
+                   f"{min(r['best_pt_val_exact'] for r in runs):.3f}",
+                   f"{median([r['seconds'] for r in runs]):.0f}",
+                   f"{median([r['images_per_s'] for r in runs]):.1f}"]
+                  for (threads, parallel), runs in groups.items()], "lrrrrr")
+
+
+def plain_cells(line):
+    """A rendered table line's cells without markdown's bold and code marks (for the report)."""
+    return [cell.strip().replace("**", "").replace("`", "")
+            for cell in line.strip().strip("|").split("|")]
+
+
+def marked_tables(text):
+    """[(kind, JSON path relative to RESULTS.md)] of the marked tables in ``text``, in order."""
+    return [(kind, source) for kind, source, _ in MARKER.findall(text)]
+
+
+RENDERERS = {
+    "sweep_learned": sweep_learned, "shared_cpu": shared_cpu, "min_crop": min_crop,
+    "p1_speed": p1_speed,
+    "p1_attention_layers": partial(p1_attention_layers, header=SHORT),
+    "p1_attention_layers_described": partial(p1_attention_layers, header=DESCRIBED),
+    "p1_attention_baselines": p1_attention_baselines,
+    "p1_position_similarity": p1_position_similarity,
+    "p2_speed": p2_speed, "p2_attention_layers": p2_attention_layers,
+    "p2_recipe_search": p2_recipe_search, "p2_demo_precision": p2_demo_precision,
+    "sweep_demo": sweep_demo,
+}
+
+
+def regenerate(text, folder):
+    """``text`` with every marked table rendered from its JSON (paths relative to ``folder``),
+    and the names of the tables that changed."""
+    stale = []
+
+    def fill(match):
+        kind, source, old = match.groups()
+        if kind not in RENDERERS:
+            raise ValueError(f"unknown table kind {kind!r}; known: {', '.join(RENDERERS)}")
+        new = "\n".join(RENDERERS[kind](json.loads((folder / source).read_text()))) + "\n"
+        if new != old:
+            stale.append(f"{kind} from {source}")
+        return f"<!-- table: {kind} from {source} -->\n{new}<!-- end table -->"
+
+    return MARKER.sub(fill, text), stale
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 naming each table that differs from its JSON")
+    p.add_argument("--results-md", type=Path, default=RESULTS_MD, help="(%(default)s)")
+    args = p.parse_args(argv)
+    try:
+        text = args.results_md.read_text()
+        new, stale = regenerate(text, args.results_md.parent)
+    except (OSError, ValueError) as err:  # a missing file, a broken JSON, an unknown kind
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        sys.stdout.writelines(difflib.unified_diff(
+            text.splitlines(True), new.splitlines(True), f"{args.results_md} (as it is)",
+            f"{args.results_md} (from the JSON)"))
+        for name in stale:
+            print(f"{args.results_md}: table {name} differs from its JSON", file=sys.stderr)
+        return 1 if stale else 0
+    if stale:
+        write_text_atomic(args.results_md, new)
+    print(f"{args.results_md}: {len(stale)} table(s) rewritten: {', '.join(stale) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

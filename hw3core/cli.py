@@ -1,0 +1,51 @@
+"""What every entry script shares on the command line: the wrapper that turns a UserError or a
+signal into one line and an exit status, the argparse type for numbers with a lower bound, and
+the --device and --precision options. No torch here: scripts import this before parsing, and
+their --help stays fast."""
+import argparse
+import sys
+
+from .errors import Interrupted, UserError
+
+
+def run_cli(main, argv=None):
+    """Call ``main(argv)``; a UserError becomes ``error: ...`` on stderr and exit status 2, an
+    Interrupted its message and the conventional status of its signal (128 + signal number)."""
+    try:
+        main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(128 + err.signum)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def at_least(minimum, kind=int):
+    """argparse ``type=``: a ``kind`` number no smaller than ``minimum``. argparse reports a bad
+    one as ``error: argument --epochs: must be at least 1, not 0`` and exits with status 2,
+    instead of a traceback from deep in torch when training starts."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+    return parse
+
+
+def add_device_options(parser, precision=False):
+    """--device (auto: CUDA when a GPU is visible, else the CPU) and, for training, --precision
+    (auto: bf16 autocast on CUDA, fp32 on a CPU); hw3core.runtime.pick_device and autocast read
+    them."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="(%(default)s: cuda when a GPU is visible)")
+    if precision:
+        parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
+                            default="auto", help="auto: bf16 autocast on CUDA, fp32 on a CPU")

@@ -1,0 +1,48 @@
+"""bench/RESULTS.md's tables are what bench/results/*.json give (bench/tables.py)."""
+import copy
+import json
+import shutil
+
+from bench import tables
+from tests.conftest import ROOT
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def test_results_md_tables_are_those_the_json_gives_and_every_table_is_marked():
+    text = tables.RESULTS_MD.read_text()
+    _, stale = tables.regenerate(text, tables.RESULTS_MD.parent)
+    assert stale == [], f"edit the JSON and run python -m bench.tables: {stale}"
+    # a table outside the markers would escape the check
+    outside = tables.MARKER.sub("", text)
+    assert not [line for line in outside.splitlines() if line.startswith("|")]
+
+
+def test_a_changed_number_changes_the_table_and_check_names_it(tmp_path, capsys):
+    data = json.loads((RESULTS / "p1_attention.json").read_text())
+    render = tables.RENDERERS["p1_attention_layers"]
+    changed = copy.deepcopy(data)
+    changed["models"]["trained"]["maps"]["layer 4"]["hit"] = 0.85
+    before, after = render(data), render(changed)
+    assert "| last layer (4), mean of heads | 0.793 |" in "\n".join(before)
+    # 0.85 meets the 0.8 target, so the row is also marked
+    assert "| **last layer (4), mean of heads** | **0.850** |" in "\n".join(after)
+
+    shutil.copytree(RESULTS, tmp_path / "results")
+    shutil.copy(tables.RESULTS_MD, tmp_path / "RESULTS.md")
+    (tmp_path / "results" / "p1_attention.json").write_text(json.dumps(changed))
+    assert tables.main(["--check", "--results-md", str(tmp_path / "RESULTS.md")]) == 1
+    assert "table p1_attention_layers from results/p1_attention.json" in capsys.readouterr().err
+    assert tables.main(["--results-md", str(tmp_path / "RESULTS.md")]) == 0
+    assert tables.main(["--check", "--results-md", str(tmp_path / "RESULTS.md")]) == 0
+    assert "**0.850**" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_every_result_says_what_when_and_where_and_transcribed_ones_their_source():
+    files = sorted(RESULTS.glob("*.json"))
+    assert files
+    for path in files:
+        data = json.loads(path.read_text())
+        assert {"what", "date", "machine"} <= data.keys(), path.name
+        if data.get("transcribed") or path.stem.endswith("_transcribed"):
+            assert data["transcribed"] is True and data["source"], path.name
