@@ -24,12 +24,13 @@ def machine(device=torch.device("cpu")):
     return f"{cpu}, {torch.get_num_threads()} threads, fp32; torch {torch.__version__}"
 
 
-def write_result(path, what, **fields):
-    """Save a benchmark's results as JSON at ``path``, with what it measured, when and where."""
+def write_result(path, what, device=torch.device("cpu"), **fields):
+    """Save a benchmark's results as JSON at ``path``, with what it measured, when and where
+    (``device``: the one it measured)."""
     from hw3core.files import write_text_atomic
 
-    result = {"what": what, "date": datetime.now(timezone.utc).isoformat(), "machine": machine(),
-              **fields}
+    result = {"what": what, "date": datetime.now(timezone.utc).isoformat(),
+              "machine": machine(device), **fields}
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {path}")
 

@@ -1,20 +1,27 @@
 """ViT-B/16 at 384 speed: this project's model (timm, fused attention) against
-pytorch-pretrained-vit's own ViT, on the same input, for inference and for a training step.
+pytorch-pretrained-vit's own ViT, on the same input, for inference and for a training step; on a
+GPU also the ways of running the project's model that could lift it (--variants).
 
-    python bench/p1_speed.py                 # CPU, fp32
-    python bench/p1_speed.py --device cuda   # GPU, bf16 autocast
+    python bench/p1_speed.py                              # CPU, fp32
+    python bench/p1_speed.py --device cuda --variants     # GPU, bf16 autocast
 
 Also measures a plain fp32 (CPU) or bf16 (GPU) matrix product of the size of ViT-B's MLP in the
-same run, as the rate the model's inference is compared with. Prints a markdown table.
+same run, as the rate the model's inference is compared with. The variants: torch.compile (its
+compile time reported), the fused SGD step (one kernel for all parameters instead of several per
+tensor), and a doubled batch. Prints a markdown table and writes the figures as JSON.
 """
 import argparse
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.measure import machine, median_seconds
+from bench.measure import machine, median_seconds, write_result
 from hw3core.runtime import autocast, pick_device
 from p1.model import build_model, forward_flops_per_image, make_arch
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def matmul_rate(device, tokens):
@@ -34,32 +41,45 @@ def ppvit_model(num_classes):
     return pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False, num_classes=num_classes)
 
 
-def measure(model, device, batch, train_batch, repeats, precision):
+def first_and_median(fn, repeats, device):
+    """(seconds of the first call, median seconds of the next ``repeats``): the first call of a
+    compiled model is its compilation."""
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, median_seconds(fn, repeats, device, warmup=False)
+
+
+def measure(model, device, batch, train_batch, repeats, precision, compile=False, fused=False):
+    """(inference images/s, training images/s, seconds spent compiling or None)."""
     model.to(device)
+    net = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, 384, 384, device=device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def infer():
         with autocast(device, precision):
-            model(x)
+            net(x)
 
     model.eval()
-    infer_s = median_seconds(infer, repeats, device)
+    infer_first, infer_s = first_and_median(infer, repeats, device)
     xt = torch.randn(train_batch, 3, 384, 384, device=device)
     target = torch.randint(0, 37, (train_batch,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9, fused=fused)
 
     def step():
         with autocast(device, precision):
-            loss = F.cross_entropy(model(xt).float(), target)
+            loss = F.cross_entropy(net(xt).float(), target)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
-    train_s = median_seconds(step, repeats, device)
+    train_first, train_s = first_and_median(step, repeats, device)
     model.cpu()
-    return batch / infer_s, train_batch / train_s
+    compile_s = infer_first - infer_s + train_first - train_s if compile else None
+    return batch / infer_s, train_batch / train_s, compile_s
 
 
 def main():
@@ -68,6 +88,10 @@ def main():
     p.add_argument("--batch-size", type=int, help="inference batch (default 4 CPU, 64 GPU)")
     p.add_argument("--train-batch-size", type=int, help="training batch (default 2 CPU, 32 GPU)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", action="store_true",
+                   help="also torch.compile, the fused optimizer step and a doubled batch")
+    p.add_argument("--out", type=Path, help="the JSON (default: bench/results/"
+                   "p1_speed_<cpu|gpu>.json)")
     args = p.parse_args()
     device = pick_device(args.device)
     gpu = device.type == "cuda"
@@ -78,26 +102,51 @@ def main():
 
     ours = build_model(make_arch("B_16_imagenet1k", 37))
     flops = forward_flops_per_image(ours)
-    rows = [("this project (timm, fused SDPA)", *measure(ours, device, batch, train_batch,
-                                                          args.repeats, precision))]
+    runs = [("this project (timm, fused SDPA)", ours, {})]
     theirs = ppvit_model(37)
     if theirs is not None:
-        rows.append(("pytorch-pretrained-vit", *measure(theirs, device, batch, train_batch,
-                                                         args.repeats, precision)))
+        runs.append(("pytorch-pretrained-vit", theirs, {}))
+    if args.variants:
+        runs += [("this project, fused SGD step", ours, dict(fused=True)),
+                 ("this project, torch.compile, fused SGD step", ours,
+                  dict(fused=True, compile=True)),
+                 (f"this project, fused SGD step, batches {2 * batch} / {2 * train_batch}", ours,
+                  dict(fused=True, batch=2 * batch, train_batch=2 * train_batch))]
+    rows = []
+    for name, model, options in runs:
+        sizes = dict(batch=options.pop("batch", batch),
+                     train_batch=options.pop("train_batch", train_batch))
+        infer_ips, train_ips, compile_s = measure(model, device, sizes["batch"],
+                                                  sizes["train_batch"], args.repeats, precision,
+                                                  **options)
+        rows.append({"model": name, **sizes, "inference_images_per_s": infer_ips,
+                     "inference_tflops": infer_ips * flops / 1e12,
+                     "training_images_per_s": train_ips,
+                     "training_tflops": train_ips * 3 * flops / 1e12, "compile_s": compile_s})
     peak = matmul_rate(device, batch * 577)
+    for row in rows:
+        row["share_of_matmul_rate"] = row["inference_tflops"] * 1e12 / peak
 
     print(f"## ViT-B/16 at 384 x 384 ({machine(device)})\n")
     print(f"Forward pass: {flops / 1e9:.1f} GFLOP per image; a training step counts 3x. "
-          f"Reference: one {batch * 577} x 768 x 3072 matrix product at {peak / 1e12:.3f} TFLOP/s.\n")
-    print(f"| model | inference images/s (batch {batch}) | inference TFLOP/s | share of matmul "
-          f"rate | training images/s (batch {train_batch}) | training TFLOP/s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, infer_ips, train_ips in rows:
-        print(f"| {name} | {infer_ips:.2f} | {infer_ips * flops / 1e12:.3f} | "
-              f"{infer_ips * flops / peak:.0%} | {train_ips:.2f} | "
-              f"{train_ips * 3 * flops / 1e12:.3f} |")
+          f"Reference: one {batch * 577} x 768 x 3072 matrix product at "
+          f"{peak / 1e12:.3f} TFLOP/s.\n")
+    print("| model | inference images/s (batch) | inference TFLOP/s | share of matmul rate | "
+          "training images/s (batch) | training TFLOP/s | compile s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        compiled = f"{r['compile_s']:.0f}" if r["compile_s"] is not None else "-"
+        print(f"| {r['model']} | {r['inference_images_per_s']:.2f} ({r['batch']}) | "
+              f"{r['inference_tflops']:.3f} | {r['share_of_matmul_rate']:.0%} | "
+              f"{r['training_images_per_s']:.2f} ({r['train_batch']}) | "
+              f"{r['training_tflops']:.3f} | {compiled} |")
     if theirs is None:
         print("\n(pytorch-pretrained-vit is not installed here: its row is missing)")
+    write_result(args.out or RESULTS / f"p1_speed_{'gpu' if gpu else 'cpu'}.json",
+                 "ViT-B/16 at 384: images/s and TFLOP/s for inference and a training step, "
+                 "against a plain matrix product", device=device, classes=37,
+                 gflop_per_image=flops / 1e9, matmul_tflops=peak / 1e12,
+                 matmul_tokens=batch * 577, batch=batch, train_batch=train_batch, rows=rows)
 
 
 if __name__ == "__main__":

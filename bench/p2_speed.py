@@ -6,20 +6,25 @@ CATR's predict script re-runs the whole model, backbone included, on its 128-pos
 every token (p2.decode.reference_greedy). The project runs the backbone and encoder once and the
 decoder one position per step with cached keys and values. Both run the same random full-size
 CATR on the same 299 x 224 photo; [SEP] is made impossible so that every caption has exactly the
-asked number of tokens and both procedures do the same work. Prints a markdown table.
+asked number of tokens and both procedures do the same work. On a GPU the project decodes with the
+static cache, each step replayed as a CUDA graph (p2.decode.greedy_search_static); the time of one
+such step is measured too, at batch 1 and at the throughput batch. Prints a markdown table.
 """
 import argparse
+from pathlib import Path
 
 import torch
 from PIL import Image
 from skimage import data
 
-from bench.measure import machine, median_seconds
+from bench.measure import machine, median_seconds, write_result
 from hw3core.runtime import autocast, pick_device
 from p2.data import preprocess
-from p2.decode import caption_images, encode_images, reference_greedy
-from p2.model import build_model
+from p2.decode import caption_images, encode_images, greedy_search_static, reference_greedy
+from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def decoder_only(model, encoded, tokens, cache):
@@ -39,6 +44,22 @@ def decoder_only(model, encoded, tokens, cache):
             prefix = torch.cat((prefix, logits[:, -1:].argmax(-1)), 1)
 
 
+def decoder_step_ms(model, encoded, batch, steps, device):
+    """Milliseconds per decoding step of greedy_search_static for ``batch`` copies of one
+    encoded image, captured as a CUDA graph on a GPU (the capture and its warm-up excluded:
+    the steps are timed as a difference of two lengths)."""
+    memory, pos, padding = (x.expand(batch, *x.shape[1:]) for x in
+                            (encoded.memory, encoded.pos, encoded.padding))
+    many = EncodedImages(memory.contiguous(), pos.contiguous(), padding.contiguous())
+
+    def decode(length):
+        with torch.inference_mode(), autocast(device):
+            greedy_search_static(model, many, length, capture=device.type == "cuda")
+
+    short, long = (median_seconds(lambda n=n: decode(n), 3, device) for n in (9, 9 + steps))
+    return 1000 * (long - short) / steps
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -48,6 +69,8 @@ def main():
                    "timings steady on a machine shared with other work")
     p.add_argument("--batch", type=int, default=None, help="batch size for throughput "
                    "(default 8 on CPU, 64 on CUDA)")
+    p.add_argument("--out", type=Path, help="the JSON (default: bench/results/"
+                   "p2_speed_<cpu|cuda>.json)")
     args = p.parse_args()
     device = pick_device(args.device)
     if args.threads:
@@ -82,8 +105,11 @@ def main():
     batch = args.batch or (64 if device.type == "cuda" else 8)
     images = [image] * batch
     batched = timed(lambda: caption_images(model, images, max_len=21), repeats)
+    with_maps = timed(lambda: caption_images(model, images, max_len=21, attention_layer=-1),
+                      repeats)
     single = timed(lambda: [caption_images(model, [im], max_len=21) for im in images[:4]],
                    repeats) / 4
+    step_ms = {b: decoder_step_ms(model, encoded, b, 32, device) for b in (1, batch)}
 
     print(f"Machine: {machine(device)}; full-size CATR (ResNet-101), "
           f"random weights, one 299 x 224 image\n")
@@ -95,7 +121,24 @@ def main():
         gain = f"{reference / project:.1f}x" if reference is not None else "-"
         print(f"| {tokens} | {ref} | {project:.3f} | {gain} | {cached:.3f} | {uncached:.3f} |")
     print(f"\nBatched captioning, 20 tokens each: {batch / batched:.2f} images/s at batch {batch}, "
+          f"{batch / with_maps:.2f} images/s with the last layer's word maps, "
           f"{1 / single:.2f} images/s one at a time")
+    path = "static cache, CUDA graph" if device.type == "cuda" else "static cache, no graph"
+    print(f"\nOne decoder step ({path}): " + ", ".join(
+        f"{ms:.3f} ms at batch {b}" for b, ms in step_ms.items()))
+    write_result(
+        args.out or RESULTS / f"p2_speed_{device.type}.json",
+        "caption decoding: seconds per image of the project's decoder against CATR's loop, "
+        "full-size CATR with random weights, one 299 x 224 image; batched images/s; one decoder "
+        "step", device=device, threads=torch.get_num_threads(), decoder_path=path,
+        rows=[{"tokens": tokens, "catr_loop_s": reference, "project_s": project,
+               "speed_up": reference / project if reference is not None else None,
+               "decoder_cached_s": cached, "decoder_prefix_rerun_s": uncached}
+              for tokens, reference, project, cached, uncached in rows],
+        batched={"tokens": 20, "batch": batch, "images_per_s": batch / batched,
+                 "with_maps_images_per_s": batch / with_maps,
+                 "one_at_a_time_images_per_s": 1 / single},
+        decoder_step_ms={str(b): ms for b, ms in step_ms.items()})
 
 
 if __name__ == "__main__":

@@ -87,14 +87,25 @@ def min_crop(data):
 
 
 def p1_speed(data):
-    header = ["model", f"inference images/s (batch {data['batch']})", "inference TFLOP/s",
-              "share of matmul rate", f"training images/s (batch {data['train_batch']})",
-              "training TFLOP/s"]
+    # rows of their own batch size (the variants) name it in each cell; compiled ones add a column
+    own_batches = any("batch" in r for r in data["rows"])
+    compiled = any(r.get("compile_s") is not None for r in data["rows"])
+
+    def at(r, key):
+        return f" ({r[key]})" if own_batches else ""
+
+    header = ["model", "inference images/s" + ("" if own_batches else f" (batch {data['batch']})"),
+              "inference TFLOP/s", "share of matmul rate",
+              "training images/s" + ("" if own_batches else f" (batch {data['train_batch']})"),
+              "training TFLOP/s", *(["compile s"] if compiled else [])]
     return table(header, [[r["model"] + (f", run {r['run']}" if "run" in r else ""),
-                           f"{r['inference_images_per_s']:.2f}", f"{r['inference_tflops']:.3f}",
-                           f"{r['share_of_matmul_rate']:.0%}",
-                           f"{r['training_images_per_s']:.2f}", f"{r['training_tflops']:.3f}"]
-                          for r in data["rows"]], "l" * 6)
+                           f"{r['inference_images_per_s']:.2f}{at(r, 'batch')}",
+                           f"{r['inference_tflops']:.3f}", f"{r['share_of_matmul_rate']:.0%}",
+                           f"{r['training_images_per_s']:.2f}{at(r, 'train_batch')}",
+                           f"{r['training_tflops']:.3f}",
+                           *([f"{r['compile_s']:.0f}" if r.get("compile_s") is not None else "-"]
+                             if compiled else [])]
+                          for r in data["rows"]], "l" * len(header))
 
 
 # the two p1_attention layer tables name the same five columns, the older one at length
@@ -147,18 +158,54 @@ def p2_speed(data):
                    f"{r['decoder_prefix_rerun_s']:.3f}"] for r in data["rows"]], "r" * 6)
 
 
-def p2_attention_layers(data):
-    layers, chance = data["rows"], data["chance"]
-    best = max(layers, key=lambda r: r["centre"])  # the target is judged on the best layer
+P2_LAYER_HEADER = ["decoder layer", "pointing: cell centre in the box", "colour words",
+                   "shape words", "pointing: cell overlaps the box",
+                   "pointing game: within 15 px"]
+MASS = "mass in box / box's share"
+
+
+def p2_layer_rows(layers, chance, mass):
+    """The rows of a per-decoder-layer table of word-map measures, with the mass ratio if
+    ``mass``; the best layer (the target is judged on it) in bold."""
+    best = max(layers, key=lambda r: r["centre"])
     rows = [bold([f"{r['layer']}" + (" (last)" if r is layers[-1] else ""),
                   *(f"{r[k]:.3f}" for k in ("centre", "colour_words", "shape_words", "overlap",
-                                            "within_15px"))],
+                                            "within_15px")),
+                  *([f"{r['mass_ratio']:.2f}"] if mass else [])],
                  (0, 1, 4, 5) if r is best else ()) for r in layers]
     rows.append(["chance (a uniformly random cell)", f"{chance['centre']:.3f}", "", "",
-                 f"{chance['overlap']:.3f}", f"{chance['within_15px']:.3f}"])
-    return table(["decoder layer", "pointing: cell centre in the box", "colour words",
-                  "shape words", "pointing: cell overlaps the box",
-                  "pointing game: within 15 px"], rows, "l" * 6)
+                 f"{chance['overlap']:.3f}", f"{chance['within_15px']:.3f}",
+                 *([""] if mass else [])])
+    return rows
+
+
+def p2_attention_layers(data):
+    return table(P2_LAYER_HEADER, p2_layer_rows(data["rows"], data["chance"], mass=False),
+                 "l" * 6)
+
+
+def p2_attention_layers_mass(data):
+    return table([*P2_LAYER_HEADER, MASS],
+                 p2_layer_rows(data["models"]["trained"]["layers"], data["chance"], mass=True),
+                 "l" * 7)
+
+
+def p2_attention_baselines(data):
+    """Each model's exact captions and its word maps in the last decoder layer and, if another,
+    in the layer where the trained model's maps point best, the three models side by side."""
+    models, chance = data["models"], data["chance"]
+    trained = models["trained"]["layers"]
+    last, best = trained[-1]["layer"], max(trained, key=lambda r: r["centre"])["layer"]
+    shown = {last: f"{last} (last)"}
+    if best != last:
+        shown[best] = f"{best} (the trained model's best)"
+    return table(["model", "decoder layer", "exact caption", "pointing: cell centre in the box",
+                  "chance", "pointing: cell overlaps the box", "chance", MASS],
+                 [[name, label, f"{m['exact']:.3f}", f"{r['centre']:.3f}",
+                   f"{chance['centre']:.3f}", f"{r['overlap']:.3f}", f"{chance['overlap']:.3f}",
+                   f"{r['mass_ratio']:.2f}"]
+                  for layer, label in shown.items() for name, m in models.items()
+                  for r in [m["layers"][layer]]], "l" * 8)
 
 
 def p2_recipe_search(data):
@@ -219,6 +266,8 @@ RENDERERS = {
     "p1_attention_baselines": p1_attention_baselines,
     "p1_position_similarity": p1_position_similarity,
     "p2_speed": p2_speed, "p2_attention_layers": p2_attention_layers,
+    "p2_attention_layers_mass": p2_attention_layers_mass,
+    "p2_attention_baselines": p2_attention_baselines,
     "p2_recipe_search": p2_recipe_search, "p2_demo_precision": p2_demo_precision,
     "sweep_demo": sweep_demo,
 }

@@ -143,8 +143,8 @@ def fit(args):
         val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
         model, arch, preprocess = _model_for_run(args, class_names, resume)
         model.to(device)
-        train_loader, val_loader = _build_loaders(args, preprocess, train_samples, val_samples,
-                                                  workers, device, dist_info)
+        train_loader, val_loader = build_loaders(args, preprocess, train_samples, val_samples,
+                                                 workers, device, dist_info)
         optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
         scheduler = build_scheduler(optimizer, math.ceil(len(train_loader) / args.grad_accum),
                                     args.epochs, args.warmup_epochs, args.schedule)
@@ -193,7 +193,7 @@ def fit(args):
                     ("validation accuracy", "accuracy", [("val_acc", "validation")])])
 
 
-def _build_loaders(args, preprocess, train_samples, val_samples, workers, device, dist_info):
+def build_loaders(args, preprocess, train_samples, val_samples, workers, device, dist_info):
     """The training loader (EpochLoader) and this process's validation loader, or None.
 
     With --image-cache the images are decoded once (by the workers) and the loaders run in this

@@ -10,6 +10,8 @@ features (the receptive fields near its edge reach into the padding, and the nea
 pixel mask can keep a padded row), so images of other sizes get their own pass, and only their
 feature maps are padded and masked: a caption never depends on the images batched with it.
 """
+import functools
+import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -95,6 +97,86 @@ def greedy_search(model, encoded, max_len, attention_layers=()):
         last = next_ids[:, None]
     attention = [torch.stack(r) for r in rows] if attention_layers else [None] * count
     return tokens, attention
+
+
+# How often the static search asks the device whether every caption has ended: each asking
+# waits for the GPU, so not at every token
+ENDED_CHECK_EVERY = 8
+
+
+def greedy_search_static(model, encoded, max_len, attention_layers=(), capture=False):
+    """greedy_search with fixed shapes: the self-attention cache preallocated to ``max_len``
+    positions, every row decoded at every step (a row that ended emits [PAD]), the next token,
+    the end test and the attention rows kept on the device. So a step runs no host sync, and
+    with ``capture`` (CUDA) it is recorded once as a CUDA graph and replayed, which takes the
+    launch and Python overhead of a step's few hundred small kernels out of the loop. The
+    result is greedy_search's: the same tokens, the same rows."""
+    count, device = encoded.memory.shape[0], encoded.memory.device
+    state = model.start_decoding(encoded, static_length=max_len)
+    tokens = torch.full((count, max_len), PAD_ID, device=device)
+    ended = torch.zeros(count, dtype=torch.bool, device=device)
+    rows = None
+    if attention_layers:
+        rows = torch.zeros(count, max_len - 1, len(attention_layers), model.config["nheads"],
+                           encoded.memory.shape[1], device=device)
+
+    def reset():
+        tokens.fill_(PAD_ID)
+        tokens[:, 0] = START_ID
+        ended.zero_()
+        state.position.zero_()
+
+    def step():
+        current = tokens.index_select(1, state.position.view(1))[:, 0]
+        logits, weights = model.decode_step(state, current, attention_layers)
+        written = state.position.view(1)  # moved on by one: where the next token goes
+        next_ids = logits.argmax(-1).masked_fill(ended, PAD_ID)
+        tokens.index_copy_(1, written, next_ids[:, None])
+        if rows is not None:
+            rows.index_copy_(1, written - 1, weights[:, None].to(rows.dtype))
+        ended.logical_or_(next_ids == END_ID)
+
+    reset()
+    run = step
+    if capture:
+        try:
+            run = _as_cuda_graph(step, reset)
+        except RuntimeError as err:  # a kernel that cannot be captured: slower, still right
+            _warn_once(f"warning: decoding without a CUDA graph ({str(err).splitlines()[0]})")
+            reset()
+    for i in range(max_len - 1):
+        run()
+        if (i + 1) % ENDED_CHECK_EVERY == 0 and bool(ended.all()):
+            break
+    found, attention = [], []
+    for row, ids in enumerate(tokens.tolist()):
+        length = ids.index(END_ID) + 1 if END_ID in ids else max_len
+        found.append(ids[:length])
+        attention.append(None if rows is None else rows[row, :length - 1])
+    return found, attention
+
+
+@functools.cache
+def _warn_once(message):
+    print(message, file=sys.stderr)
+
+
+def _as_cuda_graph(step, reset):
+    """``step`` recorded as a CUDA graph; returns its replay. Warm-up runs on a side stream first
+    (kernel choices and allocations happen outside the graph), then ``reset`` undoes what they
+    did to the decoding buffers."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    reset()
+    return graph.replay
 
 
 @dataclass
@@ -194,7 +276,12 @@ def caption_images(model, images, max_len=128, beam=1, attention_layer=None, per
     """
     layer = check_decoding_options(model.config, max_len, beam, attention_layer)
     device = next(model.parameters()).device
-    search = greedy_search if beam == 1 else partial(beam_search, beam=beam)
+    if beam > 1:
+        search = partial(beam_search, beam=beam)
+    elif device.type == "cuda":  # on a CPU the eager loop's dropping of ended rows pays more
+        search = partial(greedy_search_static, capture=True)
+    else:
+        search = greedy_search
     with torch.inference_mode(), autocast(device):
         encoded = encode_images(model, [image.to(device) for image in images])
         tokens, attention = search(model, encoded, max_len, () if layer is None else (layer,))

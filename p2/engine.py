@@ -212,8 +212,8 @@ def fit(args):
         check_decoding_options(config, args.max_len)
         _check_output_vocab(args, config, train_ids, val_ids, tokenizer)
         model.to(device)
-        train_loader, val_loader = _build_loaders(args, config, train_samples, train_ids,
-                                                  val_samples, workers, device, dist_info)
+        train_loader, val_loader = build_loaders(args, config, train_samples, train_ids,
+                                                 val_samples, workers, device, dist_info)
         optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
         scheduler = build_scheduler(optimizer, args, len(train_loader))
         scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
@@ -253,8 +253,8 @@ def fit(args):
                     ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
 
 
-def _build_loaders(args, config, train_samples, train_ids, val_samples, workers, device,
-                   dist_info):
+def build_loaders(args, config, train_samples, train_ids, val_samples, workers, device,
+                  dist_info):
     """The training loader (EpochLoader, one item per caption) and this process's validation
     loader (images; evaluate() gathers every process's captions), or None."""
     train_loader = EpochLoader(CaptionPairs(train_samples, train_ids, train_transform(

@@ -297,6 +297,25 @@ class LayerCache:
                 setattr(self, name, value[rows])
 
 
+class StaticLayerCache(LayerCache):
+    """A LayerCache whose self-attention keys and values are preallocated to ``max_len``
+    positions and written in place at ``position`` (a 0-d tensor the state shares): every shape
+    stays fixed from step to step, so that one step can be captured as a CUDA graph. Keys past the
+    position are masked."""
+
+    def __init__(self, memory_k, memory_v, max_len, position):
+        super().__init__(memory_k, memory_v)
+        batch, heads, _, head_dim = memory_k.shape
+        self.k = memory_k.new_zeros(batch, heads, max_len, head_dim)
+        self.v = memory_v.new_zeros(batch, heads, max_len, head_dim)
+        self.position = position
+
+    def extend(self, k, v):
+        self.k.index_copy_(2, self.position.view(1), k.to(self.k.dtype))
+        self.v.index_copy_(2, self.position.view(1), v.to(self.v.dtype))
+        return self.k, self.v
+
+
 class DecoderState:
     """Everything decoding a batch of captions reuses from step to step.
 
@@ -354,13 +373,15 @@ class DecoderEmbeddings(nn.Module):
         self.register_buffer("words", None if words is None else torch.tensor(words),
                              persistent=False)
 
-    def forward(self, tokens, start):
+    def forward(self, tokens, positions):
+        """Embeddings (B, n, D) of ``tokens`` (B, n) at ``positions`` (n,), a tensor, so that a
+        captured decoding step can read its position from the device."""
         if self.words is not None:
             rows = torch.searchsorted(self.words, tokens.contiguous())
             rows = rows.clamp(max=len(self.words) - 1)
             tokens = rows.masked_fill(self.words[rows] != tokens, self.word_embeddings.padding_idx)
-        positions = self.position_embeddings.weight[start:start + tokens.shape[1]]
-        return self.dropout(self.LayerNorm(self.word_embeddings(tokens) + positions))
+        return self.dropout(self.LayerNorm(self.word_embeddings(tokens)
+                                           + self.position_embeddings(positions)))
 
 
 class Decoder(nn.Module):
@@ -451,11 +472,23 @@ class Caption(nn.Module):
                                           pos.flatten(2).transpose(1, 2), mask.flatten(1))
         return EncodedImages(memory, pos.flatten(2).transpose(1, 2), mask)
 
-    def start_decoding(self, encoded):
-        """A DecoderState for ``encoded``, its image keys and values computed once per layer."""
-        layers = [LayerCache(*layer.memory_keys_values(encoded.memory, encoded.pos))
+    def start_decoding(self, encoded, static_length=None):
+        """A DecoderState for ``encoded``, its image keys and values computed once per layer.
+
+        With ``static_length`` the self-attention keys and values are preallocated to that many
+        positions (StaticLayerCache) and ``position`` (a 0-d tensor) says where decode_step writes.
+        """
+        if static_length is None:
+            layers = [LayerCache(*layer.memory_keys_values(encoded.memory, encoded.pos))
+                      for layer in self.transformer.decoder.layers]
+            return DecoderState(layers, encoded.padding.flatten(1))
+        position = torch.zeros((), dtype=torch.long, device=encoded.memory.device)
+        layers = [StaticLayerCache(*layer.memory_keys_values(encoded.memory, encoded.pos),
+                                   static_length, position)
                   for layer in self.transformer.decoder.layers]
-        return DecoderState(layers, encoded.padding.flatten(1))
+        state = DecoderState(layers, encoded.padding.flatten(1))
+        state.position, state.static_length = position, static_length
+        return state
 
     def decode(self, state, tokens, caption_padding=None, attention_layers=(), restricted=False):
         """Logits (B, n, vocab) for the ``tokens`` (B, n) that follow the positions in ``state``.
@@ -469,14 +502,33 @@ class Caption(nn.Module):
         if start + n > self.config["max_position_embeddings"]:
             raise ValueError(f"captions are limited to {self.config['max_position_embeddings']} "
                              "positions")
-        embeddings = self.transformer.embeddings
-        t = embeddings(tokens, start)
-        query_pos = embeddings.position_embeddings.weight[start:start + n]
+        positions = torch.arange(start, start + n, device=tokens.device)
         # query i (at position start + i) sees the positions up to its own
         self_allowed = torch.ones(n, start + n, dtype=torch.bool, device=tokens.device).tril(start)
         if caption_padding is not None:
             past = caption_padding.new_zeros(caption_padding.shape[0], start)
             self_allowed = self_allowed & ~torch.cat((past, caption_padding), 1)[:, None, None]
+        state.length += n
+        return self._decoder(state, tokens, positions, self_allowed, attention_layers, restricted)
+
+    def decode_step(self, state, tokens, attention_layers=()):
+        """decode() of one token per row, ``tokens`` (B,), at ``state.position`` of a state
+        started with ``static_length``, which then moves on by one. Fixed shapes and no host
+        sync, so that it can be captured as a CUDA graph. Returns logits (B, vocab) and the
+        cross-attention (B, len(attention_layers), heads, h*w) or None."""
+        positions = state.position.view(1)
+        # (1 query, every preallocated position): those after this one hold nothing yet
+        self_allowed = (torch.arange(state.static_length, device=tokens.device)
+                        <= state.position)[None]
+        logits, attention = self._decoder(state, tokens[:, None], positions, self_allowed,
+                                          attention_layers)
+        state.position += 1
+        return logits[:, 0], None if attention is None else attention[:, :, :, 0]
+
+    def _decoder(self, state, tokens, positions, self_allowed, attention_layers, restricted=False):
+        embeddings = self.transformer.embeddings
+        t = embeddings(tokens, positions)
+        query_pos = embeddings.position_embeddings(positions)
         memory_allowed = ~state.memory_padding[:, None, None]
         layers = self.transformer.decoder.layers
         # a range counts negative indices from the end and raises IndexError past either end
@@ -485,7 +537,6 @@ class Caption(nn.Module):
         for i, (layer, cache) in enumerate(zip(layers, state.layers)):
             t, weights[i] = layer(t, query_pos, cache, self_allowed, memory_allowed,
                                   need_weights=i in wanted)
-        state.length += n
         attention = torch.stack([weights[i] for i in wanted], 1) if wanted else None
         return self.head(self.transformer.decoder.norm(t), restricted), attention
 

@@ -46,3 +46,15 @@ def test_every_result_says_what_when_and_where_and_transcribed_ones_their_source
         assert {"what", "date", "machine"} <= data.keys(), path.name
         if data.get("transcribed") or path.stem.endswith("_transcribed"):
             assert data["transcribed"] is True and data["source"], path.name
+
+
+def test_speed_rows_of_their_own_batch_and_compile_time_are_shown_as_such():
+    # what bench/p1_speed.py --variants writes on a GPU: each row its batch, compiled ones a time
+    row = {"inference_images_per_s": 100.0, "inference_tflops": 11.1,
+           "share_of_matmul_rate": 0.5, "training_images_per_s": 30.0, "training_tflops": 10.0}
+    lines = tables.RENDERERS["p1_speed"]({"batch": 64, "train_batch": 32, "rows": [
+        {"model": "eager", "batch": 64, "train_batch": 32, "compile_s": None, **row},
+        {"model": "compiled", "batch": 128, "train_batch": 64, "compile_s": 41.6, **row}]})
+    assert lines[0].endswith("| training TFLOP/s | compile s |")
+    assert lines[2] == "| eager | 100.00 (64) | 11.100 | 50% | 30.00 (32) | 10.000 | - |"
+    assert lines[3] == "| compiled | 100.00 (128) | 11.100 | 50% | 30.00 (64) | 10.000 | 42 |"

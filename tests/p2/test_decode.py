@@ -11,7 +11,7 @@ from PIL import ImageOps
 
 from p2.data import pad_batch, preprocess, resize_for_catr
 from p2.decode import (beam_search, caption_images, check_decoding_options, encode_images,
-                       greedy_search, reference_greedy)
+                       greedy_search, greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import SMALL_CONFIG, sample_photos, small_model
@@ -269,3 +269,22 @@ def test_preprocessing_is_catrs_bicubic_resize_and_normalisation():
     expected = (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)
                 - 0.5) / 0.5
     torch.testing.assert_close(preprocess(photo, 299), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_len", [10, 17])
+def test_the_static_cache_search_gives_the_eager_searchs_tokens_and_rows(mixed_images, max_len,
+                                                                          three_word_model):
+    # what a GPU runs (captured as a CUDA graph there), here without graphs: captions that end
+    # at different steps, one that may run to max_len, past the first end-of-caption check; and
+    # a restricted head
+    lengths = set()
+    for model in (small_model(seed=0, end_bias=0.3), three_word_model):
+        with torch.inference_mode():
+            encoded = encode_images(model, mixed_images)
+            eager = greedy_search(model, encoded, max_len, (0, -1))
+            static = greedy_search_static(model, encoded, max_len, (0, -1))
+        assert static[0] == eager[0]
+        lengths |= {len(tokens) for tokens in eager[0]}
+        for got, want in zip(static[1], eager[1]):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert len(lengths) > 2 and max_len in lengths
