@@ -1,2 +1,3 @@
-"""What both problems share: image files, checkpoints, runtime choices, training plumbing, figures,
-errors."""
+"""What both problems share, nothing problem-specific: image files (images), checkpoints, atomic
+files (files), device and cores (runtime), the run skeleton of training (training), figures, the
+command line (cli), the two exceptions a run ends with (errors), synthetic scenes (scenes)."""

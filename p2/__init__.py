@@ -1,1 +1,6 @@
-"""Problem 2: captioning images with CATR and showing where each word looked."""
+"""Problem 2: captioning images with CATR and showing where each word looked.
+
+model (CATR, its cached and static-cache decoding), data (preprocessing, caption files, synthetic
+scenes), decode (greedy, static-cache and beam search, word maps), engine (configurations, one
+epoch, evaluation, fit), metrics, tokenizer, figures (the caption figure); the scripts train,
+inference, visualize and demo are argparse and a call into those."""
