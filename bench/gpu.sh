@@ -35,5 +35,5 @@ run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept
 }
 run jobs 270 python3 -m bench.jobs --device cuda --out "$out/jobs_cuda.json"
 run p2_speed 120 python3 -m bench.p2_speed --device cuda --out "$out/p2_speed_cuda.json"
-run p1_speed 160 python3 -m bench.p1_speed --device cuda --variants --out "$out/p1_speed_gpu.json"
+run p1_speed 160 python3 -m bench.p1_speed --device cuda --variants --out "$out/p1_speed_cuda.json"
 exit "$status"

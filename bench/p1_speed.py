@@ -91,7 +91,7 @@ def main():
     p.add_argument("--variants", action="store_true",
                    help="also torch.compile, the fused optimizer step and a doubled batch")
     p.add_argument("--out", type=Path, help="the JSON (default: bench/results/"
-                   "p1_speed_<cpu|gpu>.json)")
+                   "p1_speed_<cpu|cuda>.json)")
     args = p.parse_args()
     device = pick_device(args.device)
     gpu = device.type == "cuda"
@@ -142,7 +142,7 @@ def main():
               f"{r['training_tflops']:.3f} | {compiled} |")
     if theirs is None:
         print("\n(pytorch-pretrained-vit is not installed here: its row is missing)")
-    write_result(args.out or RESULTS / f"p1_speed_{'gpu' if gpu else 'cpu'}.json",
+    write_result(args.out or RESULTS / f"p1_speed_{device.type}.json",
                  "ViT-B/16 at 384: images/s and TFLOP/s for inference and a training step, "
                  "against a plain matrix product", device=device, classes=37,
                  gflop_per_image=flops / 1e9, matmul_tflops=peak / 1e12,

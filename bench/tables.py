@@ -153,8 +153,11 @@ def p1_position_similarity(data):
 def p2_speed(data):
     return table(["tokens", "CATR loop (s/image)", "project (s/image)", "speed-up",
                   "project decoder only, cached (s)", "decoder only, prefix re-run (s)"],
-                 [[r["tokens"], f"{r['catr_loop_s']:.2f}", f"{r['project_s']:.3f}",
-                   f"**{r['speed_up']:.1f}x**", f"{r['decoder_cached_s']:.3f}",
+                 [[r["tokens"],
+                   "skipped" if r["catr_loop_s"] is None else f"{r['catr_loop_s']:.2f}",
+                   f"{r['project_s']:.3f}",
+                   "-" if r["speed_up"] is None else f"**{r['speed_up']:.1f}x**",
+                   f"{r['decoder_cached_s']:.3f}",
                    f"{r['decoder_prefix_rerun_s']:.3f}"] for r in data["rows"]], "r" * 6)
 
 

@@ -46,7 +46,9 @@ class SeededItems(torch.utils.data.Dataset):
         python_state = random.getstate()
         try:
             with torch.random.fork_rng(devices=[]):
-                seed_generators(self.seed, epoch, index)
+                # the CPU's generator alone: augmentations draw there wherever the image is, and
+                # a GPU's generator belongs to the training step (seed_step)
+                seed_generators(self.seed, epoch, index, devices="cpu")
                 return self.dataset[index]
         finally:
             random.setstate(python_state)
@@ -109,11 +111,15 @@ class EpochLoader:
         return self.loader
 
 
-def seed_generators(seed, *key):
-    """Seed torch's and Python's generators from (seed, *key) alone."""
+def seed_generators(seed, *key, devices="all"):
+    """Seed torch's generators (those of every device, or with ``devices="cpu"`` the CPU's) and
+    Python's from (seed, *key) alone."""
     torch_seed, python_seed = np.random.SeedSequence(
         (seed % 2**63, *key)).generate_state(2, np.uint64).tolist()
-    torch.manual_seed(torch_seed)
+    if devices == "cpu":
+        torch.default_generator.manual_seed(torch_seed)
+    else:
+        torch.manual_seed(torch_seed)
     random.seed(python_seed)
 
 

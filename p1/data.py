@@ -30,13 +30,13 @@ def discover(folder, class_names=None):
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{'not a folder' if folder.exists() else 'not found'}: {folder}")
-    class_dirs = sorted(d for d in folder.iterdir()
-                        if d.is_dir() and not d.name.startswith(".") and any(map(is_image_file, d.iterdir())))
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                        and any(map(is_image_file, d.iterdir())))
     labelled = []
     if class_dirs:
         for d in class_dirs:
             labelled += [(p, d.name) for p in list_images(d)]
-        order = lambda name: name  # noqa: E731
+        order = str  # folder names sort as they are
     else:
         for path in list_images(folder):
             match = COURSE_NAME.fullmatch(path.name)
@@ -161,7 +161,8 @@ class DecodedImages(torch.utils.data.Dataset):
         for item in decoded:
             if item is not None:
                 image, index = item
-                self.images[index] = image.as_subclass(torch.Tensor)
+                # a copy of its own: a worker's tensor keeps a shared-memory file open
+                self.images[index] = image.as_subclass(torch.Tensor).clone()
         self.targets = [target for _, target in samples]
         self.transform = transform
         self.device = device

@@ -162,14 +162,13 @@ def _warn_once(message):
 
 
 def _as_cuda_graph(step, reset):
-    """``step`` recorded as a CUDA graph; returns its replay. Warm-up runs on a side stream first
-    (kernel choices and allocations happen outside the graph), then ``reset`` undoes what they
-    did to the decoding buffers."""
+    """``step`` recorded as a CUDA graph; returns its replay. One warm-up step runs on a side
+    stream first (kernel choices and allocations happen outside the graph; one, as a caption of
+    max_len 2 has room for no more), then ``reset`` undoes what it did to the decoding buffers."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(2):
-            step()
+        step()
     torch.cuda.current_stream().wait_stream(stream)
     reset()
     graph = torch.cuda.CUDAGraph()

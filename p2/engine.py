@@ -203,13 +203,17 @@ def fit(args):
         device = pick_device(args.device, dist_info)
         workers = share_cores(args.workers, device, dist_info.local_world_size)
         resume = load_resume(args.resume, "hw3-p2-catr") if args.resume else None
+        if not args.init:  # before tokenising a whole caption file; --init's config: below
+            check_decoding_options(make_config(resume["config"]) if resume
+                                   else config_from_args(args), args.max_len)
         tokenizer = CaptionTokenizer()
         train_samples = read_caption_file(args.train_json, args.train_dir)
         val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
         train_ids = tokenize_captions(train_samples, tokenizer, args.max_len)
         val_ids = tokenize_captions(val_samples, tokenizer, args.max_len)
         model, config = _model_for_run(args, resume, caption_vocabulary(train_ids))
-        check_decoding_options(config, args.max_len)
+        if args.init:
+            check_decoding_options(config, args.max_len)
         _check_output_vocab(args, config, train_ids, val_ids, tokenizer)
         model.to(device)
         train_loader, val_loader = build_loaders(args, config, train_samples, train_ids,
