@@ -333,6 +333,19 @@ class DecoderState:
         self.memory_padding = self.memory_padding[rows]
 
 
+class StaticDecoderState(DecoderState):
+    """A DecoderState of StaticLayerCaches, all writing at ``position`` (a 0-d tensor) of their
+    ``static_length`` preallocated positions (Caption.decode_step). Its rows stay as they are: a
+    captured step reads these very tensors."""
+
+    def __init__(self, layers, memory_padding, position, static_length):
+        super().__init__(layers, memory_padding)
+        self.position, self.static_length = position, static_length
+
+    def select(self, rows):
+        raise TypeError("a static decoding state keeps its rows; mask ended captions instead")
+
+
 # ---------------------------------------------------------------------------------------------
 # Transformer
 
@@ -475,8 +488,8 @@ class Caption(nn.Module):
     def start_decoding(self, encoded, static_length=None):
         """A DecoderState for ``encoded``, its image keys and values computed once per layer.
 
-        With ``static_length`` the self-attention keys and values are preallocated to that many
-        positions (StaticLayerCache) and ``position`` (a 0-d tensor) says where decode_step writes.
+        With ``static_length``, a StaticDecoderState: the self-attention keys and values
+        preallocated to that many positions, for decode_step.
         """
         if static_length is None:
             layers = [LayerCache(*layer.memory_keys_values(encoded.memory, encoded.pos))
@@ -486,9 +499,7 @@ class Caption(nn.Module):
         layers = [StaticLayerCache(*layer.memory_keys_values(encoded.memory, encoded.pos),
                                    static_length, position)
                   for layer in self.transformer.decoder.layers]
-        state = DecoderState(layers, encoded.padding.flatten(1))
-        state.position, state.static_length = position, static_length
-        return state
+        return StaticDecoderState(layers, encoded.padding.flatten(1), position, static_length)
 
     def decode(self, state, tokens, caption_padding=None, attention_layers=(), restricted=False):
         """Logits (B, n, vocab) for the ``tokens`` (B, n) that follow the positions in ``state``.
