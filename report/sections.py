@@ -234,7 +234,7 @@ def captions(report, checkpoint, image_dir, limit):
     from p2.decode import caption_folder
     from p2.model import load_captioner
     from p2.tokenizer import CaptionTokenizer
-    from p2.figures import draw_caption_figure, figure_panels, panel_columns
+    from p2.figures import caption_figure
 
     model, config = load_captioner(checkpoint)
     tokenizer = CaptionTokenizer()
@@ -252,11 +252,9 @@ def captions(report, checkpoint, image_dir, limit):
     for path, image, result in caption_folder(model, paths, batch_size=1, attention_layer=-1):
         caption = tokenizer.decode(result.tokens)
         pieces = tokenizer.pieces(result.tokens[1:])
-        panels, _ = figure_panels(pieces, result.attention, per_head=False)
-        columns = panel_columns(len(panels), image.width / image.height)
         report.heading(f"{path.name}: \"{caption}\"", level=2)
-        report.figure(draw_caption_figure(image, caption, panels, columns, model.stride),
-                      max_height=14 * cm)
+        report.figure(caption_figure(image, caption, pieces, result.attention, False,
+                                     model.stride), max_height=14 * cm)
         rows = []
         for piece, heat in zip(pieces, result.attention):
             weights = np.sort(heat.ravel())[::-1] / heat.sum()
