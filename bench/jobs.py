@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from bench.measure import write_result
+from hw3core.checkpoints import save_checkpoint
 from hw3core.runtime import Distributed, autocast, pick_device, share_cores
 from p1.data import discover
 from p1.engine import build_loaders
@@ -185,7 +186,7 @@ def run(args, device, work):
     torch.manual_seed(0)
     size = [args.image_size] if args.image_size else None
     weights = build_vit(make_arch(args.model, 1000, size)).state_dict()
-    torch.save(weights, work / "vit_random.pth")
+    save_checkpoint(weights, work / "vit_random.pth")
     train_argv = ["--train-dir", str(work / "pets" / "train"), "--val-dir",
                   str(work / "pets" / "val"), "--out", str(work / "run"), "--model", args.model,
                   "--pretrained", str(work / "vit_random.pth"), "--epochs", str(args.epochs),

@@ -11,8 +11,16 @@ from .files import atomic_path, write_text_atomic
 
 
 def save_checkpoint(obj, path):
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:
+            # torch's zip writer reports a failed write (a full disk) as a RuntimeError about
+            # file positions; given a file object, the OSError it met is the context, which
+            # atomic_path turns into one line naming the checkpoint
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
 
 
 def load_checkpoint(path):

@@ -1,4 +1,6 @@
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,27 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = load_checkpoint(tmp_path / "deep" / "c.pt")
     assert torch.equal(loaded["model"]["w"], obj["model"]["w"]) and loaded["arch"] == obj["arch"]
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["c.pt"]  # no temporary left
+
+
+def test_a_write_the_system_refuses_is_one_line_and_keeps_the_old_checkpoint(tmp_path):
+    # a real refused write, as a full disk gives: a file-size limit makes the kernel fail it
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+    old = path.read_bytes()
+    script = (
+        "import resource, signal, sys, torch\n"
+        "from hw3core.checkpoints import save_checkpoint\n"
+        "from hw3core.errors import UserError\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    save_checkpoint({'w': torch.zeros(1_000_000)}, sys.argv[1])\n"
+        "except UserError as err:\n"
+        "    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout == f"cannot write {path}: File too large\n", done.stderr
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 class Sneaky:
