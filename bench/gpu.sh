@@ -6,12 +6,14 @@
 #    pets-shaped set, hw3_1.sh on 2,200 JPEGs, hw3_2.sh on 100 photos with figures); these also
 #    run the bf16 training, inference and figure paths that CI (CPU only) never does, which the
 #    offline demo's CUDA run used to check (dropped to fit the time);
-# 2. bench/p2_speed.py: caption decoding against CATR's loop, one decoder step;
+# 2. bench/p2_speed.py: the CUDA graphs' captions and maps against the eager path (fp32, bf16),
+#    then caption decoding against CATR's loop, one decoder step, the encoder at batch 1;
 # 3. bench/p1_speed.py --variants: ViT-B/16 inference and training step, with torch.compile, the
 #    fused optimizer step and a doubled batch.
 # Each step is bounded by a timeout; a step that fails or runs out leaves the others' results.
 # Results go to OUT_DIR (default bench/out): the printed tables (*.md) and the JSON files to copy
-# into bench/results/ (then python -m bench.tables updates bench/RESULTS.md).
+# into bench/results/; RESULTS.md then marks a table for each (kinds jobs, p2_speed,
+# p2_decoding_parts, p1_speed: bench/tables.py) and python -m bench.tables fills them.
 # The GPU machine's Python already has torch, torchvision, timm, tokenizers, tqdm, matplotlib
 # and scikit-image. For p1_speed's pytorch-pretrained-vit row, put its wheel in .whl/ first (from
 # the repository root):

@@ -8,7 +8,10 @@ decoder one position per step with cached keys and values. Both run the same ran
 CATR on the same 299 x 224 photo; [SEP] is made impossible so that every caption has exactly the
 asked number of tokens and both procedures do the same work. On a GPU the project decodes with the
 static cache, each step replayed as a CUDA graph (p2.decode.greedy_search_static); the time of one
-such step is measured too, at batch 1 and at the throughput batch. Prints a markdown table.
+such step is measured too, at batch 1 and at the throughput batch, and the backbone and encoder
+at batch 1, eagerly and (CUDA) replayed as a graph (p2.decode.EncoderGraphs). On a GPU it first
+checks what the graphs give against the eager path, in fp32 and in bf16: the tests compare the
+two on a CPU only, where there are no graphs. Prints a markdown table.
 """
 import argparse
 from pathlib import Path
@@ -20,7 +23,8 @@ from skimage import data
 from bench.measure import machine, median_seconds, write_result
 from hw3core.runtime import autocast, pick_device
 from p2.data import preprocess
-from p2.decode import caption_images, encode_images, greedy_search_static, reference_greedy
+from p2.decode import (EncoderGraphs, caption_images, encode_images, greedy_search,
+                       greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 
@@ -60,6 +64,37 @@ def decoder_step_ms(model, encoded, batch, steps, device):
     return 1000 * (long - short) / steps
 
 
+def encoder_ms(model, image, device, graphs=None):
+    """Milliseconds to run the backbone and encoder on one image (with ``graphs``, the shape is
+    recorded in the warm-up calls and then replayed)."""
+    def encode():
+        with torch.inference_mode(), autocast(device):
+            encode_images(model, [image], graphs)
+    encode()
+    return 1000 * median_seconds(encode, 10, device)
+
+
+def graphs_against_eager(model, images, device, max_len=21):
+    """Per precision: how many of ``images``' captions the graphed path (encoder graphs, then the
+    static cache with each step replayed) gives exactly as the eager path does, and the largest
+    difference between their last-layer attention rows where the captions agree."""
+    found = {}
+    for precision in ("fp32", "bf16"):
+        graphs = EncoderGraphs()
+        with torch.inference_mode(), autocast(device, precision):
+            eager = greedy_search(model, encode_images(model, images), max_len, (-1,))
+            # a shape is recorded on its second use: replay it on other inputs, then these
+            for batch in (images, images[::-1], images):
+                encoded = encode_images(model, batch, graphs)
+            graphed = greedy_search_static(model, encoded, max_len, (-1,), capture=True)
+        same = [a == b for a, b in zip(eager[0], graphed[0])]
+        differences = [float((a.float() - b.float()).abs().max())
+                       for a, b, s in zip(eager[1], graphed[1], same) if s]
+        found[precision] = {"identical": sum(same), "captions": len(same),
+                            "max_row_difference": max(differences, default=None)}
+    return found
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -81,6 +116,13 @@ def main():
         model.mlp.layers[-1].bias[END_ID] = -1e4  # captions run to max_len
     photo = Image.fromarray(data.astronaut()).crop((0, 64, 512, 448))  # 4:3, like most COCO
     image = preprocess(photo, model.config["input_size"])
+    check = None
+    if device.type == "cuda":
+        photos = [Image.fromarray(p).convert("RGB").resize((512, 384)) for p in
+                  (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())]
+        photos += [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in photos]
+        check = graphs_against_eager(
+            model, [preprocess(p, model.config["input_size"]).to(device) for p in photos], device)
     # warm up both procedures: on a GPU the first call's kernel selection takes seconds
     caption_images(model, [image], max_len=3)
     reference_greedy(model, image, max_len=3)
@@ -110,6 +152,9 @@ def main():
     single = timed(lambda: [caption_images(model, [im], max_len=21) for im in images[:4]],
                    repeats) / 4
     step_ms = {b: decoder_step_ms(model, encoded, b, 32, device) for b in (1, batch)}
+    encode_ms = {"eager": encoder_ms(model, image.to(device), device),
+                 "graph": (encoder_ms(model, image.to(device), device, EncoderGraphs())
+                           if device.type == "cuda" else None)}
 
     print(f"Machine: {machine(device)}; full-size CATR (ResNet-101), "
           f"random weights, one 299 x 224 image\n")
@@ -126,6 +171,15 @@ def main():
     path = "static cache, CUDA graph" if device.type == "cuda" else "static cache, no graph"
     print(f"\nOne decoder step ({path}): " + ", ".join(
         f"{ms:.3f} ms at batch {b}" for b, ms in step_ms.items()))
+    graphed = (f", {encode_ms['graph']:.2f} ms replayed as a CUDA graph"
+               if encode_ms["graph"] is not None else "")
+    print(f"\nBackbone and encoder, one image: {encode_ms['eager']:.2f} ms eagerly{graphed}")
+    if check:
+        print("\nGraphs against the eager path on this device (tokens; largest attention-row "
+              "difference where the captions agree): " + "; ".join(
+                  f"{precision}: {c['identical']} of {c['captions']} captions identical, "
+                  + ("-" if c["max_row_difference"] is None else f"{c['max_row_difference']:.2e}")
+                  for precision, c in check.items()))
     write_result(
         args.out or RESULTS / f"p2_speed_{device.type}.json",
         "caption decoding: seconds per image of the project's decoder against CATR's loop, "
@@ -138,7 +192,8 @@ def main():
         batched={"tokens": 20, "batch": batch, "images_per_s": batch / batched,
                  "with_maps_images_per_s": batch / with_maps,
                  "one_at_a_time_images_per_s": 1 / single},
-        decoder_step_ms={str(b): ms for b, ms in step_ms.items()})
+        decoder_step_ms={str(b): ms for b, ms in step_ms.items()}, encoder_ms=encode_ms,
+        graphs_against_eager=check)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,38 @@ def p2_speed(data):
                    f"{r['decoder_prefix_rerun_s']:.3f}"] for r in data["rows"]], "r" * 6)
 
 
+def p2_decoding_parts(data):
+    """The parts of a p2_speed run beside its table: batched rates, one decoder step, the
+    encoder at batch 1, and (GPU) the graphs checked against the eager path."""
+    rows = []
+    if "batched" in data:
+        b = data["batched"]
+        rows += [[f"batched captioning, {b['tokens']} tokens, batch {b['batch']}",
+                  f"{b['images_per_s']:.1f} images/s"],
+                 ["the same, with the last layer's word maps",
+                  f"{b['with_maps_images_per_s']:.1f} images/s"],
+                 ["one image at a time", f"{b['one_at_a_time_images_per_s']:.1f} images/s"]]
+    for batch, ms in data.get("decoder_step_ms", {}).items():
+        rows.append([f"one decoder step ({data['decoder_path']}), batch {batch}", f"{ms:.3f} ms"])
+    for path, ms in (data.get("encoder_ms") or {}).items():
+        if ms is not None:
+            how = "eagerly" if path == "eager" else "replayed as a CUDA graph"
+            rows.append([f"backbone and encoder, one image, {how}", f"{ms:.2f} ms"])
+    for precision, c in (data.get("graphs_against_eager") or {}).items():
+        worst = c["max_row_difference"]
+        rows.append([f"graphs against the eager path, {precision}",
+                     f"{c['identical']} of {c['captions']} captions identical; attention rows "
+                     f"within {'-' if worst is None else f'{worst:.1e}'}"])
+    return table(["measure", "value"], rows, "lr")
+
+
+def jobs(data):
+    """bench/jobs.py: each whole job's wall-clock time against the issue's target."""
+    return table(["job", "wall-clock s", "target s", "images"],
+                 [[name, f"{job['seconds']:.1f}", data["targets_s"][name], job["images"]]
+                  for name, job in data["jobs"].items()], "lrrr")
+
+
 P2_LAYER_HEADER = ["decoder layer", "pointing: cell centre in the box", "colour words",
                    "shape words", "pointing: cell overlaps the box",
                    "pointing game: within 15 px"]
@@ -272,7 +304,7 @@ RENDERERS = {
     "p2_attention_layers_mass": p2_attention_layers_mass,
     "p2_attention_baselines": p2_attention_baselines,
     "p2_recipe_search": p2_recipe_search, "p2_demo_precision": p2_demo_precision,
-    "sweep_demo": sweep_demo,
+    "sweep_demo": sweep_demo, "p2_decoding_parts": p2_decoding_parts, "jobs": jobs,
 }
 
 

@@ -11,7 +11,10 @@ pixel mask can keep a padded row), so images of other sizes get their own pass, 
 feature maps are padded and masked: a caption never depends on the images batched with it.
 """
 import functools
+import itertools
 import sys
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -45,11 +48,16 @@ def check_decoding_options(config, max_len, beam=1, layer=None):
     return layer % layers
 
 
-def encode_images(model, images):
-    """EncodedImages for (3, h, w) tensors of any sizes; one backbone pass per distinct size."""
+def encode_images(model, images, graphs=None):
+    """EncodedImages for (3, h, w) tensors of any sizes; one backbone pass per distinct size.
+
+    With ``graphs`` (an EncoderGraphs, CUDA), images all of one size run as a recorded graph.
+    """
     by_size = {}
     for i, image in enumerate(images):
         by_size.setdefault(tuple(image.shape[1:]), []).append(i)
+    if graphs is not None and len(by_size) == 1:
+        return graphs(model, *pad_batch(images))
     features = [None] * len(images)
     for indices in by_size.values():
         group = model.image_features(*pad_batch([images[i] for i in indices]))
@@ -64,6 +72,72 @@ def encode_images(model, images):
     return model.encode(torch.stack([pad(f, 0) for f, _, _ in features]),
                         torch.stack([pad(m, True) for _, m, _ in features]),
                         torch.stack([pad(p, 0) for _, _, p in features]))
+
+
+class EncoderGraphs:
+    """A model's backbone and encoder as CUDA graphs, one per input shape, precision, inference
+    mode and set of weights. At batch 1 they are a few hundred small kernels whose launches cost more than their
+    work; one graph replay launches them all at once.
+
+    A shape is recorded the second time it comes: recording costs about two eager runs, which a
+    size met only once would not win back. The ``capacity`` most recently used graphs are kept.
+    A shape whose recording fails runs eagerly from then on, after a one-line warning. ``record``
+    is _as_cuda_graph, or a stand-in for tests on a CPU.
+    """
+
+    def __init__(self, capacity=8, record=None):
+        self.capacity = capacity
+        self.record = record or _as_cuda_graph
+        self.seen = set()
+        self.graphs = OrderedDict()  # key -> (replay, static inputs, static outputs) or None
+
+    def __call__(self, model, images, pixel_mask):
+        # the graph reads the weights where they were when it was recorded: a model moved or
+        # reloaded into new tensors is another key
+        weights = tuple(t.data_ptr() for t in itertools.chain(model.parameters(),
+                                                              model.buffers()))
+        device = images.device.type
+        precision = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        key = (tuple(images.shape), images.dtype, precision, torch.is_inference_mode_enabled(),
+               weights)
+        if key not in self.graphs:
+            if key not in self.seen:
+                self.seen.add(key)
+                return model.encode(*model.image_features(images, pixel_mask))
+            self.graphs[key] = self._record(model, images, pixel_mask)
+            if len(self.graphs) > self.capacity:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        if self.graphs[key] is None:
+            return model.encode(*model.image_features(images, pixel_mask))
+        replay, inputs, outputs = self.graphs[key]
+        inputs[0].copy_(images)
+        inputs[1].copy_(pixel_mask)
+        replay()
+        # the next replay overwrites the outputs, and a caller may keep these
+        return EncodedImages(*(x.clone() for x in outputs))
+
+    def _record(self, model, images, pixel_mask):
+        inputs = (images.clone(), pixel_mask.clone())
+        outputs = []
+
+        def step():
+            encoded = model.encode(*model.image_features(*inputs))
+            outputs[:] = (encoded.memory, encoded.pos, encoded.padding)
+        try:
+            return self.record(step, reset=lambda: None), inputs, outputs
+        except RuntimeError as err:  # a kernel that cannot be captured: slower, still right
+            _warn_once(f"warning: encoding images without a CUDA graph "
+                       f"({str(err).splitlines()[0]})")
+            return None
+
+
+_ENCODER_GRAPHS = weakref.WeakKeyDictionary()
+
+
+def encoder_graphs(model):
+    """The EncoderGraphs kept for ``model`` while it lives."""
+    return _ENCODER_GRAPHS.setdefault(model, EncoderGraphs())
 
 
 def greedy_search(model, encoded, max_len, attention_layers=()):
@@ -281,8 +355,9 @@ def caption_images(model, images, max_len=128, beam=1, attention_layer=None, per
         search = partial(greedy_search_static, capture=True)
     else:
         search = greedy_search
+    graphs = encoder_graphs(model) if device.type == "cuda" else None
     with torch.inference_mode(), autocast(device):
-        encoded = encode_images(model, [image.to(device) for image in images])
+        encoded = encode_images(model, [image.to(device) for image in images], graphs)
         tokens, attention = search(model, encoded, max_len, () if layer is None else (layer,))
     return [Captioned(t, None if a is None else _attention_maps(a[:, 0], encoded, i, per_head))
             for i, (t, a) in enumerate(zip(tokens, attention))]

@@ -58,3 +58,32 @@ def test_speed_rows_of_their_own_batch_and_compile_time_are_shown_as_such():
     assert lines[0].endswith("| training TFLOP/s | compile s |")
     assert lines[2] == "| eager | 100.00 (64) | 11.100 | 50% | 30.00 (32) | 10.000 | - |"
     assert lines[3] == "| compiled | 100.00 (128) | 11.100 | 50% | 30.00 (64) | 10.000 | 42 |"
+
+
+def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_checks():
+    # what bench/jobs.py and bench/p2_speed.py write on a GPU, which no CI machine has
+    jobs = {"targets_s": {"fine_tune": 90, "hw3_1": 20},
+            "jobs": {"fine_tune": {"seconds": 71.24, "images": 3680, "epochs": 10},
+                     "hw3_1": {"seconds": 12.06, "images": 2200}}}
+    assert tables.RENDERERS["jobs"](jobs)[2:] == ["| fine_tune | 71.2 | 90 | 3680 |",
+                                                  "| hw3_1 | 12.1 | 20 | 2200 |"]
+    parts = {"decoder_path": "static cache, CUDA graph",
+             "batched": {"tokens": 20, "batch": 64, "images_per_s": 2500.0,
+                         "with_maps_images_per_s": 2100.0, "one_at_a_time_images_per_s": 90.0},
+             "decoder_step_ms": {"1": 0.41, "64": 0.52},
+             "encoder_ms": {"eager": 31.0, "graph": 6.5},
+             "graphs_against_eager": {
+                 "fp32": {"identical": 8, "captions": 8, "max_row_difference": 2.9e-8},
+                 "bf16": {"identical": 7, "captions": 8, "max_row_difference": None}}}
+    lines = tables.RENDERERS["p2_decoding_parts"](parts)
+    assert "| one decoder step (static cache, CUDA graph), batch 1 | 0.410 ms |" in lines
+    assert "| backbone and encoder, one image, replayed as a CUDA graph | 6.50 ms |" in lines
+    assert ("| graphs against the eager path, fp32 | 8 of 8 captions identical; attention rows "
+            "within 2.9e-08 |") in lines
+    assert lines[-1].startswith("| graphs against the eager path, bf16 | 7 of 8")
+    # a CPU run has no graphs: no rows for them
+    cpu = {**parts, "decoder_path": "static cache, no graph",
+           "encoder_ms": {"eager": 400.0, "graph": None}, "graphs_against_eager": None}
+    lines = tables.RENDERERS["p2_decoding_parts"](cpu)
+    assert "| backbone and encoder, one image, eagerly | 400.00 ms |" in lines
+    assert not [line for line in lines if "replayed" in line or "against the eager" in line]

@@ -10,8 +10,8 @@ from hw3core.errors import UserError
 from PIL import ImageOps
 
 from p2.data import pad_batch, preprocess, resize_for_catr
-from p2.decode import (beam_search, caption_images, check_decoding_options, encode_images,
-                       greedy_search, greedy_search_static, reference_greedy)
+from p2.decode import (EncoderGraphs, beam_search, caption_images, check_decoding_options,
+                       encode_images, greedy_search, greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import SMALL_CONFIG, sample_photos, small_model
@@ -288,3 +288,66 @@ def test_the_static_cache_search_gives_the_eager_searchs_tokens_and_rows(mixed_i
         for got, want in zip(static[1], eager[1]):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert len(lengths) > 2 and max_len in lengths
+
+
+class StandInRecorder:
+    """What _as_cuda_graph does, without CUDA: one warm-up run, then a 'replay' that runs the
+    recorded step again on its static inputs; or it fails as a kernel that cannot be captured."""
+
+    def __init__(self, fail=False):
+        self.recorded, self.fail = 0, fail
+
+    def __call__(self, step, reset):
+        step()
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        self.recorded += 1
+        return step
+
+
+def assert_same_encoding(got, want):
+    for a, b in zip((got.memory, got.pos, got.padding), (want.memory, want.pos, want.padding)):
+        assert torch.equal(a, b)
+
+
+def test_encoder_graphs_record_a_shape_on_its_second_use_and_replay_it_on_new_images(
+        model, mixed_images, capsys):
+    wide, wide_mirrored, tall, square, square_flipped = mixed_images
+    recorder = StandInRecorder()
+    graphs = EncoderGraphs(capacity=2, record=recorder)
+    with torch.inference_mode():
+        def check(batch):
+            assert_same_encoding(encode_images(model, batch, graphs), encode_images(model, batch))
+        check([wide])
+        assert recorder.recorded == 0  # a size met once runs eagerly
+        check([wide_mirrored])
+        assert recorder.recorded == 1
+        check([wide])  # replayed on the static inputs, refreshed with this image
+        check([square, square_flipped])
+        check([square_flipped, square])
+        check([tall])
+        check([tall])
+        assert recorder.recorded == 3 and len(graphs.graphs) == 2  # the wide one was dropped
+        check([wide])
+        assert recorder.recorded == 4
+        check([wide, tall])  # two sizes: padded feature maps, the eager way
+        assert recorder.recorded == 4
+
+    failing = EncoderGraphs(record=StandInRecorder(fail=True))
+    with torch.inference_mode():
+        for _ in range(3):
+            assert_same_encoding(encode_images(model, [tall], failing),
+                                 encode_images(model, [tall]))
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == ["warning: encoding images without a CUDA graph "
+                        "(operation not permitted when stream is capturing)"]
+
+
+def test_encoder_graphs_never_replay_weights_a_model_no_longer_has(model, images):
+    graphs = EncoderGraphs(record=StandInRecorder())
+    other = small_model(seed=1)
+    with torch.inference_mode():
+        for _ in range(2):
+            encode_images(model, images[:1], graphs)
+        assert_same_encoding(encode_images(other, images[:1], graphs),
+                             encode_images(other, images[:1]))
