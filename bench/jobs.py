@@ -39,7 +39,7 @@ from p1.model import DEFAULT_MEAN, DEFAULT_STD, make_arch
 from p1.model import build_model as build_vit
 from p1.train import parse_args as parse_train_args
 from p2.data import preprocess
-from p2.decode import encode_images, greedy_search_static
+from p2.decode import cuda_graphs, encode_images, greedy_search_static
 from p2.model import build_model as build_catr
 from p2.model import save_captioner
 from p2.tokenizer import END_ID
@@ -117,6 +117,7 @@ def typical_captioner(device, photos):
     The bias changes the head alone, so the photos are encoded once."""
     torch.manual_seed(0)
     model = build_catr().to(device)
+    graphs = cuda_graphs(model) if device.type == "cuda" else None  # the head changes in place
     head = model.mlp.layers[-1].bias
     original = head[END_ID].item()
     with torch.inference_mode(), autocast(device):
@@ -127,7 +128,7 @@ def typical_captioner(device, photos):
         with torch.no_grad():
             head[END_ID] = original + bias
         with torch.inference_mode(), autocast(device):
-            tokens, _ = greedy_search_static(model, encoded, 48, capture=device.type == "cuda")
+            tokens, _ = greedy_search_static(model, encoded, 48, graphs=graphs)
         return [len(ids) - 2 for ids in tokens]
 
     # the images' captions flip from long to ended within a narrow band of biases: bisect

@@ -9,7 +9,7 @@ CATR on the same 299 x 224 photo; [SEP] is made impossible so that every caption
 asked number of tokens and both procedures do the same work. On a GPU the project decodes with the
 static cache, each step replayed as a CUDA graph (p2.decode.greedy_search_static); the time of one
 such step is measured too, at batch 1 and at the throughput batch, and the backbone and encoder
-at batch 1, eagerly and (CUDA) replayed as a graph (p2.decode.EncoderGraphs). On a GPU it first
+at batch 1, eagerly and (CUDA) replayed as a graph (p2.decode.CudaGraphs). On a GPU it first
 checks what the graphs give against the eager path, in fp32 and in bf16: the tests compare the
 two on a CPU only, where there are no graphs. Prints a markdown table.
 """
@@ -23,7 +23,7 @@ from skimage import data
 from bench.measure import machine, median_seconds, write_result
 from hw3core.runtime import autocast, pick_device
 from p2.data import preprocess
-from p2.decode import (EncoderGraphs, caption_images, encode_images, greedy_search,
+from p2.decode import (CudaGraphs, caption_images, encode_images, greedy_search,
                        greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
@@ -50,15 +50,16 @@ def decoder_only(model, encoded, tokens, cache):
 
 def decoder_step_ms(model, encoded, batch, steps, device):
     """Milliseconds per decoding step of greedy_search_static for ``batch`` copies of one
-    encoded image, captured as a CUDA graph on a GPU (the capture and its warm-up excluded:
-    the steps are timed as a difference of two lengths)."""
+    encoded image, replayed as a CUDA graph on a GPU (recorded in the untimed warm-up call; the
+    steps are timed as a difference of two lengths, which leaves out the per-call work)."""
     memory, pos, padding = (x.expand(batch, *x.shape[1:]) for x in
                             (encoded.memory, encoded.pos, encoded.padding))
     many = EncodedImages(memory.contiguous(), pos.contiguous(), padding.contiguous())
+    graphs = CudaGraphs() if device.type == "cuda" else None
 
     def decode(length):
         with torch.inference_mode(), autocast(device):
-            greedy_search_static(model, many, length, capture=device.type == "cuda")
+            greedy_search_static(model, many, length, graphs=graphs)
 
     short, long = (median_seconds(lambda n=n: decode(n), 3, device) for n in (9, 9 + steps))
     return 1000 * (long - short) / steps
@@ -80,13 +81,14 @@ def graphs_against_eager(model, images, device, max_len=21):
     difference between their last-layer attention rows where the captions agree."""
     found = {}
     for precision in ("fp32", "bf16"):
-        graphs = EncoderGraphs()
+        graphs = CudaGraphs()
         with torch.inference_mode(), autocast(device, precision):
             eager = greedy_search(model, encode_images(model, images), max_len, (-1,))
-            # a shape is recorded on its second use: replay it on other inputs, then these
+            # graphs replayed on other inputs first, then on these (the encoder's is recorded
+            # on its second use, the decoder's on its first)
             for batch in (images, images[::-1], images):
                 encoded = encode_images(model, batch, graphs)
-            graphed = greedy_search_static(model, encoded, max_len, (-1,), capture=True)
+                graphed = greedy_search_static(model, encoded, max_len, (-1,), graphs)
         same = [a == b for a, b in zip(eager[0], graphed[0])]
         differences = [float((a.float() - b.float()).abs().max())
                        for a, b, s in zip(eager[1], graphed[1], same) if s]
@@ -153,7 +155,7 @@ def main():
                    repeats) / 4
     step_ms = {b: decoder_step_ms(model, encoded, b, 32, device) for b in (1, batch)}
     encode_ms = {"eager": encoder_ms(model, image.to(device), device),
-                 "graph": (encoder_ms(model, image.to(device), device, EncoderGraphs())
+                 "graph": (encoder_ms(model, image.to(device), device, CudaGraphs())
                            if device.type == "cuda" else None)}
 
     print(f"Machine: {machine(device)}; full-size CATR (ResNet-101), "

@@ -51,13 +51,13 @@ def check_decoding_options(config, max_len, beam=1, layer=None):
 def encode_images(model, images, graphs=None):
     """EncodedImages for (3, h, w) tensors of any sizes; one backbone pass per distinct size.
 
-    With ``graphs`` (an EncoderGraphs, CUDA), images all of one size run as a recorded graph.
+    With ``graphs`` (CudaGraphs), images all of one size run as a recorded graph.
     """
     by_size = {}
     for i, image in enumerate(images):
         by_size.setdefault(tuple(image.shape[1:]), []).append(i)
     if graphs is not None and len(by_size) == 1:
-        return graphs(model, *pad_batch(images))
+        return _encode_one_size(model, *pad_batch(images), graphs)
     features = [None] * len(images)
     for indices in by_size.values():
         group = model.image_features(*pad_batch([images[i] for i in indices]))
@@ -74,70 +74,79 @@ def encode_images(model, images, graphs=None):
                         torch.stack([pad(p, 0) for _, _, p in features]))
 
 
-class EncoderGraphs:
-    """A model's backbone and encoder as CUDA graphs, one per input shape, precision, inference
-    mode and set of weights. At batch 1 they are a few hundred small kernels whose launches cost more than their
-    work; one graph replay launches them all at once.
+class CudaGraphs:
+    """Recorded CUDA graphs of one model, kept for reuse: the ``capacity`` most recently used.
 
-    A shape is recorded the second time it comes: recording costs about two eager runs, which a
-    size met only once would not win back. The ``capacity`` most recently used graphs are kept.
-    A shape whose recording fails runs eagerly from then on, after a one-line warning. ``record``
-    is _as_cuda_graph, or a stand-in for tests on a CPU.
+    At batch 1 a backbone pass or a decoder step is a few hundred small kernels whose launches
+    cost more than their work; one graph replay launches them all at once. A graph reads the
+    very tensors it was recorded with, so an entry is keyed by where the model's weights are,
+    the autocast precision and inference mode, besides the caller's own key (its shapes and
+    options). An entry is recorded at its ``record_on_use``-th use: recording costs about two
+    eager runs, which a backbone pass of a size met once would not win back. A recording that
+    fails (a kernel that cannot be captured) gives a one-line warning, and that key runs eagerly
+    from then on. ``record`` is _as_cuda_graph, or a stand-in for tests on a CPU.
     """
 
     def __init__(self, capacity=8, record=None):
         self.capacity = capacity
         self.record = record or _as_cuda_graph
-        self.seen = set()
-        self.graphs = OrderedDict()  # key -> (replay, static inputs, static outputs) or None
+        self.uses = {}  # key -> uses so far, while short of recording
+        self.entries = OrderedDict()  # key -> (replay, what build() gave) or None: eager
 
-    def __call__(self, model, images, pixel_mask):
-        # the graph reads the weights where they were when it was recorded: a model moved or
-        # reloaded into new tensors is another key
+    def get(self, model, key, build, record_on_use=1):
+        """(replay, payload) for ``key``, recording ``build()``'s (step, reset, payload) when
+        it is time; None where the caller is to run eagerly."""
         weights = tuple(t.data_ptr() for t in itertools.chain(model.parameters(),
                                                               model.buffers()))
-        device = images.device.type
+        device = next(model.parameters()).device.type
         precision = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        key = (tuple(images.shape), images.dtype, precision, torch.is_inference_mode_enabled(),
-               weights)
-        if key not in self.graphs:
-            if key not in self.seen:
-                self.seen.add(key)
-                return model.encode(*model.image_features(images, pixel_mask))
-            self.graphs[key] = self._record(model, images, pixel_mask)
-            if len(self.graphs) > self.capacity:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(key)
-        if self.graphs[key] is None:
-            return model.encode(*model.image_features(images, pixel_mask))
-        replay, inputs, outputs = self.graphs[key]
-        inputs[0].copy_(images)
-        inputs[1].copy_(pixel_mask)
-        replay()
-        # the next replay overwrites the outputs, and a caller may keep these
-        return EncodedImages(*(x.clone() for x in outputs))
+        key = (key, precision, torch.is_inference_mode_enabled(), weights)
+        if key not in self.entries:
+            self.uses[key] = self.uses.get(key, 0) + 1
+            if self.uses[key] < record_on_use:
+                return None
+            del self.uses[key]
+            step, reset, payload = build()
+            try:
+                self.entries[key] = self.record(step, reset), payload
+            except RuntimeError as err:  # a kernel that cannot be captured: slower, still right
+                _warn_once(f"warning: running without a CUDA graph ({str(err).splitlines()[0]})")
+                self.entries[key] = None
+            if len(self.entries) > self.capacity:
+                self.entries.popitem(last=False)
+        self.entries.move_to_end(key)
+        return self.entries[key]
 
-    def _record(self, model, images, pixel_mask):
-        inputs = (images.clone(), pixel_mask.clone())
-        outputs = []
+
+_CUDA_GRAPHS = weakref.WeakKeyDictionary()
+
+
+def cuda_graphs(model):
+    """The CudaGraphs kept for ``model`` while it lives."""
+    return _CUDA_GRAPHS.setdefault(model, CudaGraphs())
+
+
+def _encode_one_size(model, images, pixel_mask, graphs):
+    """model.encode(*model.image_features(...)), replayed from ``graphs`` where it has a graph
+    for this shape (recorded on the shape's second use)."""
+    def build():
+        inputs, outputs = (images.clone(), pixel_mask.clone()), []
 
         def step():
             encoded = model.encode(*model.image_features(*inputs))
             outputs[:] = (encoded.memory, encoded.pos, encoded.padding)
-        try:
-            return self.record(step, reset=lambda: None), inputs, outputs
-        except RuntimeError as err:  # a kernel that cannot be captured: slower, still right
-            _warn_once(f"warning: encoding images without a CUDA graph "
-                       f"({str(err).splitlines()[0]})")
-            return None
+        return step, lambda: None, (inputs, outputs)
 
-
-_ENCODER_GRAPHS = weakref.WeakKeyDictionary()
-
-
-def encoder_graphs(model):
-    """The EncoderGraphs kept for ``model`` while it lives."""
-    return _ENCODER_GRAPHS.setdefault(model, EncoderGraphs())
+    recorded = graphs.get(model, ("encoder", tuple(images.shape), images.dtype), build,
+                          record_on_use=2)
+    if recorded is None:
+        return model.encode(*model.image_features(images, pixel_mask))
+    replay, (inputs, outputs) = recorded
+    inputs[0].copy_(images)
+    inputs[1].copy_(pixel_mask)
+    replay()
+    # the next replay overwrites the outputs, and a caller may keep these
+    return EncodedImages(*(x.clone() for x in outputs))
 
 
 def greedy_search(model, encoded, max_len, attention_layers=()):
@@ -178,56 +187,84 @@ def greedy_search(model, encoded, max_len, attention_layers=()):
 ENDED_CHECK_EVERY = 8
 
 
-def greedy_search_static(model, encoded, max_len, attention_layers=(), capture=False):
+class _StaticGreedy:
+    """The fixed-shape buffers of greedy_search_static and its step, which reads and writes only
+    them: the decoding state, the tokens so far, which captions ended, the attention rows."""
+
+    def __init__(self, model, encoded, max_len, attention_layers):
+        count, device = encoded.memory.shape[0], encoded.memory.device
+        self.model, self.max_len, self.attention_layers = model, max_len, attention_layers
+        self.state = model.start_decoding(encoded, static_length=max_len)
+        self.tokens = torch.full((count, max_len), PAD_ID, device=device)
+        self.ended = torch.zeros(count, dtype=torch.bool, device=device)
+        self.rows = None
+        if attention_layers:
+            self.rows = torch.zeros(count, max_len - 1, len(attention_layers),
+                                    model.config["nheads"], encoded.memory.shape[1],
+                                    device=device)
+
+    def load(self, encoded):
+        """Other images of the same shapes: their keys and values into the state's buffers."""
+        for layer, cache in zip(self.model.transformer.decoder.layers, self.state.layers):
+            memory_k, memory_v = layer.memory_keys_values(encoded.memory, encoded.pos)
+            cache.memory_k.copy_(memory_k)
+            cache.memory_v.copy_(memory_v)
+        self.state.memory_padding.copy_(encoded.padding.flatten(1))
+
+    def reset(self):
+        self.tokens.fill_(PAD_ID)
+        self.tokens[:, 0] = START_ID
+        self.ended.zero_()
+        self.state.position.zero_()
+
+    def step(self):
+        state = self.state
+        current = self.tokens.index_select(1, state.position.view(1))[:, 0]
+        logits, weights = self.model.decode_step(state, current, self.attention_layers)
+        written = state.position.view(1)  # moved on by one: where the next token goes
+        next_ids = logits.argmax(-1).masked_fill(self.ended, PAD_ID)
+        self.tokens.index_copy_(1, written, next_ids[:, None])
+        if self.rows is not None:
+            self.rows.index_copy_(1, written - 1, weights[:, None].to(self.rows.dtype))
+        self.ended.logical_or_(next_ids == END_ID)
+
+    def results(self):
+        """Each row's tokens to its [SEP] and its attention rows (copies: the buffers are
+        reused)."""
+        found, attention = [], []
+        for row, ids in enumerate(self.tokens.tolist()):
+            length = ids.index(END_ID) + 1 if END_ID in ids else self.max_len
+            found.append(ids[:length])
+            attention.append(None if self.rows is None else self.rows[row, :length - 1].clone())
+        return found, attention
+
+
+def greedy_search_static(model, encoded, max_len, attention_layers=(), graphs=None):
     """greedy_search with fixed shapes: the self-attention cache preallocated to ``max_len``
     positions, every row decoded at every step (a row that ended emits [PAD]), the next token,
     the end test and the attention rows kept on the device. So a step runs no host sync, and
-    with ``capture`` (CUDA) it is recorded once as a CUDA graph and replayed, which takes the
-    launch and Python overhead of a step's few hundred small kernels out of the loop. The
-    result is greedy_search's: the same tokens, the same rows."""
-    count, device = encoded.memory.shape[0], encoded.memory.device
-    state = model.start_decoding(encoded, static_length=max_len)
-    tokens = torch.full((count, max_len), PAD_ID, device=device)
-    ended = torch.zeros(count, dtype=torch.bool, device=device)
-    rows = None
-    if attention_layers:
-        rows = torch.zeros(count, max_len - 1, len(attention_layers), model.config["nheads"],
-                           encoded.memory.shape[1], device=device)
+    with ``graphs`` (CudaGraphs) it is replayed as a CUDA graph, recorded at the first call of
+    these shapes and options, which takes the launch and Python overhead of a step's few hundred
+    small kernels out of the loop. The result is greedy_search's: the same tokens and rows."""
+    def build():
+        decoding = _StaticGreedy(model, encoded, max_len, attention_layers)
+        return decoding.step, decoding.reset, decoding
 
-    def reset():
-        tokens.fill_(PAD_ID)
-        tokens[:, 0] = START_ID
-        ended.zero_()
-        state.position.zero_()
-
-    def step():
-        current = tokens.index_select(1, state.position.view(1))[:, 0]
-        logits, weights = model.decode_step(state, current, attention_layers)
-        written = state.position.view(1)  # moved on by one: where the next token goes
-        next_ids = logits.argmax(-1).masked_fill(ended, PAD_ID)
-        tokens.index_copy_(1, written, next_ids[:, None])
-        if rows is not None:
-            rows.index_copy_(1, written - 1, weights[:, None].to(rows.dtype))
-        ended.logical_or_(next_ids == END_ID)
-
-    reset()
-    run = step
-    if capture:
-        try:
-            run = _as_cuda_graph(step, reset)
-        except RuntimeError as err:  # a kernel that cannot be captured: slower, still right
-            _warn_once(f"warning: decoding without a CUDA graph ({str(err).splitlines()[0]})")
-            reset()
+    key = ("decoder", tuple(encoded.memory.shape), encoded.memory.dtype, max_len,
+           tuple(attention_layers))
+    recorded = graphs.get(model, key, build) if graphs is not None else None
+    if recorded is None:
+        decoding = _StaticGreedy(model, encoded, max_len, attention_layers)
+        run = decoding.step
+    else:
+        run, decoding = recorded
+        decoding.load(encoded)
+    decoding.reset()
     for i in range(max_len - 1):
         run()
-        if (i + 1) % ENDED_CHECK_EVERY == 0 and bool(ended.all()):
+        if (i + 1) % ENDED_CHECK_EVERY == 0 and bool(decoding.ended.all()):
             break
-    found, attention = [], []
-    for row, ids in enumerate(tokens.tolist()):
-        length = ids.index(END_ID) + 1 if END_ID in ids else max_len
-        found.append(ids[:length])
-        attention.append(None if rows is None else rows[row, :length - 1])
-    return found, attention
+    return decoding.results()
 
 
 @functools.cache
@@ -238,7 +275,7 @@ def _warn_once(message):
 def _as_cuda_graph(step, reset):
     """``step`` recorded as a CUDA graph; returns its replay. One warm-up step runs on a side
     stream first (kernel choices and allocations happen outside the graph; one, as a caption of
-    max_len 2 has room for no more), then ``reset`` undoes what it did to the decoding buffers."""
+    max_len 2 has room for no more), then ``reset`` undoes what it did to the buffers it writes."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -352,10 +389,10 @@ def caption_images(model, images, max_len=128, beam=1, attention_layer=None, per
     if beam > 1:
         search = partial(beam_search, beam=beam)
     elif device.type == "cuda":  # on a CPU the eager loop's dropping of ended rows pays more
-        search = partial(greedy_search_static, capture=True)
+        search = partial(greedy_search_static, graphs=cuda_graphs(model))
     else:
         search = greedy_search
-    graphs = encoder_graphs(model) if device.type == "cuda" else None
+    graphs = cuda_graphs(model) if device.type == "cuda" else None
     with torch.inference_mode(), autocast(device):
         encoded = encode_images(model, [image.to(device) for image in images], graphs)
         tokens, attention = search(model, encoded, max_len, () if layer is None else (layer,))

@@ -10,7 +10,7 @@ from hw3core.errors import UserError
 from PIL import ImageOps
 
 from p2.data import pad_batch, preprocess, resize_for_catr
-from p2.decode import (EncoderGraphs, beam_search, caption_images, check_decoding_options,
+from p2.decode import (CudaGraphs, beam_search, caption_images, check_decoding_options,
                        encode_images, greedy_search, greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
@@ -291,14 +291,15 @@ def test_the_static_cache_search_gives_the_eager_searchs_tokens_and_rows(mixed_i
 
 
 class StandInRecorder:
-    """What _as_cuda_graph does, without CUDA: one warm-up run, then a 'replay' that runs the
-    recorded step again on its static inputs; or it fails as a kernel that cannot be captured."""
+    """What _as_cuda_graph does, without CUDA: a warm-up step, reset, then a 'replay' that runs
+    the recorded step again on its own buffers; or it fails as a kernel that cannot be captured."""
 
     def __init__(self, fail=False):
         self.recorded, self.fail = 0, fail
 
     def __call__(self, step, reset):
         step()
+        reset()
         if self.fail:
             raise RuntimeError("operation not permitted when stream is capturing\nmore")
         self.recorded += 1
@@ -311,10 +312,10 @@ def assert_same_encoding(got, want):
 
 
 def test_encoder_graphs_record_a_shape_on_its_second_use_and_replay_it_on_new_images(
-        model, mixed_images, capsys):
+        model, mixed_images):
     wide, wide_mirrored, tall, square, square_flipped = mixed_images
     recorder = StandInRecorder()
-    graphs = EncoderGraphs(capacity=2, record=recorder)
+    graphs = CudaGraphs(capacity=2, record=recorder)
     with torch.inference_mode():
         def check(batch):
             assert_same_encoding(encode_images(model, batch, graphs), encode_images(model, batch))
@@ -327,27 +328,61 @@ def test_encoder_graphs_record_a_shape_on_its_second_use_and_replay_it_on_new_im
         check([square_flipped, square])
         check([tall])
         check([tall])
-        assert recorder.recorded == 3 and len(graphs.graphs) == 2  # the wide one was dropped
+        assert recorder.recorded == 3 and len(graphs.entries) == 2  # the wide one was dropped
+        check([wide])
         check([wide])
         assert recorder.recorded == 4
         check([wide, tall])  # two sizes: padded feature maps, the eager way
         assert recorder.recorded == 4
 
-    failing = EncoderGraphs(record=StandInRecorder(fail=True))
+
+def test_the_decoders_graph_is_recorded_once_and_replayed_on_other_images(mixed_images):
+    # [SEP] about as likely as a word: the captions of each batch end at different steps
+    model = small_model(seed=0, end_bias=0.3)
+    recorder = StandInRecorder()
+    graphs = CudaGraphs(record=recorder)
+    wide, wide_mirrored, tall, square, square_flipped = mixed_images
+    kept = []
     with torch.inference_mode():
+        for batch, layers in [([square, square_flipped], (-1,)), ([square_flipped, square], (-1,)),
+                              ([wide, wide_mirrored], (-1,)), ([square, square], (-1,)),
+                              ([square, square_flipped], (0, -1))]:
+            encoded = encode_images(model, batch)
+            eager = greedy_search(model, encoded, 10, layers)
+            replayed = greedy_search_static(model, encoded, 10, layers, graphs)
+            assert replayed[0] == eager[0]
+            for got, want in zip(replayed[1], eager[1]):
+                torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+            kept.append((replayed[1][0].clone(), replayed[1][0]))
+    # one graph per shape and set of layers; the rows returned are the caller's own
+    assert recorder.recorded == 3
+    assert all(torch.equal(copy, rows) for copy, rows in kept)
+
+
+def test_a_graph_that_cannot_be_recorded_warns_once_and_runs_eagerly(model, mixed_images,
+                                                                      capsys):
+    tall = mixed_images[2]
+    graphs = CudaGraphs(record=StandInRecorder(fail=True))
+    with torch.inference_mode():
+        encoded = encode_images(model, [tall])
+        eager = greedy_search(model, encoded, 6, (-1,))
         for _ in range(3):
-            assert_same_encoding(encode_images(model, [tall], failing),
-                                 encode_images(model, [tall]))
-    warnings = capsys.readouterr().err.splitlines()
-    assert warnings == ["warning: encoding images without a CUDA graph "
-                        "(operation not permitted when stream is capturing)"]
+            assert_same_encoding(encode_images(model, [tall], graphs), encoded)
+            assert greedy_search_static(model, encoded, 6, (-1,), graphs)[0] == eager[0]
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: running without a CUDA graph "
+        "(operation not permitted when stream is capturing)"]
 
 
-def test_encoder_graphs_never_replay_weights_a_model_no_longer_has(model, images):
-    graphs = EncoderGraphs(record=StandInRecorder())
+def test_graphs_never_replay_weights_a_model_no_longer_has(model, images):
+    graphs = CudaGraphs(record=StandInRecorder())
     other = small_model(seed=1)
     with torch.inference_mode():
         for _ in range(2):
-            encode_images(model, images[:1], graphs)
+            encoded = encode_images(model, images[:1], graphs)
+            greedy_search_static(model, encoded, 6, (), graphs)
         assert_same_encoding(encode_images(other, images[:1], graphs),
                              encode_images(other, images[:1]))
+        encoded = encode_images(other, images[:1])
+        assert (greedy_search_static(other, encoded, 6, (), graphs)[0]
+                == greedy_search(other, encoded, 6)[0])
