@@ -193,7 +193,9 @@ class _StaticGreedy:
 
     def __init__(self, model, encoded, max_len, attention_layers):
         count, device = encoded.memory.shape[0], encoded.memory.device
-        self.model, self.max_len, self.attention_layers = model, max_len, attention_layers
+        # kept by the model's CudaGraphs, which must not keep the model alive
+        self.model = weakref.proxy(model)
+        self.max_len, self.attention_layers = max_len, attention_layers
         self.state = model.start_decoding(encoded, static_length=max_len)
         self.tokens = torch.full((count, max_len), PAD_ID, device=device)
         self.ended = torch.zeros(count, dtype=torch.bool, device=device)
@@ -386,13 +388,13 @@ def caption_images(model, images, max_len=128, beam=1, attention_layer=None, per
     """
     layer = check_decoding_options(model.config, max_len, beam, attention_layer)
     device = next(model.parameters()).device
+    graphs = cuda_graphs(model) if device.type == "cuda" else None
     if beam > 1:
         search = partial(beam_search, beam=beam)
-    elif device.type == "cuda":  # on a CPU the eager loop's dropping of ended rows pays more
-        search = partial(greedy_search_static, graphs=cuda_graphs(model))
+    elif graphs is not None:  # on a CPU the eager loop's dropping of ended rows pays more
+        search = partial(greedy_search_static, graphs=graphs)
     else:
         search = greedy_search
-    graphs = cuda_graphs(model) if device.type == "cuda" else None
     with torch.inference_mode(), autocast(device):
         encoded = encode_images(model, [image.to(device) for image in images], graphs)
         tokens, attention = search(model, encoded, max_len, () if layer is None else (layer,))

@@ -1,6 +1,8 @@
 """Decoding with a small random CATR: fast paths against CATR's own loop, batching, beams, maps."""
+import gc
 import itertools
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from PIL import ImageOps
 
 from p2.data import pad_batch, preprocess, resize_for_catr
 from p2.decode import (CudaGraphs, beam_search, caption_images, check_decoding_options,
-                       encode_images, greedy_search, greedy_search_static, reference_greedy)
+                       cuda_graphs, encode_images, greedy_search, greedy_search_static,
+                       reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import SMALL_CONFIG, sample_photos, small_model
@@ -386,3 +389,20 @@ def test_graphs_never_replay_weights_a_model_no_longer_has(model, images):
         encoded = encode_images(other, images[:1])
         assert (greedy_search_static(other, encoded, 6, (), graphs)[0]
                 == greedy_search(other, encoded, 6)[0])
+
+
+def test_the_graphs_kept_for_a_model_go_with_it(images):
+    model = small_model()
+    graphs = cuda_graphs(model)
+    assert cuda_graphs(model) is graphs
+    # a recorded graph's replay holds no Python reference to what it ran
+    graphs.record = lambda step, reset: (step(), reset(), lambda: None)[-1]
+    with torch.inference_mode():
+        for _ in range(2):
+            greedy_search_static(model, encode_images(model, images[:1], graphs), 5, (-1,),
+                                 graphs)
+    assert len(graphs.entries) == 2
+    alive = weakref.ref(model)
+    del model, graphs
+    gc.collect()
+    assert alive() is None
