@@ -9,10 +9,11 @@ CATR on the same 299 x 224 photo; [SEP] is made impossible so that every caption
 asked number of tokens and both procedures do the same work. On a GPU the project decodes with the
 static cache, each step replayed as a CUDA graph (p2.decode.greedy_search_static), and its timings
 are of a folder's later batches: one untimed call of each shape records the graphs first. The
-time of one such step is measured too, at batch 1 and at the throughput batch, and the backbone and encoder
-at batch 1, eagerly and (CUDA) replayed as a graph (p2.decode.CudaGraphs). On a GPU it first
-checks what the graphs give against the eager path, in fp32 and in bf16: the tests compare the
-two on a CPU only, where there are no graphs. Prints a markdown table.
+time of one such step is measured too, at batch 1 and at the throughput batch, and the backbone
+and encoder at batch 1, eagerly and (CUDA) replayed as a graph (p2.decode.CudaGraphs). On a GPU
+it first checks what the graphs give against the eager path, in fp32 and in bf16, each batch in
+its own autocast region as in use: the tests compare the two on a CPU only, where there are no
+graphs. Prints a markdown table.
 """
 import argparse
 from pathlib import Path
@@ -83,13 +84,18 @@ def graphs_against_eager(model, images, device, max_len=21):
     found = {}
     for precision in ("fp32", "bf16"):
         graphs = CudaGraphs()
-        with torch.inference_mode(), autocast(device, precision):
-            eager = greedy_search(model, encode_images(model, images), max_len, (-1,))
-            # graphs replayed on other inputs first, then on these (the encoder's is recorded
-            # on its second use, the decoder's on its first)
-            for batch in (images, images[::-1], images):
+
+        def caption(batch, graphs=None):  # each batch in its own autocast region, as in use
+            with torch.inference_mode(), autocast(device, precision):
                 encoded = encode_images(model, batch, graphs)
-                graphed = greedy_search_static(model, encoded, max_len, (-1,), graphs)
+                if graphs is None:
+                    return greedy_search(model, encoded, max_len, (-1,))
+                return greedy_search_static(model, encoded, max_len, (-1,), graphs)
+        eager = caption(images)
+        # graphs replayed on other inputs first, then on these (the encoder's is recorded on
+        # its second use, the decoder's on its first)
+        for batch in (images, images[::-1], images):
+            graphed = caption(batch, graphs)
         same = [a == b for a, b in zip(eager[0], graphed[0])]
         differences = [float((a.float() - b.float()).abs().max())
                        for a, b, s in zip(eager[1], graphed[1], same) if s]

@@ -108,7 +108,12 @@ class CudaGraphs:
             del self.uses[key]
             step, reset, payload = build()
             try:
-                self.entries[key] = self.record(step, reset), payload
+                # a graph must make its own low-precision copies of the weights: from autocast's
+                # cache it would read copies freed when the caller's autocast region ends (for
+                # this reason torch's make_graphed_callables refuses the cache too)
+                with torch.autocast(device, dtype=precision, enabled=precision is not None,
+                                    cache_enabled=False):
+                    self.entries[key] = self.record(step, reset), payload
             except RuntimeError as err:  # a kernel that cannot be captured: slower, still right
                 _warn_once(f"warning: running without a CUDA graph ({str(err).splitlines()[0]})")
                 self.entries[key] = None

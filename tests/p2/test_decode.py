@@ -299,8 +299,11 @@ class StandInRecorder:
 
     def __init__(self, fail=False):
         self.recorded, self.fail = 0, fail
+        self.autocast = []  # (enabled, dtype, cache enabled) at each recording
 
     def __call__(self, step, reset):
+        self.autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                              torch.is_autocast_cache_enabled()))
         step()
         reset()
         if self.fail:
@@ -406,3 +409,21 @@ def test_the_graphs_kept_for_a_model_go_with_it(images):
     del model, graphs
     gc.collect()
     assert alive() is None
+
+
+def test_graphs_are_recorded_in_the_callers_precision_without_autocasts_weight_cache(model,
+                                                                                     images):
+    # a cached low-precision copy of a weight lives until the caller's autocast region ends;
+    # a graph replayed in a later region would read freed memory
+    recorder = StandInRecorder()
+    graphs = CudaGraphs(record=recorder)
+    with torch.inference_mode():
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                encoded = encode_images(model, images[:1], graphs)
+                greedy_search_static(model, encoded, 5, (-1,), graphs)
+                assert torch.is_autocast_cache_enabled()  # the caller's region as it was
+        encode_images(model, images[1:2], graphs)
+        encode_images(model, images[1:2], graphs)
+    assert recorder.autocast == [(True, torch.bfloat16, False), (True, torch.bfloat16, False),
+                                 (False, torch.bfloat16, False)]
