@@ -74,6 +74,9 @@ def encode_images(model, images, graphs=None):
                         torch.stack([pad(p, 0) for _, _, p in features]))
 
 
+USES_KEPT = 256  # CudaGraphs' counts of the keys not yet recorded
+
+
 class CudaGraphs:
     """Recorded CUDA graphs of one model, kept for reuse: the ``capacity`` most recently used.
 
@@ -98,12 +101,16 @@ class CudaGraphs:
         it is time; None where the caller is to run eagerly."""
         weights = tuple(t.data_ptr() for t in itertools.chain(model.parameters(),
                                                               model.buffers()))
-        device = next(model.parameters()).device.type
-        precision = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        key = (key, precision, torch.is_inference_mode_enabled(), weights)
+        device = next(model.parameters()).device
+        precision = (torch.get_autocast_dtype(device.type)
+                     if torch.is_autocast_enabled(device.type) else None)
+        key = (key, str(device), precision, torch.is_inference_mode_enabled(), model.training,
+               weights)
         if key not in self.entries:
             self.uses[key] = self.uses.get(key, 0) + 1
             if self.uses[key] < record_on_use:
+                if len(self.uses) > USES_KEPT:  # the oldest counts go: a size met long ago
+                    del self.uses[next(iter(self.uses))]
                 return None
             del self.uses[key]
             step, reset, payload = build()
@@ -111,7 +118,7 @@ class CudaGraphs:
                 # a graph must make its own low-precision copies of the weights: from autocast's
                 # cache it would read copies freed when the caller's autocast region ends (for
                 # this reason torch's make_graphed_callables refuses the cache too)
-                with torch.autocast(device, dtype=precision, enabled=precision is not None,
+                with torch.autocast(device.type, dtype=precision, enabled=precision is not None,
                                     cache_enabled=False):
                     self.entries[key] = self.record(step, reset), payload
             except RuntimeError as err:  # a kernel that cannot be captured: slower, still right
@@ -202,6 +209,8 @@ class _StaticGreedy:
         self.model = weakref.proxy(model)
         self.max_len, self.attention_layers = max_len, attention_layers
         self.state = model.start_decoding(encoded, static_length=max_len)
+        # its own padding, not a view of the caller's, which load() would overwrite
+        self.state.memory_padding = self.state.memory_padding.clone()
         self.tokens = torch.full((count, max_len), PAD_ID, device=device)
         self.ended = torch.zeros(count, dtype=torch.bool, device=device)
         self.rows = None
@@ -290,8 +299,12 @@ def _as_cuda_graph(step, reset):
     torch.cuda.current_stream().wait_stream(stream)
     reset()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    caller = torch.cuda.current_stream()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    finally:  # a capture that fails at its end leaves torch.cuda.graph's own stream current
+        torch.cuda.set_stream(caller)
     reset()
     return graph.replay
 

@@ -12,7 +12,7 @@ from hw3core.errors import UserError
 from PIL import ImageOps
 
 from p2.data import pad_batch, preprocess, resize_for_catr
-from p2.decode import (CudaGraphs, beam_search, caption_images, check_decoding_options,
+from p2.decode import (USES_KEPT, CudaGraphs, beam_search, caption_images, check_decoding_options,
                        cuda_graphs, encode_images, greedy_search, greedy_search_static,
                        reference_greedy)
 from p2.model import EncodedImages, build_model
@@ -364,6 +364,19 @@ def test_the_decoders_graph_is_recorded_once_and_replayed_on_other_images(mixed_
     assert recorder.recorded == 3
     assert all(torch.equal(copy, rows) for copy, rows in kept)
 
+    # padded feature maps of the same size: the graph recorded for the first batch is replayed
+    # for the second, and the first's encoding, which its caller keeps, stays as it was
+    graphs = CudaGraphs(record=recorder)
+    with torch.inference_mode():
+        first = encode_images(model, [wide, square])
+        padding = first.padding.clone()
+        greedy_search_static(model, first, 6, (), graphs)
+        second = encode_images(model, [square, square_flipped])
+        assert second.padding.shape == padding.shape and not torch.equal(second.padding, padding)
+        assert (greedy_search_static(model, second, 6, (), graphs)[0]
+                == greedy_search(model, second, 6)[0])
+    assert recorder.recorded == 4 and torch.equal(first.padding, padding)
+
 
 def test_a_graph_that_cannot_be_recorded_warns_once_and_runs_eagerly(model, mixed_images,
                                                                       capsys):
@@ -427,3 +440,11 @@ def test_graphs_are_recorded_in_the_callers_precision_without_autocasts_weight_c
         encode_images(model, images[1:2], graphs)
     assert recorder.autocast == [(True, torch.bfloat16, False), (True, torch.bfloat16, False),
                                  (False, torch.bfloat16, False)]
+
+
+def test_the_counts_of_shapes_not_yet_recorded_stay_bounded(model):
+    # a long run over images of many sizes must not grow the cache without end
+    graphs = CudaGraphs(record=StandInRecorder())
+    for size in range(USES_KEPT + 50):
+        assert graphs.get(model, ("encoder", size), build=None, record_on_use=2) is None
+    assert len(graphs.uses) == USES_KEPT and not graphs.entries
