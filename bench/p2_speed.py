@@ -137,7 +137,8 @@ def main():
     reference_greedy(model, image, max_len=3)
     repeats = 3  # medians: the cheap measurements are noisy on a shared machine
     with torch.inference_mode(), autocast(device):
-        encoded = encode_images(model, [image.to(device)])
+        on_device = image.to(device)
+        encoded = encode_images(model, [on_device])
 
     def timed(fn, repeats, warmup=device.type == "cuda"):
         # everything was warmed up above, but on a GPU a graph is recorded at its shapes' first
@@ -165,8 +166,8 @@ def main():
     single = timed(lambda: [caption_images(model, [im], max_len=21) for im in images[:4]],
                    repeats) / 4
     step_ms = {b: decoder_step_ms(model, encoded, b, 32, device) for b in (1, batch)}
-    encode_ms = {"eager": encoder_ms(model, image.to(device), device),
-                 "graph": (encoder_ms(model, image.to(device), device, CudaGraphs())
+    encode_ms = {"eager": encoder_ms(model, on_device, device),
+                 "graph": (encoder_ms(model, on_device, device, CudaGraphs())
                            if device.type == "cuda" else None)}
 
     print(f"Machine: {machine(device)}; full-size CATR (ResNet-101), "
