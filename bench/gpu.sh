@@ -3,7 +3,8 @@
 # one command of at most 10 minutes):
 #   bash bench/gpu.sh [OUT_DIR]
 # 1. bench/jobs.py: whole jobs as a user runs them (a 10-epoch ViT-B/16 fine-tune on a generated
-#    pets-shaped set, hw3_1.sh on 2,200 JPEGs, hw3_2.sh on 100 photos with figures); these also
+#    pets-shaped set, hw3_1.sh on 2,200 JPEGs, hw3_2.sh on 100 photos with figures; the training
+#    loader alone, as the fine-tune built it and with every core but one decoding); these also
 #    run the bf16 training, inference and figure paths that CI (CPU only) never does, which the
 #    offline demo's CUDA run used to check (dropped to fit the time);
 # 2. bench/p2_speed.py: the CUDA graphs' captions and maps against the eager path (fp32, bf16),
@@ -12,8 +13,8 @@
 #    fused optimizer step and a doubled batch.
 # Each step is bounded by a timeout; a step that fails or runs out leaves the others' results.
 # Results go to OUT_DIR (default bench/out): the printed tables (*.md) and the JSON files to copy
-# into bench/results/; RESULTS.md then marks a table for each (kinds jobs, p2_speed,
-# p2_decoding_parts, p1_speed: bench/tables.py) and python -m bench.tables fills them.
+# into bench/results/; RESULTS.md then marks a table for each (kinds jobs, jobs_loaders,
+# p2_speed, p2_decoding_parts, p1_speed: bench/tables.py) and python -m bench.tables fills them.
 # The GPU machine's Python already has torch, torchvision, timm, tokenizers, tqdm, matplotlib
 # and scikit-image. For p1_speed's pytorch-pretrained-vit row, put its wheel in .whl/ first (from
 # the repository root):

@@ -17,6 +17,7 @@ import argparse
 import difflib
 import json
 import re
+import statistics
 import sys
 from functools import partial
 from pathlib import Path
@@ -193,6 +194,18 @@ def jobs(data):
                   for name, job in data["jobs"].items()], "lrrr")
 
 
+def jobs_loaders(data):
+    """bench/jobs.py: the fine-tune's training rate against its loader's alone, and against a
+    loader that decodes and augments every epoch in CPU workers."""
+    return table(["what", "images/s"], [
+        ["training, from metrics.jsonl (median over the epochs)",
+         f"{statistics.median(data['train_images_per_s_by_epoch']):.0f}"],
+        ["its training loader alone, as the run built it (`--image-cache auto`)",
+         f"{data['loader_images_per_s']:.0f}"],
+        [f"the loader with `--image-cache off --workers {data['loader_cpu_workers']}`",
+         f"{data['loader_cpu_workers_images_per_s']:.0f}"]], "lr")
+
+
 P2_LAYER_HEADER = ["decoder layer", "pointing: cell centre in the box", "colour words",
                    "shape words", "pointing: cell overlaps the box",
                    "pointing game: within 15 px"]
@@ -305,6 +318,7 @@ RENDERERS = {
     "p2_attention_baselines": p2_attention_baselines,
     "p2_recipe_search": p2_recipe_search, "p2_demo_precision": p2_demo_precision,
     "sweep_demo": sweep_demo, "p2_decoding_parts": p2_decoding_parts, "jobs": jobs,
+    "jobs_loaders": jobs_loaders,
 }
 
 

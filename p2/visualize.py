@@ -18,6 +18,11 @@ from p2.inference import add_captioning_args, load_for_captioning
 # use them, not here: --help and argument errors then answer at once instead of after seconds.
 
 
+# A figure takes a core about half a second and a drawing process about 120 MB; a GPU
+# captions a hundred images in well under a second, so beside it the drawing sets the pace
+MOST_DRAW_WORKERS = 16
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_captioning_args(p)
@@ -30,8 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--save-npy", action="store_true", help="also write the maps as <stem>.npy")
     p.add_argument("--draw-workers", type=at_least(0),
                    help="processes drawing figures while the model captions (default: none on "
-                   "a CPU, whose cores caption; up to 4 beside a GPU, never more than the "
-                   "cores less one)")
+                   "a CPU, whose cores caption; beside a GPU one per core less one, at most "
+                   f"{MOST_DRAW_WORKERS}; never more than the cores less one)")
     return p.parse_args(argv)
 
 
@@ -73,7 +78,7 @@ def main(argv=None):
     out = require_writable_folder(args.out)  # before the captioning, not after
     drawers = args.draw_workers
     if drawers is None:
-        drawers = 0 if pick_device(args.device).type == "cpu" else 4
+        drawers = 0 if pick_device(args.device).type == "cpu" else MOST_DRAW_WORKERS
     drawers = min(drawers, usable_cores() - 1)
     # started before the model loads: the drawing processes never hold a copy of it or of CUDA
     pool = multiprocessing.get_context("fork").Pool(drawers) if drawers > 0 else None

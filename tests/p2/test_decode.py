@@ -407,6 +407,32 @@ def test_graphs_never_replay_weights_a_model_no_longer_has(model, images):
                 == greedy_search(other, encoded, 6)[0])
 
 
+def test_graphs_follow_weights_loaded_in_place_and_record_again_for_moved_ones(images):
+    model, recorder = small_model(), StandInRecorder()
+    graphs = CudaGraphs(record=recorder)
+
+    def caption():
+        encoded = encode_images(model, images[:1])
+        found = greedy_search_static(model, encoded, 6, (), graphs)[0]
+        assert found == greedy_search(model, encoded, 6)[0]
+        return found
+
+    with torch.inference_mode():
+        first = caption()
+        model.load_state_dict(small_model(seed=1).state_dict())  # copied into the same tensors
+        assert caption() != first and recorder.recorded == 1
+        # .to() and the like put weights and buffers of nested modules in new tensors
+        weight = model.transformer.decoder.layers[0].linear1.weight
+        weight.data = weight.data.clone()
+        caption()
+        assert recorder.recorded == 2
+        module, name = next((m, n) for m in model.modules() for n, b in m._buffers.items()
+                            if b is not None)
+        module._buffers[name] = module._buffers[name].clone()
+        caption()
+        assert recorder.recorded == 3
+
+
 def test_the_graphs_kept_for_a_model_go_with_it(images):
     model = small_model()
     graphs = cuda_graphs(model)
