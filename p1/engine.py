@@ -121,8 +121,9 @@ def evaluate(model, loader, device, classes, precision="auto", desc="val"):
         with autocast(device, precision):
             logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
-        confusion += torch.bincount(targets * classes + logits.argmax(1),
-                                    minlength=classes * classes)
+        # not bincount, which on a GPU waits for it to learn the output's size
+        cells = targets * classes + logits.argmax(1)
+        confusion.index_add_(0, cells, torch.ones_like(cells))
     # one all-reduce for both; float64 holds the counts exactly
     loss_sum, *counts = sum_over_ranks([loss_sum.item(), *confusion.tolist()], device)
     confusion = [[int(n) for n in counts[row * classes:(row + 1) * classes]]
@@ -283,13 +284,12 @@ def predict_files(model, preprocess, paths, device, batch_size=64, workers=None,
     loader = DataLoader(dataset, batch_size, num_workers=share_cores(workers, device),
                         collate_fn=collate_skip, pin_memory=device.type == "cuda")
     model.eval().to(device)
-    predictions = {}
+    found = []  # (indices, labels left on the device): read at the end, so no batch waits for it
     for batch in tqdm(loader, desc="predict", disable=not is_main_process(), dynamic_ncols=True):
         if batch is None:
             continue
         images, indices = batch
         with autocast(device, precision):
-            logits = model(images.to(device, non_blocking=True))
-        for index, label in zip(indices.tolist(), logits.argmax(1).tolist()):
-            predictions[dataset.paths[index]] = label
-    return predictions
+            found.append((indices, model(images.to(device, non_blocking=True)).argmax(1)))
+    return {dataset.paths[index]: label for indices, labels in found
+            for index, label in zip(indices.tolist(), labels.tolist())}

@@ -255,6 +255,23 @@ def test_fine_tuning_defaults_are_as_the_readme_states(tmp_path, monkeypatch):
     assert p1.engine.build_optimizer(model, "sgd", 1e-3, 0.0).defaults["momentum"] == 0.9
 
 
+def test_evaluation_counts_each_pair_of_true_and_predicted_class():
+    class FirstPixel(torch.nn.Module):  # predicts the class written in the image's first pixel
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float() * 5
+
+    predicted, targets = [0, 2, 2, 1, 0], [0, 2, 1, 1, 2]
+    inputs = torch.tensor(predicted, dtype=torch.float32).view(5, 1, 1, 1)
+    loader = [(inputs[:3], torch.tensor(targets[:3])), None,  # None: a batch of unreadable files
+              (inputs[3:], torch.tensor(targets[3:]))]
+    result = p1.engine.evaluate(FirstPixel(), loader, torch.device("cpu"), 3)
+    assert result["confusion"] == [[1, 0, 0], [0, 1, 1], [1, 0, 1]]  # true class by row
+    assert result["val_acc"] == 3 / 5 and result["val_images"] == 5
+    logits = FirstPixel()(inputs)
+    assert result["val_loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, torch.tensor(targets)).item())
+
+
 def test_checkpoints_metrics_and_the_new_heads_start(trained_tiny, tmp_path):
     best = load_checkpoint(trained_tiny / "best.pt")
     assert best["format"] == "hw3-p1-vit/1"
