@@ -29,6 +29,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/hw3_site"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+# DataLoader workers pass batches through /dev/shm (about 2 GB at 15 workers): a container's
+# 64 MB default would kill them, and this line would say why
+{ nproc; df -h /dev/shm | tail -n 1; python3 -c "import torch; print(torch.__version__)"; } \
+    | tee -a "$out/gpu.txt"
 status=0
 run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept
     local name=$1 limit=$2

@@ -75,7 +75,7 @@ def make_jpegs(folder, count, classes, seed, size=(500, 375)):
         label = i % classes
         jobs.append((folder / f"{label}_{seed * 100_000 + i}.jpg", (width, height), label,
                      seed * 100_000 + i))
-    with Pool(os.cpu_count()) as pool:
+    with Pool(usable_cores()) as pool:
         pool.map(_photo_like, jobs, chunksize=16)
 
 

@@ -24,15 +24,16 @@ def machine(device=torch.device("cpu")):
     return f"{cpu}, {torch.get_num_threads()} threads, fp32; torch {torch.__version__}"
 
 
-def write_result(path, what, device=torch.device("cpu"), **fields):
+def write_result(path, what, device=torch.device("cpu"), quiet=False, **fields):
     """Save a benchmark's results as JSON at ``path``, with what it measured, when and where
-    (``device``: the one it measured)."""
+    (``device``: the one it measured); ``quiet``: without saying so (a partial result)."""
     from hw3core.files import write_text_atomic
 
     result = {"what": what, "date": datetime.now(timezone.utc).isoformat(),
               "machine": machine(device), **fields}
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {path}")
+    if not quiet:
+        print(f"\nwrote {path}")
 
 
 def median_seconds(fn, repeats, device=torch.device("cpu"), warmup=True):
