@@ -6,14 +6,16 @@
 1. A 10-epoch fine-tune with p1/train.py's defaults (ViT-B/16 at 384, validation every epoch)
    on a pets-shaped set: 3,680 training and 1,500 validation JPEGs of about 500 x 375 in 37
    classes, generated. The model starts from random weights saved as a timm state dict and
-   passed with --pretrained, as the downloaded weights are. Also the training loader's images/s
-   on its own (no model), to set against the training's.
+   passed with --pretrained, as the downloaded weights are.
 2. bash hw3_1.sh on 2,200 such JPEGs with that run's best.pt.
 3. bash hw3_2.sh on 100 JPEGs of 640 x 480 with a full-size CATR of random weights whose [SEP]
    logit is raised until its greedy captions are as long as COCO's on average (12 word pieces),
    so that the folder's figures have about a realistic number of panels in all.
+4. The fine-tune's training loader on its own (no model), to set against the training's images/s:
+   as the run built it, and decoding and augmenting every epoch in every core but one.
 
---scale shrinks every image count. Prints a table and writes bench/results/jobs_<device>.json.
+--scale shrinks every image count. Prints tables and writes bench/results/jobs_<device>.json,
+also after each job, so that a run cut short keeps the jobs it finished.
 """
 import argparse
 import json
@@ -157,9 +159,12 @@ def main(argv=None):
     p.add_argument("--out", type=Path, help="the JSON (default: bench/results/jobs_<device>.json)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
+    out = args.out or RESULTS / f"jobs_{device.type}.json"
+    what = "whole jobs from the command to the last file: a fine-tune, hw3_1.sh, hw3_2.sh"
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
-        results = run(args, device, work)
+        results = run(args, device, work,
+                       lambda so_far: write_result(out, what, device=device, quiet=True, **so_far))
     print("| job | wall-clock s | target s | images |\n| --- | ---: | ---: | ---: |")
     for name, job in results["jobs"].items():
         print(f"| {name} | {job['seconds']:.1f} | {TARGETS[name]} | {job['images']} |")
@@ -167,12 +172,13 @@ def main(argv=None):
     pieces = results["jobs"]["hw3_2"]["caption_pieces"]
     print(f"hw3_2.sh's captioner: captions of {pieces['mean']:.1f} word pieces on average "
           f"(median {pieces['median']}, longest {pieces['longest']})")
-    write_result(args.out or RESULTS / f"jobs_{device.type}.json",
-                 "whole jobs from the command to the last file: a fine-tune, hw3_1.sh, hw3_2.sh",
-                 device=device, **results)
+    write_result(out, what, device=device, **results)
 
 
-def run(args, device, work):
+def run(args, device, work, save):
+    """The data, then each job; ``save(results)`` after each with what is known so far, which a
+    time limit that cuts the run short (bench/gpu.sh's) leaves in place. Loaders last: the jobs
+    hold the targets."""
     def count(n):
         return max(2, round(n * args.scale))
 
@@ -181,7 +187,9 @@ def run(args, device, work):
     make_jpegs(work / "pets" / "val", count(1500), 37, seed=2)
     make_jpegs(work / "pets" / "test", count(2200), 37, seed=3)
     make_jpegs(work / "photos", count(100), 1, seed=4, size=(640, 480))
-    generated = time.perf_counter() - started
+    jobs = {}
+    results = {"scale": args.scale, "model": args.model,
+               "data_seconds": time.perf_counter() - started, "jobs": jobs, "targets_s": TARGETS}
 
     torch.manual_seed(0)
     size = [args.image_size] if args.image_size else None
@@ -193,20 +201,21 @@ def run(args, device, work):
                   "--device", device.type,
                   *(["--image-size", str(args.image_size)] if args.image_size else [])]
     python = {"PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-    jobs = {"fine_tune": {"seconds": timed_command([sys.executable, "p1/train.py", *train_argv],
-                                                   python),
-                          "images": count(3680), "epochs": args.epochs}}
+    jobs["fine_tune"] = {"seconds": timed_command([sys.executable, "p1/train.py", *train_argv],
+                                                  python),
+                         "images": count(3680), "epochs": args.epochs}
     history = [json.loads(line)
                for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    loader_rate, loader_build = loader_images_per_s(train_argv, device)
-    # the other way to feed the step: every core but one decoding and augmenting each epoch
-    cpu_workers = max(1, usable_cores() - 1)
-    cpu_loader_rate, _ = loader_images_per_s(
-        [*train_argv, "--image-cache", "off", "--workers", str(cpu_workers)], device)
+    results.update(train_images_per_s_by_epoch=[h["images_per_s"] for h in history],
+                   epoch_seconds=[h["epoch_seconds"] for h in history],
+                   val_seconds=[h.get("val_seconds") for h in history],
+                   best_val_acc=max(h["val_acc"] for h in history))
+    save(results)
 
     jobs["hw3_1"] = {"seconds": timed_command(
         ["bash", "hw3_1.sh", str(work / "pets" / "test"), str(work / "pred.csv")],
         {**python, "HW3_P1_CKPT": str(work / "run" / "best.pt")}), "images": count(2200)}
+    save(results)
 
     photos = [Image.open(path).convert("RGB") for path in sorted((work / "photos").glob("*"))[:16]]
     captioner, caption_pieces = typical_captioner(device, photos)
@@ -216,14 +225,17 @@ def run(args, device, work):
         {**python, "HW3_P2_CKPT": str(work / "catr_random.pth")}),
         "images": count(100), "figures": len(list((work / "figures").glob("*.png"))),
         "caption_pieces": caption_pieces}
-    return {"scale": args.scale, "model": args.model, "data_seconds": generated, "jobs": jobs,
-            "targets_s": TARGETS, "loader_images_per_s": loader_rate,
-            "loader_build_s": loader_build,
-            "loader_cpu_workers": cpu_workers, "loader_cpu_workers_images_per_s": cpu_loader_rate,
-            "train_images_per_s_by_epoch": [h["images_per_s"] for h in history],
-            "epoch_seconds": [h["epoch_seconds"] for h in history],
-            "val_seconds": [h.get("val_seconds") for h in history],
-            "best_val_acc": max(h["val_acc"] for h in history)}
+    save(results)
+
+    loader_rate, loader_build = loader_images_per_s(train_argv, device)
+    # the other way to feed the step: every core but one decoding and augmenting each epoch
+    cpu_workers = max(1, usable_cores() - 1)
+    cpu_loader_rate, _ = loader_images_per_s(
+        [*train_argv, "--image-cache", "off", "--workers", str(cpu_workers)], device)
+    results.update(loader_images_per_s=loader_rate, loader_build_s=loader_build,
+                   loader_cpu_workers=cpu_workers,
+                   loader_cpu_workers_images_per_s=cpu_loader_rate)
+    return results
 
 
 if __name__ == "__main__":
