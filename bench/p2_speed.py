@@ -9,13 +9,16 @@ CATR on the same 299 x 224 photo; [SEP] is made impossible so that every caption
 asked number of tokens and both procedures do the same work. On a GPU the project decodes with the
 static cache, each step replayed as a CUDA graph (p2.decode.greedy_search_static), and its timings
 are of a folder's later batches: one untimed call of each shape records the graphs first. The
-time of one such step is measured too, at batch 1 and at the throughput batch, and the backbone
-and encoder at batch 1, eagerly and (CUDA) replayed as a graph (p2.decode.CudaGraphs). On a GPU
+time of one such step is measured too, at batch 1 and at the throughput batch, on a GPU with the
+cost of the search's end test (which waits for the GPU) and the interval between tests that suits
+it, and the backbone and encoder at batch 1, eagerly and (CUDA) replayed as a graph
+(p2.decode.CudaGraphs). On a GPU
 it first checks what the graphs give against the eager path, in fp32 and in bf16, each batch in
 its own autocast region as in use: the tests compare the two on a CPU only, where there are no
 graphs. Prints a markdown table.
 """
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -25,12 +28,13 @@ from skimage import data
 from bench.measure import machine, median_seconds, write_result
 from hw3core.runtime import autocast, pick_device
 from p2.data import preprocess
-from p2.decode import (CudaGraphs, caption_images, encode_images, greedy_search,
-                       greedy_search_static, reference_greedy)
+from p2.decode import (ENDED_CHECK_EVERY, CudaGraphs, caption_images, encode_images,
+                       greedy_search, greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CAPTION_STEPS = 13  # COCO's captions: 12 word pieces on average, then [SEP]
 
 
 def decoder_only(model, encoded, tokens, cache):
@@ -50,21 +54,43 @@ def decoder_only(model, encoded, tokens, cache):
             prefix = torch.cat((prefix, logits[:, -1:].argmax(-1)), 1)
 
 
-def decoder_step_ms(model, encoded, batch, steps, device):
-    """Milliseconds per decoding step of greedy_search_static for ``batch`` copies of one
-    encoded image, replayed as a CUDA graph on a GPU (recorded in the untimed warm-up call; the
-    steps are timed as a difference of two lengths, which leaves out the per-call work)."""
+def static_decoding(model, encoded, batch, device):
+    """A function decoding ``batch`` copies of one encoded image with greedy_search_static,
+    replayed as a CUDA graph on a GPU (recorded at its first call), given max_len and the
+    end-test interval."""
     memory, pos, padding = (x.expand(batch, *x.shape[1:]) for x in
                             (encoded.memory, encoded.pos, encoded.padding))
     many = EncodedImages(memory.contiguous(), pos.contiguous(), padding.contiguous())
     graphs = CudaGraphs() if device.type == "cuda" else None
 
-    def decode(length):
+    def decode(length, check_every=ENDED_CHECK_EVERY):
         with torch.inference_mode(), autocast(device):
-            greedy_search_static(model, many, length, graphs=graphs)
+            greedy_search_static(model, many, length, graphs=graphs, check_every=check_every)
+    return decode
 
+
+def decoder_step_ms(model, encoded, batch, steps, device):
+    """Milliseconds per decoding step of greedy_search_static (timed as a difference of two
+    lengths, which leaves out the per-call work)."""
+    decode = static_decoding(model, encoded, batch, device)
     short, long = (median_seconds(lambda n=n: decode(n), 3, device) for n in (9, 9 + steps))
     return 1000 * (long - short) / steps
+
+
+def ended_check(model, encoded, batch, device, step_ms, steps=40):
+    """What the static search's end test costs: ms per asking (decoding with it at every step
+    against never; no caption ends here), and the interval between askings that makes a caption
+    of CAPTION_STEPS steps cheapest. Each asking waits for the GPU; each step decoded past the
+    caption's end is wasted, half an interval on average."""
+    decode = static_decoding(model, encoded, batch, device)
+    every_step, never = (median_seconds(lambda k=k: decode(steps + 1, k), 3, device)
+                         for k in (1, steps + 1))
+    check_ms = max(0.0, 1000 * (every_step - never) / steps)
+
+    def caption_ms(interval):
+        return (interval - 1) / 2 * step_ms + math.ceil(CAPTION_STEPS / interval) * check_ms
+    return {"check_ms": check_ms, "best_interval": min(range(1, 17), key=caption_ms),
+            "interval": ENDED_CHECK_EVERY}
 
 
 def encoder_ms(model, image, device, graphs=None):
@@ -166,6 +192,9 @@ def main():
     single = timed(lambda: [caption_images(model, [im], max_len=21) for im in images[:4]],
                    repeats) / 4
     step_ms = {b: decoder_step_ms(model, encoded, b, 32, device) for b in (1, batch)}
+    # on a CPU caption_images decodes eagerly, without the end test
+    checks = ({b: ended_check(model, encoded, b, device, ms) for b, ms in step_ms.items()}
+              if device.type == "cuda" else {})
     encode_ms = {"eager": encoder_ms(model, on_device, device),
                  "graph": (encoder_ms(model, on_device, device, CudaGraphs())
                            if device.type == "cuda" else None)}
@@ -185,6 +214,10 @@ def main():
     path = "static cache, CUDA graph" if device.type == "cuda" else "static cache, no graph"
     print(f"\nOne decoder step ({path}): " + ", ".join(
         f"{ms:.3f} ms at batch {b}" for b, ms in step_ms.items()))
+    for b, c in checks.items():
+        print(f"\nEnd test at batch {b}: {c['check_ms']:.3f} ms per asking; for a caption of "
+              f"{CAPTION_STEPS} steps the cheapest interval is {c['best_interval']} steps "
+              f"(p2.decode asks every {c['interval']})")
     graphed = (f", {encode_ms['graph']:.2f} ms replayed as a CUDA graph"
                if encode_ms["graph"] is not None else "")
     print(f"\nBackbone and encoder, one image: {encode_ms['eager']:.2f} ms eagerly{graphed}")
@@ -206,7 +239,9 @@ def main():
         batched={"tokens": 20, "batch": batch, "images_per_s": batch / batched,
                  "with_maps_images_per_s": batch / with_maps,
                  "one_at_a_time_images_per_s": 1 / single},
-        decoder_step_ms={str(b): ms for b, ms in step_ms.items()}, encoder_ms=encode_ms,
+        decoder_step_ms={str(b): ms for b, ms in step_ms.items()},
+        ended_check={str(b): c for b, c in checks.items()}, caption_steps=CAPTION_STEPS,
+        encoder_ms=encode_ms,
         graphs_against_eager=check)
 
 

@@ -175,6 +175,11 @@ def p2_decoding_parts(data):
                  ["one image at a time", f"{b['one_at_a_time_images_per_s']:.1f} images/s"]]
     for batch, ms in data.get("decoder_step_ms", {}).items():
         rows.append([f"one decoder step ({data['decoder_path']}), batch {batch}", f"{ms:.3f} ms"])
+    for batch, c in (data.get("ended_check") or {}).items():
+        rows.append([f"end test of the static search, batch {batch}",
+                     f"{c['check_ms']:.3f} ms per asking; cheapest interval for a "
+                     f"{data['caption_steps']}-step caption: {c['best_interval']} "
+                     f"(used: {c['interval']})"])
     for path, ms in (data.get("encoder_ms") or {}).items():
         if ms is not None:
             how = "eagerly" if path == "eager" else "replayed as a CUDA graph"

@@ -265,13 +265,15 @@ class _StaticGreedy:
         return found, attention
 
 
-def greedy_search_static(model, encoded, max_len, attention_layers=(), graphs=None):
+def greedy_search_static(model, encoded, max_len, attention_layers=(), graphs=None,
+                         check_every=ENDED_CHECK_EVERY):
     """greedy_search with fixed shapes: the self-attention cache preallocated to ``max_len``
     positions, every row decoded at every step (a row that ended emits [PAD]), the next token,
     the end test and the attention rows kept on the device. So a step runs no host sync, and
     with ``graphs`` (CudaGraphs) it is replayed as a CUDA graph, recorded at the first call of
     these shapes and options, which takes the launch and Python overhead of a step's few hundred
-    small kernels out of the loop. The result is greedy_search's: the same tokens and rows."""
+    small kernels out of the loop. The result is greedy_search's: the same tokens and rows.
+    Whether every caption has ended is asked every ``check_every`` steps."""
     def build():
         decoding = _StaticGreedy(model, encoded, max_len, attention_layers)
         return decoding.step, decoding.reset, decoding
@@ -288,7 +290,7 @@ def greedy_search_static(model, encoded, max_len, attention_layers=(), graphs=No
     decoding.reset()
     for i in range(max_len - 1):
         run()
-        if (i + 1) % ENDED_CHECK_EVERY == 0 and bool(decoding.ended.all()):
+        if (i + 1) % check_every == 0 and bool(decoding.ended.all()):
             break
     return decoding.results()
 

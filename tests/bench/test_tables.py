@@ -78,6 +78,8 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
              "batched": {"tokens": 20, "batch": 64, "images_per_s": 2500.0,
                          "with_maps_images_per_s": 2100.0, "one_at_a_time_images_per_s": 90.0},
              "decoder_step_ms": {"1": 0.41, "64": 0.52},
+             "ended_check": {"1": {"check_ms": 0.052, "best_interval": 2, "interval": 8}},
+             "caption_steps": 13,
              "encoder_ms": {"eager": 31.0, "graph": 6.5},
              "graphs_against_eager": {
                  "fp32": {"identical": 8, "captions": 8, "max_row_difference": 2.9e-8},
@@ -85,6 +87,8 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
     lines = tables.RENDERERS["p2_decoding_parts"](parts)
     assert "| one decoder step (static cache, CUDA graph), batch 1 | 0.410 ms |" in lines
     assert "| backbone and encoder, one image, replayed as a CUDA graph | 6.50 ms |" in lines
+    assert ("| end test of the static search, batch 1 | 0.052 ms per asking; cheapest interval "
+            "for a 13-step caption: 2 (used: 8) |") in lines
     assert ("| graphs against the eager path, fp32 | 8 of 8 captions identical; attention rows "
             "within 2.9e-08 |") in lines
     assert lines[-1].startswith("| graphs against the eager path, bf16 | 7 of 8")

@@ -274,18 +274,19 @@ def test_preprocessing_is_catrs_bicubic_resize_and_normalisation():
     torch.testing.assert_close(preprocess(photo, 299), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("max_len", [10, 17])
-def test_the_static_cache_search_gives_the_eager_searchs_tokens_and_rows(mixed_images, max_len,
-                                                                          three_word_model):
+@pytest.mark.parametrize("max_len, check_every", [(10, 8), (17, 8), (10, 1), (17, 3)])
+def test_the_static_cache_search_gives_the_eager_searchs_tokens_and_rows(
+        mixed_images, max_len, check_every, three_word_model):
     # what a GPU runs (captured as a CUDA graph there), here without graphs: captions that end
-    # at different steps, one that may run to max_len, past the first end-of-caption check; and
-    # a restricted head
+    # at different steps, one that may run to max_len, past the first end-of-caption check, at
+    # every interval between checks; and a restricted head
     lengths = set()
     for model in (small_model(seed=0, end_bias=0.3), three_word_model):
         with torch.inference_mode():
             encoded = encode_images(model, mixed_images)
             eager = greedy_search(model, encoded, max_len, (0, -1))
-            static = greedy_search_static(model, encoded, max_len, (0, -1))
+            static = greedy_search_static(model, encoded, max_len, (0, -1),
+                                          check_every=check_every)
         assert static[0] == eager[0]
         lengths |= {len(tokens) for tokens in eager[0]}
         for got, want in zip(static[1], eager[1]):
