@@ -42,7 +42,10 @@ def save_figure(fig, path, dpi=100):
     """Save ``fig`` as PNG at ``path`` atomically, then free it (also when saving fails)."""
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+            # zlib's fastest level: PIL's default (6) spent half of a caption figure's time
+            # compressing it, for files 15% smaller
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight",
+                        pil_kwargs={"compress_level": 1})
     finally:
         plt.close(fig)
 

@@ -18,7 +18,7 @@ from p2.inference import add_captioning_args, load_for_captioning
 # use them, not here: --help and argument errors then answer at once instead of after seconds.
 
 
-# A figure takes a core about half a second and a drawing process about 120 MB; a GPU
+# A figure takes a core about 0.3 s and a drawing process about 120 MB; a GPU
 # captions a hundred images in well under a second, so beside it the drawing sets the pace
 MOST_DRAW_WORKERS = 16
 
