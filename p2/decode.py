@@ -428,15 +428,24 @@ def caption_images(model, images, max_len=128, beam=1, attention_layer=None, per
     with torch.inference_mode(), autocast(device):
         encoded = encode_images(model, [image.to(device) for image in images], graphs)
         tokens, attention = search(model, encoded, max_len, () if layer is None else (layer,))
-    return [Captioned(t, None if a is None else _attention_maps(a[:, 0], encoded, i, per_head))
-            for i, (t, a) in enumerate(zip(tokens, attention))]
+        if layer is None:
+            return [Captioned(t, None) for t in tokens]
+        # the batch's rows and map sizes fetched from the device at once, not image by image:
+        # each fetch waits for it
+        rows = torch.cat([a[:, 0] for a in attention]).float().cpu()
+        rows = rows.split([len(a) for a in attention])
+        sizes = encoded.grid_sizes()
+    grid = encoded.padding.shape[1:]
+    return [Captioned(t, _attention_maps(r, grid, size, per_head))
+            for t, r, size in zip(tokens, rows, sizes)]
 
 
-def _attention_maps(rows, encoded: EncodedImages, index, per_head):
-    """(n, heads, h*w) rows of the padded batch -> (n, [heads,] h, w) of image ``index`` alone."""
-    height, width = encoded.grid_sizes()[index]
-    maps = rows.float().unflatten(-1, encoded.padding.shape[1:])[..., :height, :width]
-    return (maps if per_head else maps.mean(1)).cpu().numpy()
+def _attention_maps(rows, grid, size, per_head):
+    """(n, heads, h*w) rows over the padded batch's (h, w) ``grid`` -> (n, [heads,] rows,
+    columns) over one image's own ``size`` (rows, columns)."""
+    height, width = size
+    maps = rows.unflatten(-1, grid)[..., :height, :width]
+    return (maps if per_head else maps.mean(1)).numpy()
 
 
 def caption_folder(model, paths, batch_size=8, **options):
