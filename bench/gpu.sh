@@ -4,9 +4,10 @@
 #   bash bench/gpu.sh [OUT_DIR]
 # 1. bench/jobs.py: whole jobs as a user runs them (a 10-epoch ViT-B/16 fine-tune on a generated
 #    pets-shaped set, hw3_1.sh on 2,200 JPEGs, hw3_2.sh on 100 photos with figures; the training
-#    loader alone, as the fine-tune built it and with every core but one decoding); these also
-#    run the bf16 training, inference and figure paths that CI (CPU only) never does, which the
-#    offline demo's CUDA run used to check (dropped to fit the time);
+#    loader alone, as the fine-tune built it and with every core but one augmenting, from RAM
+#    or decoding every epoch); these also run the bf16 training, inference and figure paths that
+#    CI (CPU only) never does, which the offline demo's CUDA run used to check (dropped to fit
+#    the time);
 # 2. bench/p2_speed.py: the CUDA graphs' captions and maps against the eager path (fp32, bf16),
 #    then caption decoding against CATR's loop, one decoder step and the cost of its end test
 #    (which sets p2.decode.ENDED_CHECK_EVERY), the encoder at batch 1;

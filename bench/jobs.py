@@ -12,7 +12,8 @@
    logit is raised until its greedy captions are as long as COCO's on average (12 word pieces),
    so that the folder's figures have about a realistic number of panels in all.
 4. The fine-tune's training loader on its own (no model), to set against the training's images/s:
-   as the run built it, and decoding and augmenting every epoch in every core but one.
+   as the run built it, and with every core but one augmenting images decoded once into RAM
+   (--image-cache ram) or decoding and augmenting them every epoch (off).
 
 --scale shrinks every image count. Prints tables and writes bench/results/jobs_<device>.json,
 also after each job, so that a run cut short keeps the jobs it finished.
@@ -228,13 +229,16 @@ def run(args, device, work, save):
     save(results)
 
     loader_rate, loader_build = loader_images_per_s(train_argv, device)
-    # the other way to feed the step: every core but one decoding and augmenting each epoch
+    # the other ways to feed the step: every core but one augmenting the images decoded once
+    # into RAM, or decoding and augmenting every epoch
     cpu_workers = max(1, usable_cores() - 1)
-    cpu_loader_rate, _ = loader_images_per_s(
-        [*train_argv, "--image-cache", "off", "--workers", str(cpu_workers)], device)
+    in_workers = {cache: loader_images_per_s(
+        [*train_argv, "--image-cache", cache, "--workers", str(cpu_workers)], device)[0]
+        for cache in ("ram", "off")}
     results.update(loader_images_per_s=loader_rate, loader_build_s=loader_build,
                    loader_cpu_workers=cpu_workers,
-                   loader_cpu_workers_images_per_s=cpu_loader_rate)
+                   loader_ram_workers_images_per_s=in_workers["ram"],
+                   loader_cpu_workers_images_per_s=in_workers["off"])
     return results
 
 

@@ -200,13 +200,16 @@ def jobs(data):
 
 
 def jobs_loaders(data):
-    """bench/jobs.py: the fine-tune's training rate against its loader's alone, and against a
-    loader that decodes and augments every epoch in CPU workers."""
+    """bench/jobs.py: the fine-tune's training rate against its loader's alone, and against
+    loaders whose CPU workers augment images decoded once into RAM, or decode and augment them
+    every epoch."""
     return table(["what", "images/s"], [
         ["training, from metrics.jsonl (median over the epochs)",
          f"{statistics.median(data['train_images_per_s_by_epoch']):.0f}"],
         ["its training loader alone, as the run built it (`--image-cache auto`)",
          f"{data['loader_images_per_s']:.0f}"],
+        [f"the loader with `--image-cache ram --workers {data['loader_cpu_workers']}`",
+         f"{data['loader_ram_workers_images_per_s']:.0f}"],
         [f"the loader with `--image-cache off --workers {data['loader_cpu_workers']}`",
          f"{data['loader_cpu_workers_images_per_s']:.0f}"]], "lr")
 

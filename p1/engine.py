@@ -197,15 +197,21 @@ def fit(args):
 def build_loaders(args, preprocess, train_samples, val_samples, workers, device, dist_info):
     """The training loader (EpochLoader) and this process's validation loader, or None.
 
-    With --image-cache the images are decoded once (by the workers) and the loaders run in this
-    process, augmenting on the device; else the workers decode and augment every epoch."""
+    With --image-cache on the images are decoded once (by the workers) and the loaders run in
+    this process, augmenting on the device; with ram they are decoded once into RAM and the
+    workers augment them; else the workers decode and augment every epoch."""
     size, mean, std = preprocess["image_size"], preprocess["mean"], preprocess["std"]
     augment = train_transform(size, mean, std, args.augment, args.min_crop, args.crop, args.flip)
-    if args.image_cache == "on" or (args.image_cache == "auto" and device.type == "cuda"):
-        train_set = DecodedImages(train_samples, v2.ToImage(), augment, device, workers)
-        val_set = DecodedImages(val_samples, eval_resize(size), normalize(mean, std), device,
+    cache = args.image_cache
+    if cache == "auto":
+        cache = "on" if device.type == "cuda" else "off"
+    if cache in ("on", "ram"):
+        # the workers that augment in RAM are forked after the decoding: they share its pages
+        where = device if cache == "on" else torch.device("cpu")
+        train_set = DecodedImages(train_samples, v2.ToImage(), augment, where, workers)
+        val_set = DecodedImages(val_samples, eval_resize(size), normalize(mean, std), where,
                                 workers) if val_samples else None
-        workers, pin_memory = 0, False
+        workers, pin_memory = (0, False) if cache == "on" else (workers, None)
     else:
         train_set = LabelledImages(train_samples, augment)
         val_set = LabelledImages(val_samples, eval_transform(size, mean, std))

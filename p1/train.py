@@ -30,9 +30,10 @@ def parse_args(argv=None):
     data.add_argument("--workers", type=at_least(0), help="DataLoader worker processes "
                       "(default: none on a CPU, up to 4 beside a GPU; never more than the cores "
                       "less one)")
-    data.add_argument("--image-cache", choices=("auto", "on", "off"), default="auto",
+    data.add_argument("--image-cache", choices=("auto", "on", "ram", "off"), default="auto",
                       help="on: decode each image once into uint8 tensors (on the GPU where they "
-                      "fit) and augment there; off: decode and augment every epoch in the "
+                      "fit) and augment there, in this process; ram: decode once into RAM and "
+                      "augment in the workers; off: decode and augment every epoch in the "
                       "workers; auto: on with CUDA, off on a CPU (%(default)s)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="B_16_imagenet1k",

@@ -69,10 +69,11 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
                                                   "| hw3_1 | 12.1 | 20 | 2200 |"]
     loaders = {"train_images_per_s_by_epoch": [400.0, 1310.4, 1290.0, 1330.0],
                "loader_images_per_s": 2100.2, "loader_cpu_workers": 15,
-               "loader_cpu_workers_images_per_s": 1702.6}
+               "loader_ram_workers_images_per_s": 3050.0, "loader_cpu_workers_images_per_s": 1702.6}
     assert tables.RENDERERS["jobs_loaders"](loaders)[2:] == [
         "| training, from metrics.jsonl (median over the epochs) | 1300 |",
         "| its training loader alone, as the run built it (`--image-cache auto`) | 2100 |",
+        "| the loader with `--image-cache ram --workers 15` | 3050 |",
         "| the loader with `--image-cache off --workers 15` | 1703 |"]
     parts = {"decoder_path": "static cache, CUDA graph",
              "batched": {"tokens": 20, "batch": 64, "images_per_s": 2500.0,

@@ -100,18 +100,22 @@ def test_a_signal_mid_epoch_keeps_the_last_step_and_resume_ends_as_if_uninterrup
 
 
 def test_a_run_on_images_decoded_once_trains_exactly_as_one_reading_files(tmp_path):
-    # what CUDA runs do by default (--image-cache auto), here on the CPU, where it must change
-    # nothing but where the decoding happens
+    # what CUDA runs do by default (--image-cache auto: augmented in this process), and the
+    # images decoded once into RAM for a worker to augment, here on the CPU, where they must
+    # change nothing but where the decoding happens
     make_shapes_set(tmp_path / "data", 48, image_size=40, seed=6)
     runs = {}
-    for cache in ("on", "off"):
+    for cache in ("on", "ram", "off"):
+        # a worker each (it decodes, or augments, or both), so that all compute on one thread
         fit(tiny_args(tmp_path / "data", tmp_path / "data", tmp_path / cache, "--epochs", "1",
-                      "--batch-size", "16", "--augment", "randaugment", "--image-cache", cache))
+                      "--batch-size", "16", "--augment", "randaugment", "--image-cache", cache,
+                      "--workers", "1"))
         runs[cache] = load_checkpoint(tmp_path / cache / "last.pt")
-    assert runs["on"]["history"][0]["train_loss"] == runs["off"]["history"][0]["train_loss"]
-    assert runs["on"]["history"][0]["val_loss"] == runs["off"]["history"][0]["val_loss"]
-    for key, value in runs["off"]["model"].items():
-        assert torch.equal(runs["on"]["model"][key], value), key
+    for cache in ("on", "ram"):
+        assert runs[cache]["history"][0]["train_loss"] == runs["off"]["history"][0]["train_loss"]
+        assert runs[cache]["history"][0]["val_loss"] == runs["off"]["history"][0]["val_loss"]
+        for key, value in runs["off"]["model"].items():
+            assert torch.equal(runs[cache]["model"][key], value), (cache, key)
 
 
 def test_freeze_backbone_trains_the_head_only(shapes_data, trained_tiny, tmp_path):
