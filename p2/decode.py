@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_list, or_skip
-from hw3core.runtime import autocast
+from hw3core.runtime import autocast, share_cores
 from p2.data import pad_batch, resize_for_catr, to_model_input
 from p2.model import EncodedImages
 from p2.tokenizer import END_ID, PAD_ID, START_ID
@@ -448,15 +448,18 @@ def _attention_maps(rows, grid, size, per_head):
     return (maps if per_head else maps.mean(1)).numpy()
 
 
-def caption_folder(model, paths, batch_size=8, **options):
+def caption_folder(model, paths, batch_size=8, workers=None, **options):
     """Yield (path, resized PIL image, Captioned) for each readable image in ``paths``, in order.
 
     Unreadable files, and images whose captioning fails, are named on stderr and skipped (a
-    failing batch is captioned again one image at a time). ``options`` go to caption_images.
+    failing batch is captioned again one image at a time). ``workers``: processes reading the
+    images (share_cores picks). ``options`` go to caption_images.
     """
     resize = partial(resize_for_catr, side=model.config["input_size"])
+    device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(ImageFileDataset(paths, resize),
-                                         batch_size=batch_size, collate_fn=collate_list)
+                                         batch_size=batch_size, collate_fn=collate_list,
+                                         num_workers=share_cores(workers, device))
     for batch in loader:
         inputs = [to_model_input(image) for image, _ in batch]
         try:

@@ -24,6 +24,9 @@ def add_captioning_args(p):
     p.add_argument("--images", required=True, help="folder of images (other files are ignored)")
     p.add_argument("--batch-size", type=at_least(1), default=8,
                    help="images decoded together (%(default)s)")
+    p.add_argument("--workers", type=at_least(0), help="DataLoader worker processes reading the "
+                   "images (default: none on a CPU, up to 4 beside a GPU; never more than the "
+                   "cores less one)")
     # --beam and --max-len are checked in one place for every caller: check_decoding_options
     p.add_argument("--beam", type=int, default=1,
                    help="beam size; 1: greedy, as CATR (%(default)s)")
@@ -60,8 +63,8 @@ def main(argv=None):
     model, tokenizer = load_for_captioning(args)
     lines = [json.dumps({"file": path.name, "caption": tokenizer.decode(result.tokens),
                          "tokens": result.tokens}, ensure_ascii=False)
-             for path, _, result in caption_folder(model, paths, args.batch_size, beam=args.beam,
-                                                   max_len=args.max_len)]
+             for path, _, result in caption_folder(model, paths, args.batch_size, args.workers,
+                                                   beam=args.beam, max_len=args.max_len)]
     require_some_read(len(lines), paths, args.images)
     write_text_atomic(args.out, "".join(line + "\n" for line in lines))
     report_written(len(lines), paths, "captions", args.out)

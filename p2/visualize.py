@@ -87,8 +87,8 @@ def main(argv=None):
         per_head = args.heads == "all"
         done, pending = [], []
         for path, image, result in caption_folder(
-                model, paths, args.batch_size, beam=args.beam, max_len=args.max_len,
-                attention_layer=args.layer, per_head=per_head):
+                model, paths, args.batch_size, args.workers, beam=args.beam,
+                max_len=args.max_len, attention_layer=args.layer, per_head=per_head):
             job = (path, out, image, tokenizer.decode(result.tokens),
                    tokenizer.pieces(result.tokens[1:]), result.attention, per_head,
                    model.stride, args.save_npy)

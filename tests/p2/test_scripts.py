@@ -71,6 +71,10 @@ def test_inference_writes_json_lines_in_name_order(photo_dir, checkpoints, tmp_p
     for line in lines:
         assert len(line["tokens"]) == 4 and line["tokens"][0] == START_ID
         assert END_ID not in line["tokens"] and line["caption"][:1].isupper()
+    written = out.read_text()
+    inference.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
+                    "--out", str(out), "--max-len", "4", "--batch-size", "2", "--workers", "1"])
+    assert out.read_text() == written  # the images read by a worker process
     inference.main(["--checkpoint", str(checkpoints["stops"]), "--images", str(photo_dir),
                     "--out", str(out)])
     assert {line["caption"] for line in map(json.loads, out.read_text().splitlines())} == {""}
