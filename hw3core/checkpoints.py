@@ -2,6 +2,7 @@
 import json
 import re
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -71,18 +72,73 @@ def format_tag(kind):
     return f"{kind}/{FORMATS[kind][0]}"
 
 
-def save_epoch(out, weights, run_state, history, is_best):
-    """What a training run writes after each epoch, in folder ``out``.
+class CheckpointWriter:
+    """Writes files in a thread of its own, one batch of them at a time, so that training goes
+    on while a checkpoint reaches the disk: a ViT-B/16 last.pt holds 657 MiB and took 1.6 s to
+    write on a 2-core CPU, where an epoch of the course's 3,680 images on a GPU takes a few
+    seconds. What is written is a CPU copy taken when the files are handed over, so that the
+    next steps' in-place updates of weights and optimizer state never reach it. A write that
+    fails is raised by the next write() or by wait()."""
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def write(self, files):
+        """Write ``files``, [(path, a checkpoint or a str)], in that order, in the background,
+        once the previous batch is written."""
+        self.wait()
+        copies = {}  # a tensor in two files (the weights of best.pt and last.pt) is copied once
+        files = [(path, _cpu_copy(obj, copies)) for path, obj in files]
+        self._thread = threading.Thread(target=self._write, args=(files,),
+                                        name="checkpoint writer")
+        self._thread.start()  # not a daemon: a run that fails still finishes its last write
+
+    def _write(self, files):
+        try:
+            for path, obj in files:
+                if isinstance(obj, str):
+                    write_text_atomic(path, obj)
+                else:
+                    save_checkpoint(obj, path)
+        except BaseException as err:  # for the training thread to raise
+            self._error = err
+
+    def wait(self):
+        """Return once everything handed over is written; raise what a write raised."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _cpu_copy(obj, copies):
+    """``obj`` with every tensor in it copied to the CPU, and its dicts, lists and tuples new."""
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in copies:
+            copies[id(obj)] = obj.detach().to("cpu", copy=True)
+        return copies[id(obj)]
+    if isinstance(obj, dict):
+        return {key: _cpu_copy(value, copies) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(value, copies) for value in obj)
+    return obj
+
+
+def save_epoch(writer, out, weights, run_state, history, is_best):
+    """What a training run writes after each epoch, in folder ``out``, handed to ``writer``
+    (CheckpointWriter).
 
     best.pt: ``weights`` (what inference needs), when this epoch is the best so far; last.pt:
     ``weights`` plus ``run_state`` (optimizer, scheduler, RNG states...) and ``history``, all that
     --resume restores; metrics.jsonl: one line per epoch of ``history``.
     """
     out = Path(out)
-    if is_best:
-        save_checkpoint(weights, out / "best.pt")
-    save_checkpoint({**weights, **run_state, "history": history}, out / "last.pt")
-    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    writer.write([*([(out / "best.pt", weights)] if is_best else []),
+                  (out / "last.pt", {**weights, **run_state, "history": history}),
+                  (out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))])
 
 
 def unwrap_state_dict(obj, path):

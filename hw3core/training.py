@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .checkpoints import check_format, load_checkpoint, save_epoch
+from .checkpoints import CheckpointWriter, check_format, load_checkpoint, save_epoch
 from .errors import Interrupted, UserError
 from .figures import plot_history
 from .files import remove_stale_temporaries, write_text_atomic
@@ -462,12 +462,17 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
     if dist_info.is_main:
         start_run_folder(out, args)
 
+    writer = CheckpointWriter()
+
     def save(epoch_done, in_epoch=None, improved=False):
-        save_epoch(out, weights(epoch_done, history[-1] if history else {}),
+        save_epoch(writer, out, weights(epoch_done, history[-1] if history else {}),
                    run_state(optimizer, scheduler, scaler, args, in_epoch), history, improved)
 
-    with Epochs(args.epochs, start, in_epoch, loader, device, dist_info, args.seed, out,
-                save) as epochs:
+    with contextlib.ExitStack() as stack:
+        # the last write finished before the run reports, however it ends
+        stack.callback(writer.wait)
+        epochs = stack.enter_context(Epochs(args.epochs, start, in_epoch, loader, device,
+                                            dist_info, args.seed, out, save))
         for e in epochs:
             train_epoch(e)
             record = e.sums.totals()

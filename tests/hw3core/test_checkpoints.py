@@ -1,11 +1,14 @@
 import pickle
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 
-from hw3core.checkpoints import load_checkpoint, save_checkpoint, unwrap_state_dict
+import hw3core.checkpoints
+from hw3core.checkpoints import (CheckpointWriter, load_checkpoint, save_checkpoint,
+                                unwrap_state_dict)
 from hw3core.errors import UserError
 from hw3core.files import write_text_atomic
 
@@ -16,6 +19,43 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = load_checkpoint(tmp_path / "deep" / "c.pt")
     assert torch.equal(loaded["model"]["w"], obj["model"]["w"]) and loaded["arch"] == obj["arch"]
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["c.pt"]  # no temporary left
+
+
+def test_checkpoints_are_written_in_the_background_as_they_were_when_handed_over(
+        tmp_path, monkeypatch):
+    handed_over = threading.Event()
+
+    def save_after_handover(obj, path):  # the write waits until write() has returned
+        assert handed_over.wait(timeout=30), "write() waited for the file to be written"
+        save_checkpoint(obj, path)
+    monkeypatch.setattr(hw3core.checkpoints, "save_checkpoint", save_after_handover)
+    weights = torch.zeros(3)
+    history = [{"epoch": 1}]
+    writer = CheckpointWriter()
+    writer.write([(tmp_path / "best.pt", {"w": weights}),
+                  (tmp_path / "last.pt", {"w": weights, "history": history}),
+                  (tmp_path / "metrics.jsonl", "one line\n")])
+    handed_over.set()
+    weights += 1  # the next steps update weights and history in place
+    history.append({"epoch": 2})
+    writer.wait()
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["w"], torch.zeros(3))
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert torch.equal(last["w"], torch.zeros(3)) and last["history"] == [{"epoch": 1}]
+    assert (tmp_path / "metrics.jsonl").read_text() == "one line\n"
+
+
+def test_a_failed_background_write_is_raised_by_the_next_write_or_wait(tmp_path):
+    (tmp_path / "last.pt").mkdir()  # a folder in the way
+    writer = CheckpointWriter()
+    writer.write([(tmp_path / "last.pt", {"epoch": 1})])
+    with pytest.raises(UserError, match="last.pt is a folder"):
+        writer.wait()
+    writer.wait()  # raised once
+    writer.write([(tmp_path / "last.pt", {"epoch": 2})])
+    with pytest.raises(UserError, match="last.pt is a folder"):
+        writer.write([(tmp_path / "other.pt", {"epoch": 2})])
+    assert not (tmp_path / "other.pt").exists()
 
 
 def test_a_write_the_system_refuses_is_one_line_and_keeps_the_old_checkpoint(tmp_path):
