@@ -469,7 +469,8 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
                    run_state(optimizer, scheduler, scaler, args, in_epoch), history, improved)
 
     with contextlib.ExitStack() as stack:
-        # the last write finished before the run reports, however it ends
+        # the last write finished before the run reports, however it ends: after the epochs'
+        # exit, which writes last.pt when a signal stops the run
         stack.callback(writer.wait)
         epochs = stack.enter_context(Epochs(args.epochs, start, in_epoch, loader, device,
                                             dist_info, args.seed, out, save))
@@ -496,6 +497,7 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
                     if improved and on_best is not None:
                         on_best(e.index + 1)
                     report_epoch(record, improved)
+        writer.wait()  # here a signal during the wait stops the run as any other would
     if dist_info.is_main:
         if history:
             plot_history(history, out / "curves.png", curves)
