@@ -82,6 +82,7 @@ class CheckpointWriter:
 
     def __init__(self):
         self._thread = None
+        self._done = threading.Event()
         self._error = None
 
     def write(self, files):
@@ -90,6 +91,7 @@ class CheckpointWriter:
         self.wait()
         copies = {}  # a tensor in two files (the weights of best.pt and last.pt) is copied once
         files = [(path, _cpu_copy(obj, copies)) for path, obj in files]
+        self._done.clear()
         self._thread = threading.Thread(target=self._write, args=(files,),
                                         name="checkpoint writer")
         self._thread.start()  # not a daemon: a run that fails still finishes its last write
@@ -103,10 +105,15 @@ class CheckpointWriter:
                     save_checkpoint(obj, path)
         except BaseException as err:  # for the training thread to raise
             self._error = err
+        finally:
+            self._done.set()
 
     def wait(self):
         """Return once everything handed over is written; raise what a write raised."""
         if self._thread is not None:
+            # first the event: a signal's exception inside Thread.join can leave the thread
+            # marked finished while it still writes (CPython 3.11, bpo-46726)
+            self._done.wait()
             self._thread.join()
             self._thread = None
         if self._error is not None:
@@ -115,13 +122,17 @@ class CheckpointWriter:
 
 
 def _cpu_copy(obj, copies):
-    """``obj`` with every tensor in it copied to the CPU, and its dicts, lists and tuples new."""
+    """``obj`` with every tensor in it copied to the CPU, and its dicts (of their own type),
+    lists and tuples new."""
     if isinstance(obj, torch.Tensor):
         if id(obj) not in copies:
             copies[id(obj)] = obj.detach().to("cpu", copy=True)
         return copies[id(obj)]
     if isinstance(obj, dict):
-        return {key: _cpu_copy(value, copies) for key, value in obj.items()}
+        copied = type(obj)((key, _cpu_copy(value, copies)) for key, value in obj.items())
+        if hasattr(obj, "_metadata"):  # a state dict's module versions, which loading reads
+            copied._metadata = obj._metadata
+        return copied
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(value, copies) for value in obj)
     return obj

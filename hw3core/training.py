@@ -178,6 +178,10 @@ class Interruptible:
             self._raised = True
             raise StopRequested
 
+    def note_only(self):
+        """From now on a signal is noted, not raised: what follows must finish."""
+        self._raised = True
+
     @contextlib.contextmanager
     def committing(self):
         """A block that a signal does not cut short; in one process the stop comes right
@@ -219,13 +223,15 @@ class Epochs:
 
     A stop inside a run becomes Interrupted, naming what last.pt holds: the epoch once its
     record is written, else ``save_last(epoch, in_epoch)`` (rank 0) writes last.pt with every
-    rank's sums at its last completed step.
+    rank's sums at its last completed step. However the epochs end, ``finish()`` (waiting for
+    the checkpoint writes) runs before the signal handlers go, and signals then only wait.
     """
 
-    def __init__(self, epochs, start, in_epoch, loader, device, dist_info, seed, out, save_last):
+    def __init__(self, epochs, start, in_epoch, loader, device, dist_info, seed, out, save_last,
+                 finish):
         self.epochs, self.start, self.in_epoch = epochs, start, in_epoch
         self.loader, self.device, self.dist_info, self.seed = loader, device, dist_info, seed
-        self.out, self.save_last = Path(out), save_last
+        self.out, self.save_last, self.finish = Path(out), save_last, finish
         self.stop = Interruptible(dist_info.enabled)
         self.current = None
 
@@ -256,8 +262,12 @@ class Epochs:
             if kind is not None and issubclass(kind, StopRequested):
                 raise self._interrupted() from None
         finally:
-            self.stop.__exit__(kind, error, traceback)
-            self.loader.close()
+            self.stop.note_only()  # a second signal must not cut the last write short
+            try:
+                self.finish()
+            finally:
+                self.stop.__exit__(kind, error, traceback)
+                self.loader.close()
 
     def _interrupted(self):
         epoch = self.current
@@ -468,12 +478,8 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
         save_epoch(writer, out, weights(epoch_done, history[-1] if history else {}),
                    run_state(optimizer, scheduler, scaler, args, in_epoch), history, improved)
 
-    with contextlib.ExitStack() as stack:
-        # the last write finished before the run reports, however it ends: after the epochs'
-        # exit, which writes last.pt when a signal stops the run
-        stack.callback(writer.wait)
-        epochs = stack.enter_context(Epochs(args.epochs, start, in_epoch, loader, device,
-                                            dist_info, args.seed, out, save))
+    with Epochs(args.epochs, start, in_epoch, loader, device, dist_info, args.seed, out,
+                save, finish=writer.wait) as epochs:
         for e in epochs:
             train_epoch(e)
             record = e.sums.totals()
@@ -497,7 +503,7 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
                     if improved and on_best is not None:
                         on_best(e.index + 1)
                     report_epoch(record, improved)
-        writer.wait()  # here a signal during the wait stops the run as any other would
+        writer.wait()  # where a signal during the wait stops the run as one during an epoch
     if dist_info.is_main:
         if history:
             plot_history(history, out / "curves.png", curves)

@@ -1,7 +1,10 @@
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -43,6 +46,35 @@ def test_checkpoints_are_written_in_the_background_as_they_were_when_handed_over
     last = load_checkpoint(tmp_path / "last.pt")
     assert torch.equal(last["w"], torch.zeros(3)) and last["history"] == [{"epoch": 1}]
     assert (tmp_path / "metrics.jsonl").read_text() == "one line\n"
+
+
+def test_a_wait_cut_short_by_a_signal_still_waits_next_time(tmp_path, monkeypatch):
+    # a SIGTERM raises StopRequested wherever training is, a checkpoint's wait included
+    release = threading.Event()
+
+    def held_save(obj, path):
+        release.wait(timeout=30)
+        time.sleep(0.2)
+        save_checkpoint(obj, path)
+    monkeypatch.setattr(hw3core.checkpoints, "save_checkpoint", held_save)
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+    writer = CheckpointWriter()
+    writer.write([(tmp_path / "last.pt", {"epoch": 2})])
+    previous = signal.signal(signal.SIGUSR1, stop)
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(Stop):
+            writer.wait()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    release.set()
+    writer.wait()
+    assert load_checkpoint(tmp_path / "last.pt") == {"epoch": 2}
 
 
 def test_a_failed_background_write_is_raised_by_the_next_write_or_wait(tmp_path):

@@ -148,6 +148,60 @@ def test_a_signal_abandons_the_step_even_in_its_backward_pass_but_not_the_commit
     assert committed == ["rest of the commit", "the checkpoint"] and stop.signum == signal.SIGINT
 
 
+def test_a_second_signal_during_the_stops_checkpoint_write_leaves_it_to_finish(tmp_path,
+                                                                                monkeypatch):
+    import os
+    import signal
+    import threading
+    import time
+
+    import hw3core.checkpoints
+    from hw3core.errors import Interrupted
+    from hw3core.training import train_epochs
+
+    def slow_save(obj, path, save=hw3core.checkpoints.save_checkpoint):
+        time.sleep(0.3)  # a big last.pt
+        save(obj, path)
+    monkeypatch.setattr(hw3core.checkpoints, "save_checkpoint", slow_save)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    class Loader:  # the batches of an epoch; two a full one
+        def epoch(self, epoch, skip):
+            return [0]
+
+        def close(self):
+            pass
+
+        def __len__(self):
+            return 2
+
+    def train_epoch(e):
+        e.sums.add(torch.tensor(1.0), 1, 1)
+        e.sums.commit(1)
+        if e.index == 1:  # once epoch 1 is written: the stop, and a second signal while the
+            time.sleep(0.5)  # stop's last.pt is being written
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    reached_the_default = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: reached_the_default.append(True))
+    try:
+        with pytest.raises(Interrupted, match="holds epoch 2 up to batch 1 of 2"):
+            train_epochs(argparse.Namespace(out=str(tmp_path), epochs=3, seed=0),
+                         Distributed(), torch.device("cpu"), Loader(), optimizer,
+                         torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                         torch.amp.GradScaler("cpu", enabled=False), None,
+                         train_epoch=train_epoch, validate=None, best=("val_acc", "{}"),
+                         weights=lambda done, record: {"model": model.state_dict()},
+                         report_epoch=lambda record, improved: None, curves=[])
+        time.sleep(0.2)  # past the second signal, had it come late
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not reached_the_default  # the handler the run replaced got no signal
+    assert load_checkpoint(tmp_path / "last.pt")["in_epoch"]["batches"] == 1
+
+
 def test_a_new_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
     from hw3core.training import start_run_folder
 
