@@ -16,7 +16,7 @@
    (--image-cache ram) or decoding and augmenting them every epoch (off).
 
 --scale shrinks every image count. Prints tables and writes bench/results/jobs_<device>.json,
-also after each job, so that a run cut short keeps the jobs it finished.
+also after each job, so that a run cut short keeps the jobs it finished (the loaders come last).
 """
 import argparse
 import json
@@ -164,22 +164,25 @@ def main(argv=None):
     what = "whole jobs from the command to the last file: a fine-tune, hw3_1.sh, hw3_2.sh"
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
-        results = run(args, device, work,
-                       lambda so_far: write_result(out, what, device=device, quiet=True, **so_far))
-    print("| job | wall-clock s | target s | images |\n| --- | ---: | ---: | ---: |")
-    for name, job in results["jobs"].items():
-        print(f"| {name} | {job['seconds']:.1f} | {TARGETS[name]} | {job['images']} |")
-    print("\n" + "\n".join(jobs_loaders_table(results)))
-    pieces = results["jobs"]["hw3_2"]["caption_pieces"]
-    print(f"hw3_2.sh's captioner: captions of {pieces['mean']:.1f} word pieces on average "
-          f"(median {pieces['median']}, longest {pieces['longest']})")
+        results, train_argv = run_jobs(
+            args, device, work,
+            lambda so_far: write_result(out, what, device=device, quiet=True, **so_far))
+        # the jobs' table first: they hold the targets, and a run cut short keeps it
+        print("| job | wall-clock s | target s | images |\n| --- | ---: | ---: | ---: |")
+        for name, job in results["jobs"].items():
+            print(f"| {name} | {job['seconds']:.1f} | {TARGETS[name]} | {job['images']} |")
+        pieces = results["jobs"]["hw3_2"]["caption_pieces"]
+        print(f"\nhw3_2.sh's captioner: captions of {pieces['mean']:.1f} word pieces on average "
+              f"(median {pieces['median']}, longest {pieces['longest']})\n", flush=True)
+        results.update(time_loaders(train_argv, device))
+    print("\n".join(jobs_loaders_table(results)))
     write_result(out, what, device=device, **results)
 
 
-def run(args, device, work, save):
+def run_jobs(args, device, work, save):
     """The data, then each job; ``save(results)`` after each with what is known so far, which a
-    time limit that cuts the run short (bench/gpu.sh's) leaves in place. Loaders last: the jobs
-    hold the targets."""
+    time limit that cuts the run short (bench/gpu.sh's) leaves in place. Returns the results and
+    the fine-tune's arguments."""
     def count(n):
         return max(2, round(n * args.scale))
 
@@ -227,19 +230,22 @@ def run(args, device, work, save):
         "images": count(100), "figures": len(list((work / "figures").glob("*.png"))),
         "caption_pieces": caption_pieces}
     save(results)
+    return results, train_argv
 
+
+def time_loaders(train_argv, device):
+    """Images/s of the fine-tune's training loader alone, as the run built it, and of the other
+    ways to feed its steps: every core but one augmenting the images decoded once into RAM, or
+    decoding and augmenting them every epoch."""
     loader_rate, loader_build = loader_images_per_s(train_argv, device)
-    # the other ways to feed the step: every core but one augmenting the images decoded once
-    # into RAM, or decoding and augmenting every epoch
     cpu_workers = max(1, usable_cores() - 1)
     in_workers = {cache: loader_images_per_s(
         [*train_argv, "--image-cache", cache, "--workers", str(cpu_workers)], device)[0]
         for cache in ("ram", "off")}
-    results.update(loader_images_per_s=loader_rate, loader_build_s=loader_build,
-                   loader_cpu_workers=cpu_workers,
-                   loader_ram_workers_images_per_s=in_workers["ram"],
-                   loader_cpu_workers_images_per_s=in_workers["off"])
-    return results
+    return {"loader_images_per_s": loader_rate, "loader_build_s": loader_build,
+            "loader_cpu_workers": cpu_workers,
+            "loader_ram_workers_images_per_s": in_workers["ram"],
+            "loader_cpu_workers_images_per_s": in_workers["off"]}
 
 
 if __name__ == "__main__":

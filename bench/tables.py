@@ -202,16 +202,18 @@ def jobs(data):
 def jobs_loaders(data):
     """bench/jobs.py: the fine-tune's training rate against its loader's alone, and against
     loaders whose CPU workers augment images decoded once into RAM, or decode and augment them
-    every epoch."""
-    return table(["what", "images/s"], [
-        ["training, from metrics.jsonl (median over the epochs)",
-         f"{statistics.median(data['train_images_per_s_by_epoch']):.0f}"],
-        ["its training loader alone, as the run built it (`--image-cache auto`)",
-         f"{data['loader_images_per_s']:.0f}"],
-        [f"the loader with `--image-cache ram --workers {data['loader_cpu_workers']}`",
-         f"{data['loader_ram_workers_images_per_s']:.0f}"],
-        [f"the loader with `--image-cache off --workers {data['loader_cpu_workers']}`",
-         f"{data['loader_cpu_workers_images_per_s']:.0f}"]], "lr")
+    every epoch (the loaders a run cut short did not time are left out)."""
+    workers = data.get("loader_cpu_workers")
+    rows = [["training, from metrics.jsonl (median over the epochs)",
+             statistics.median(data["train_images_per_s_by_epoch"])],
+            ["its training loader alone, as the run built it (`--image-cache auto`)",
+             data.get("loader_images_per_s")],
+            [f"the loader with `--image-cache ram --workers {workers}`",
+             data.get("loader_ram_workers_images_per_s")],
+            [f"the loader with `--image-cache off --workers {workers}`",
+             data.get("loader_cpu_workers_images_per_s")]]
+    return table(["what", "images/s"],
+                 [[what, f"{rate:.0f}"] for what, rate in rows if rate is not None], "lr")
 
 
 P2_LAYER_HEADER = ["decoder layer", "pointing: cell centre in the box", "colour words",

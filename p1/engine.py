@@ -296,6 +296,6 @@ def predict_files(model, preprocess, paths, device, batch_size=64, workers=None,
             continue
         images, indices = batch
         with autocast(device, precision):
-            found.append((indices, model(images.to(device, non_blocking=True)).argmax(1)))
+            found.append((indices.tolist(), model(images.to(device, non_blocking=True)).argmax(1)))
     return {dataset.paths[index]: label for indices, labels in found
-            for index, label in zip(indices.tolist(), labels.tolist())}
+            for index, label in zip(indices, labels.tolist())}

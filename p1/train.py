@@ -33,8 +33,8 @@ def parse_args(argv=None):
     data.add_argument("--image-cache", choices=("auto", "on", "ram", "off"), default="auto",
                       help="on: decode each image once into uint8 tensors (on the GPU where they "
                       "fit) and augment there, in this process; ram: decode once into RAM and "
-                      "augment in the workers; off: decode and augment every epoch in the "
-                      "workers; auto: on with CUDA, off on a CPU (%(default)s)")
+                      "augment in the --workers; off: decode and augment every epoch in the "
+                      "--workers; auto: on with CUDA, off on a CPU (%(default)s)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default="B_16_imagenet1k",
                        help=f"a preset ({', '.join(PRESETS)}) or any timm ViT name (%(default)s)")

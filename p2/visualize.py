@@ -35,8 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--save-npy", action="store_true", help="also write the maps as <stem>.npy")
     p.add_argument("--draw-workers", type=at_least(0),
                    help="processes drawing figures while the model captions (default: none on "
-                   "a CPU, whose cores caption; beside a GPU one per core less one, at most "
-                   f"{MOST_DRAW_WORKERS}; never more than the cores less one)")
+                   "a CPU, whose cores caption; beside a GPU one per core that this process "
+                   f"and the --workers leave, at most {MOST_DRAW_WORKERS}; never more than the "
+                   "cores less one)")
     return p.parse_args(argv)
 
 
@@ -68,7 +69,7 @@ def main(argv=None):
     from hw3core.files import require_writable_folder
     from hw3core.images import (report_written, require_distinct_stems, require_images,
                                 require_some_read)
-    from hw3core.runtime import pick_device, usable_cores
+    from hw3core.runtime import pick_device, share_cores, usable_cores
     from p2.decode import caption_folder
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
@@ -76,9 +77,12 @@ def main(argv=None):
     paths = require_images(args.images)
     require_distinct_stems(paths)
     out = require_writable_folder(args.out)  # before the captioning, not after
+    device = pick_device(args.device)
+    readers = share_cores(args.workers, device)  # the processes reading the images
     drawers = args.draw_workers
-    if drawers is None:
-        drawers = 0 if pick_device(args.device).type == "cpu" else MOST_DRAW_WORKERS
+    if drawers is None:  # the cores the readers and this process leave
+        drawers = 0 if device.type == "cpu" else min(MOST_DRAW_WORKERS,
+                                                     usable_cores() - 1 - readers)
     drawers = min(drawers, usable_cores() - 1)
     # started before the model loads: the drawing processes never hold a copy of it or of CUDA
     pool = multiprocessing.get_context("fork").Pool(drawers) if drawers > 0 else None
@@ -87,7 +91,7 @@ def main(argv=None):
         per_head = args.heads == "all"
         done, pending = [], []
         for path, image, result in caption_folder(
-                model, paths, args.batch_size, args.workers, beam=args.beam,
+                model, paths, args.batch_size, readers, beam=args.beam,
                 max_len=args.max_len, attention_layer=args.layer, per_head=per_head):
             job = (path, out, image, tokenizer.decode(result.tokens),
                    tokenizer.pieces(result.tokens[1:]), result.attention, per_head,

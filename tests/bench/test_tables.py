@@ -75,6 +75,9 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
         "| its training loader alone, as the run built it (`--image-cache auto`) | 2100 |",
         "| the loader with `--image-cache ram --workers 15` | 3050 |",
         "| the loader with `--image-cache off --workers 15` | 1703 |"]
+    cut_short = {"train_images_per_s_by_epoch": [1300.0]}  # by gpu.sh's limit, before loaders
+    assert tables.RENDERERS["jobs_loaders"](cut_short)[2:] == [
+        "| training, from metrics.jsonl (median over the epochs) | 1300 |"]
     parts = {"decoder_path": "static cache, CUDA graph",
              "batched": {"tokens": 20, "batch": 64, "images_per_s": 2500.0,
                          "with_maps_images_per_s": 2100.0, "one_at_a_time_images_per_s": 90.0},
