@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from .errors import UserError
@@ -128,11 +127,13 @@ def or_skip(path, work):
         return None
 
 
-class ImageFileDataset(torch.utils.data.Dataset):
+class ImageFileDataset:
     """Images from a list of paths, transformed; an unreadable one yields None (see collate_skip).
 
     Each item is ``(image_tensor, index)``; the index points back into ``paths`` so callers keep
-    the file name, target, or original size that belongs to the image.
+    the file name, target, or original size that belongs to the image. A map-style dataset for
+    torch's DataLoader, which needs no base class: this module does without torch, so that the
+    scripts check their folders before seconds of importing it.
     """
 
     def __init__(self, paths, transform):
@@ -158,7 +159,9 @@ def collate_list(batch):
 
 def collate_skip(batch):
     """Default collation of the readable items; None when a whole batch was unreadable."""
+    from torch.utils.data import default_collate
+
     batch = [item for item in batch if item is not None]
     if not batch:
         return None
-    return torch.utils.data.default_collate(batch)
+    return default_collate(batch)

@@ -34,12 +34,14 @@ def main(argv=None):
     args = parse_args(argv)
     from hw3core.files import require_writable_file, write_text_atomic
     from hw3core.images import report_written, require_images, require_some_read
+
+    # before seconds of importing torch, and minutes of prediction
+    paths = require_images(args.images)
+    require_writable_file(args.out)
     from hw3core.runtime import pick_device
     from p1.engine import predict_files
     from p1.model import load_classifier
 
-    paths = require_images(args.images)
-    require_writable_file(args.out)  # before minutes of prediction, not after
     model, preprocess, class_names = load_classifier(args.checkpoint)
     predictions = predict_files(model, preprocess, paths, pick_device(args.device),
                                 args.batch_size, args.workers)

@@ -56,10 +56,12 @@ def main(argv=None):
     args = parse_args(argv)
     from hw3core.files import require_writable_file, write_text_atomic
     from hw3core.images import report_written, require_images, require_some_read
+
+    # before seconds of importing torch, and the captioning
+    paths = require_images(args.images)
+    require_writable_file(args.out)
     from p2.decode import caption_folder
 
-    paths = require_images(args.images)
-    require_writable_file(args.out)  # before the captioning, not after
     model, tokenizer = load_for_captioning(args)
     lines = [json.dumps({"file": path.name, "caption": tokenizer.decode(result.tokens),
                          "tokens": result.tokens}, ensure_ascii=False)

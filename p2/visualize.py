@@ -69,14 +69,16 @@ def main(argv=None):
     from hw3core.files import require_writable_folder
     from hw3core.images import (report_written, require_distinct_stems, require_images,
                                 require_some_read)
+
+    # before seconds of importing torch, and the captioning
+    paths = require_images(args.images)
+    require_distinct_stems(paths)
+    out = require_writable_folder(args.out)
     from hw3core.runtime import pick_device, share_cores, usable_cores
     from p2.decode import caption_folder
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
     warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-    paths = require_images(args.images)
-    require_distinct_stems(paths)
-    out = require_writable_folder(args.out)  # before the captioning, not after
     device = pick_device(args.device)
     readers = share_cores(args.workers, device)  # the processes reading the images
     drawers = args.draw_workers

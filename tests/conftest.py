@@ -20,6 +20,17 @@ def script_env(**extra):
     return env
 
 
+def env_without_torch(folder, **extra):
+    """script_env in which importing torch fails: for checks that must answer before it loads
+    (``folder``: where the stand-in that refuses goes)."""
+    (Path(folder) / "torch").mkdir(parents=True, exist_ok=True)
+    (Path(folder) / "torch" / "__init__.py").write_text(
+        "raise ImportError('torch imported before the arguments were checked')\n")
+    env = script_env(**extra)
+    env["PYTHONPATH"] += os.pathsep + str(folder)
+    return env
+
+
 def require_names_kept(folder, names):
     """Skip, saying why, where the file system stores other names than those written (macOS
     normalises Unicode, some mounts fold case): a test of names "exactly as on disk" means nothing

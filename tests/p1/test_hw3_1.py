@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, require_names_kept, run_entry_point, script_env
+from tests.conftest import (ROOT, env_without_torch, require_names_kept, run_entry_point,
+                            script_env)
 from hw3core.images import list_images
 from hw3core.runtime import pick_device
 from p1 import inference
@@ -117,8 +118,14 @@ def test_the_wrapper_wants_two_arguments(arguments):
     assert run.stderr == "usage: bash hw3_1.sh IMAGE_DIR OUTPUT.csv\n"
 
 
-def test_the_wrapper_passes_errors_through_as_status_2(tmp_path, trained_tiny):
-    run = run_hw3_1(tmp_path / "nope", tmp_path / "out.csv", trained_tiny / "best.pt")
+def test_the_wrapper_passes_errors_through_as_status_2_before_importing_torch(tmp_path,
+                                                                              trained_tiny):
+    # a mistyped folder is answered at once, not after seconds of importing torch
+    run = subprocess.run(["bash", str(ROOT / "hw3_1.sh"), str(tmp_path / "nope"),
+                          str(tmp_path / "out.csv")],
+                         env=env_without_torch(tmp_path / "no_torch",
+                                               HW3_P1_CKPT=str(trained_tiny / "best.pt")),
+                         capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr == f"error: not found: {tmp_path / 'nope'}\n"
 

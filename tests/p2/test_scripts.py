@@ -10,7 +10,7 @@ from hw3core.cli import run_cli
 from p2 import figures, inference, visualize
 from p2.model import save_captioner
 from p2.tokenizer import END_ID, START_ID
-from tests.conftest import ROOT, script_env
+from tests.conftest import ROOT, env_without_torch, script_env
 from tests.p2.p2_samples import sample_photos, small_model
 
 
@@ -181,6 +181,14 @@ def test_hw3_2_sh_wants_two_arguments(arguments):
     run = subprocess.run(["bash", str(ROOT / "hw3_2.sh"), *arguments], env=script_env(),
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr == "usage: bash hw3_2.sh IMAGE_DIR OUTPUT_DIR\n"
+
+
+def test_hw3_2_sh_answers_a_missing_folder_before_importing_torch(tmp_path):
+    run = subprocess.run(["bash", str(ROOT / "hw3_2.sh"), str(tmp_path / "nope"),
+                          str(tmp_path / "figures")],
+                         env=env_without_torch(tmp_path / "no_torch"), capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr == f"error: not found: {tmp_path / 'nope'}\n"
 
 
 def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
