@@ -257,11 +257,12 @@ class _StaticGreedy:
     def results(self):
         """Each row's tokens to its [SEP] and its attention rows (copies: the buffers are
         reused)."""
+        rows = None if self.rows is None else self.rows.clone()  # one copy for the batch
         found, attention = [], []
         for row, ids in enumerate(self.tokens.tolist()):
             length = ids.index(END_ID) + 1 if END_ID in ids else self.max_len
             found.append(ids[:length])
-            attention.append(None if self.rows is None else self.rows[row, :length - 1].clone())
+            attention.append(None if rows is None else rows[row, :length - 1])
         return found, attention
 
 
