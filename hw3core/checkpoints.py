@@ -24,8 +24,9 @@ def save_checkpoint(obj, path):
             raise
 
 
-def load_checkpoint(path):
-    """Load a checkpoint on the CPU without running any code stored in it.
+def load_checkpoint(path, mmap=False):
+    """Load a checkpoint on the CPU without running any code stored in it; with ``mmap`` its
+    tensors are mapped from the file, read only where used.
 
     Raises UserError naming the file when it is missing, not a torch file, or holds objects that a
     weights-only load refuses.
@@ -34,7 +35,7 @@ def load_checkpoint(path):
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for foreign or damaged files
         lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()
                  if line.strip()]
@@ -138,16 +139,17 @@ def _cpu_copy(obj, copies):
     return obj
 
 
-def save_epoch(writer, out, weights, run_state, history, is_best):
+def save_epoch(writer, out, weights, run_state, history, is_best, best_files=()):
     """What a training run writes after each epoch, in folder ``out``, handed to ``writer``
-    (CheckpointWriter).
+    (CheckpointWriter), in this order.
 
-    best.pt: ``weights`` (what inference needs), when this epoch is the best so far; last.pt:
-    ``weights`` plus ``run_state`` (optimizer, scheduler, RNG states...) and ``history``, all that
-    --resume restores; metrics.jsonl: one line per epoch of ``history``.
+    best.pt: ``weights`` (what inference needs), when this epoch is the best so far, followed by
+    ``best_files`` ([(path, text)], what else the best epoch keeps); last.pt: ``weights`` plus
+    ``run_state`` (optimizer, scheduler, RNG states...) and ``history``, all that --resume
+    restores; metrics.jsonl: one line per epoch of ``history``.
     """
     out = Path(out)
-    writer.write([*([(out / "best.pt", weights)] if is_best else []),
+    writer.write([*([(out / "best.pt", weights), *best_files] if is_best else []),
                   (out / "last.pt", {**weights, **run_state, "history": history}),
                   (out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))])
 

@@ -450,15 +450,15 @@ def restore_run(resume, optimizer, scheduler, scaler):
 
 
 def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, resume, *,
-                 train_epoch, validate, best, weights, report_epoch, curves, on_best=None,
+                 train_epoch, validate, best, weights, report_epoch, curves, best_files=None,
                  flops_per_image=None):
     """The epochs of a run (args.epochs in all), from where ``resume`` (a last.pt) left off.
 
     Each epoch ``train_epoch(e)`` trains on ``loader`` (e as Epochs yields it) and ``validate()``
     (None without a validation set) returns the val_* figures. The epoch's record then goes, whole,
     into args.out: metrics.jsonl, last.pt (``weights(epochs done, the last record)`` plus the run
-    state) and best.pt when the record's ``best[0]`` beats every earlier epoch's, ``on_best(epoch)``
-    writing what else that epoch keeps. ``report_epoch(record, improved)`` prints it. At the end,
+    state) and best.pt when the record's ``best[0]`` beats every earlier epoch's, with
+    ``best_files(epoch)`` ([(path, text)]) written right after it. ``report_epoch(record, improved)`` prints it. At the end,
     curves.png (``curves``: plot_history's panels) and a line naming the checkpoints, ``best[1]``
     formatting the best value. ``flops_per_image`` (training) adds train_tflops to the records.
     """
@@ -476,7 +476,8 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
 
     def save(epoch_done, in_epoch=None, improved=False):
         save_epoch(writer, out, weights(epoch_done, history[-1] if history else {}),
-                   run_state(optimizer, scheduler, scaler, args, in_epoch), history, improved)
+                   run_state(optimizer, scheduler, scaler, args, in_epoch), history, improved,
+                   best_files(epoch_done) if improved and best_files is not None else ())
 
     with Epochs(args.epochs, start, in_epoch, loader, device, dist_info, args.seed, out,
                 save, finish=writer.wait) as epochs:
@@ -500,8 +501,6 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
                     best_value = record[key]
                 if dist_info.is_main:
                     save(e.index + 1, improved=improved)
-                    if improved and on_best is not None:
-                        on_best(e.index + 1)
                     report_epoch(record, improved)
         writer.wait()  # where a signal during the wait stops the run as one during an epoch
     if dist_info.is_main:

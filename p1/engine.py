@@ -13,7 +13,6 @@ from tqdm import tqdm
 from hw3core.checkpoints import check_format, format_tag, load_checkpoint, unwrap_state_dict
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_skip
-from hw3core.files import write_text_atomic
 from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
                              seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
@@ -179,15 +178,15 @@ def fit(args):
                     "class_names": class_names, "model": model.state_dict(),
                     "epoch": epoch_done, "val_acc": record.get("val_acc")}
 
-        def write_confusion(epoch):  # what report/build.py tabulates, without loading a model
-            write_text_atomic(Path(args.out) / "best_confusion.json", json.dumps(
-                {"epoch": epoch, "class_names": class_names, "counts": last_confusion}) + "\n")
+        def confusion_file(epoch):  # what report/build.py tabulates, without loading a model
+            return [(Path(args.out) / "best_confusion.json", json.dumps(
+                {"epoch": epoch, "class_names": class_names, "counts": last_confusion}) + "\n")]
 
         train_label = "train (label-smoothed)" if args.label_smoothing else "train"
         train_epochs(
             args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
             train_epoch=train_epoch, validate=validate if val_loader else None,
-            best=("val_acc", "val acc {:.4f}"), weights=weights, on_best=write_confusion,
+            best=("val_acc", "val acc {:.4f}"), weights=weights, best_files=confusion_file,
             report_epoch=_report_epoch, flops_per_image=3 * forward_flops_per_image(model),
             curves=[("loss", "cross-entropy", [("train_loss", train_label),
                                                ("val_loss", "validation")]),

@@ -9,6 +9,7 @@ from matplotlib.ticker import MaxNLocator
 from reportlab.lib.units import cm
 
 from bench.tables import RENDERERS, RESULTS_MD, marked_tables, plain_cells
+from hw3core.checkpoints import load_checkpoint
 from hw3core.figures import plt
 
 BUILD = "python report/build.py --out report.pdf"
@@ -112,8 +113,14 @@ def _per_class(report, final):
     rows = [[name, int(total), int(counts[i, i]),
              f"{counts[i, i] / total:.1%}" if total else "no images"]
             for i, (name, total) in enumerate(zip(names, totals))]
+    best = Path(final) / "best.pt"
+    # only a run killed between its writes of best.pt and best_confusion.json leaves them apart
+    saved = load_checkpoint(best, mmap=True).get("epoch") if best.is_file() else record["epoch"]
+    source = ("the epoch best.pt was saved from" if saved == record["epoch"] else
+              f"not the epoch best.pt was saved from ({saved}): the run stopped between the two "
+              "writes, and resuming it from last.pt trains that epoch again")
     report.text(f"From best_confusion.json: the validation images of epoch {record['epoch']}, "
-                "the epoch best.pt was saved from, by true class.")
+                f"{source}, by true class.")
     report.table(["class", "images", "right", "accuracy"], rows,
                  widths=[3 * cm, 2 * cm, 2 * cm, 2 * cm])
     off = counts.copy()

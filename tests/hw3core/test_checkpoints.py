@@ -5,12 +5,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import hw3core.checkpoints
-from hw3core.checkpoints import (CheckpointWriter, load_checkpoint, save_checkpoint,
+from hw3core.checkpoints import (CheckpointWriter, load_checkpoint, save_checkpoint, save_epoch,
                                 unwrap_state_dict)
 from hw3core.errors import UserError
 from hw3core.files import write_text_atomic
@@ -46,6 +47,28 @@ def test_checkpoints_are_written_in_the_background_as_they_were_when_handed_over
     last = load_checkpoint(tmp_path / "last.pt")
     assert torch.equal(last["w"], torch.zeros(3)) and last["history"] == [{"epoch": 1}]
     assert (tmp_path / "metrics.jsonl").read_text() == "one line\n"
+
+
+def test_the_best_epochs_own_files_land_with_best_pt_before_last_pt(tmp_path, monkeypatch):
+    # a kill between two writes must not leave the best epoch's confusion counts newer than
+    # best.pt, nor last.pt claiming a best epoch whose files are missing
+    written = []
+
+    def record(write):
+        def recorded(*args):
+            write(*args)
+            written.append(next(a.name for a in args if isinstance(a, Path)))
+        return recorded
+    monkeypatch.setattr(hw3core.checkpoints, "save_checkpoint", record(save_checkpoint))
+    monkeypatch.setattr(hw3core.checkpoints, "write_text_atomic", record(write_text_atomic))
+    writer = CheckpointWriter()
+    for is_best in (True, False):
+        save_epoch(writer, tmp_path, {"w": torch.zeros(1)}, {"optimizer": {}}, [{"epoch": 1}],
+                   is_best, [(tmp_path / "best_confusion.json", "{}\n")])
+        writer.wait()
+    assert written == ["best.pt", "best_confusion.json", "last.pt", "metrics.jsonl",
+                       "last.pt", "metrics.jsonl"]
+    assert (tmp_path / "best_confusion.json").read_text() == "{}\n"
 
 
 def test_a_wait_cut_short_by_a_signal_still_waits_next_time(tmp_path, monkeypatch):

@@ -68,3 +68,33 @@ def test_an_unwritable_report_path_is_one_line_before_any_work(tmp_path, capsys)
     (tmp_path / "file").write_text("x")
     status, _, err = run_entry_point(build.main, ["--out", tmp_path / "file" / "r.pdf"], capsys)
     assert status == 2 and err.startswith("error: cannot write") and err.count("\n") == 1
+
+
+class TextOnly:
+    """A Report that keeps the text of each paragraph."""
+
+    def __init__(self):
+        self.texts = []
+
+    def heading(self, *args, **kwargs):
+        pass
+
+    def table(self, *args, **kwargs):
+        pass
+
+    def text(self, line):
+        self.texts.append(line)
+
+
+def test_per_class_figures_say_when_they_are_not_from_best_pts_epoch(tmp_path):
+    from hw3core.checkpoints import save_checkpoint
+    from report.sections import _per_class
+
+    save_checkpoint({"model": {}, "epoch": 3}, tmp_path / "best.pt")
+    for epoch, says in [(3, "epoch 3, the epoch best.pt was saved from, by true class"),
+                        (2, "epoch 2, not the epoch best.pt was saved from (3): the run stopped")]:
+        (tmp_path / "best_confusion.json").write_text(json.dumps(
+            {"epoch": epoch, "class_names": ["a", "b"], "counts": [[2, 1], [0, 3]]}))
+        report = TextOnly()
+        _per_class(report, tmp_path)
+        assert says in report.texts[0]
