@@ -1,7 +1,9 @@
 """Where and how to run: device, precision, torchrun/DDP, seeding, rank-0 output."""
 import contextlib
+import gc
 import os
 import random
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +36,16 @@ class Distributed:
 @contextlib.contextmanager
 def distributed():
     """The process group that torchrun describes in the environment, joined for the ``with``
-    block and left after it, also when it fails; a single process without torchrun."""
+    block and left after it, also when it fails; a single process without torchrun.
+
+    The group must be the last to go. A DDP model holds it too, from a reference cycle, and if
+    the model went last its reducer would destroy the group while holding the GIL. That waits
+    for gloo's threads, one of which may need the GIL to free the last collective's tensors: with
+    torch 2.11, three of four torchrun runs on a CPU hung so at their end. So on leaving, the
+    frames of a failure are cleared and the cycles collected, and the model goes while the group
+    is still registered. The block itself must not hold the model: run the work in a function
+    that it calls.
+    """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         yield Distributed()
         return
@@ -48,7 +59,11 @@ def distributed():
         dist.init_process_group("gloo")
     try:
         yield info
+    except BaseException as err:
+        traceback.clear_frames(err.__traceback__)  # the finished frames' locals, a model's too
+        raise
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 

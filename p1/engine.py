@@ -135,62 +135,66 @@ def evaluate(model, loader, device, classes, precision="auto", desc="val"):
 
 def fit(args):
     """The whole run that train.py describes: data, model, resume, epochs, checkpoints, curves."""
-    with distributed() as dist_info:
-        device = pick_device(args.device, dist_info)
-        workers = share_cores(args.workers, device, dist_info.local_world_size)
-        resume = load_resume(args.resume, "hw3-p1-vit") if args.resume else None
-        train_samples, class_names = discover(args.train_dir)
-        val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
-        model, arch, preprocess = _model_for_run(args, class_names, resume)
-        model.to(device)
-        train_loader, val_loader = build_loaders(args, preprocess, train_samples, val_samples,
-                                                 workers, device, dist_info)
-        optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
-        scheduler = build_scheduler(optimizer, math.ceil(len(train_loader) / args.grad_accum),
-                                    args.epochs, args.warmup_epochs, args.schedule)
-        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-        if device.type == "cpu" and not args.compile:
-            signals_during_backward(model.blocks)
-        net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
-        placeholder = torch.zeros(1, 3, *arch["image_size"], device=device)
-        mix = _mixing(args, len(class_names))
-        print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
-               f"parameters, grid {grid_size(model)}, {len(class_names)} classes, "
-               f"{len(train_samples)} train / {len(val_samples)} val images, "
-               f"{dist_info.world_size} process(es) on {device.type}")
-        last_confusion = None
+    with distributed() as dist_info:  # the run in a call of its own: see distributed()
+        _fit(args, dist_info)
 
-        def train_epoch(e):
-            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
-                            e.step_seed, precision=args.precision, grad_accum=args.grad_accum,
-                            label_smoothing=args.label_smoothing, mix=mix,
-                            clip_grad=args.clip_grad, placeholder=placeholder,
-                            desc=f"epoch {e.index + 1}/{args.epochs}")
 
-        def validate():
-            nonlocal last_confusion
-            figures = evaluate(net, val_loader, device, len(class_names), args.precision)
-            last_confusion = figures.pop("confusion")
-            return figures
+def _fit(args, dist_info):
+    device = pick_device(args.device, dist_info)
+    workers = share_cores(args.workers, device, dist_info.local_world_size)
+    resume = load_resume(args.resume, "hw3-p1-vit") if args.resume else None
+    train_samples, class_names = discover(args.train_dir)
+    val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
+    model, arch, preprocess = _model_for_run(args, class_names, resume)
+    model.to(device)
+    train_loader, val_loader = build_loaders(args, preprocess, train_samples, val_samples,
+                                             workers, device, dist_info)
+    optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
+    scheduler = build_scheduler(optimizer, math.ceil(len(train_loader) / args.grad_accum),
+                                args.epochs, args.warmup_epochs, args.schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    if device.type == "cpu" and not args.compile:
+        signals_during_backward(model.blocks)
+    net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
+    placeholder = torch.zeros(1, 3, *arch["image_size"], device=device)
+    mix = _mixing(args, len(class_names))
+    print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
+           f"parameters, grid {grid_size(model)}, {len(class_names)} classes, "
+           f"{len(train_samples)} train / {len(val_samples)} val images, "
+           f"{dist_info.world_size} process(es) on {device.type}")
+    last_confusion = None
 
-        def weights(epoch_done, record):
-            return {"format": format_tag("hw3-p1-vit"), "arch": arch, "preprocess": preprocess,
-                    "class_names": class_names, "model": model.state_dict(),
-                    "epoch": epoch_done, "val_acc": record.get("val_acc")}
+    def train_epoch(e):
+        train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
+                        e.step_seed, precision=args.precision, grad_accum=args.grad_accum,
+                        label_smoothing=args.label_smoothing, mix=mix,
+                        clip_grad=args.clip_grad, placeholder=placeholder,
+                        desc=f"epoch {e.index + 1}/{args.epochs}")
 
-        def confusion_file(epoch):  # what report/build.py tabulates, without loading a model
-            return [(Path(args.out) / "best_confusion.json", json.dumps(
-                {"epoch": epoch, "class_names": class_names, "counts": last_confusion}) + "\n")]
+    def validate():
+        nonlocal last_confusion
+        figures = evaluate(net, val_loader, device, len(class_names), args.precision)
+        last_confusion = figures.pop("confusion")
+        return figures
 
-        train_label = "train (label-smoothed)" if args.label_smoothing else "train"
-        train_epochs(
-            args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
-            train_epoch=train_epoch, validate=validate if val_loader else None,
-            best=("val_acc", "val acc {:.4f}"), weights=weights, best_files=confusion_file,
-            report_epoch=_report_epoch, flops_per_image=3 * forward_flops_per_image(model),
-            curves=[("loss", "cross-entropy", [("train_loss", train_label),
-                                               ("val_loss", "validation")]),
-                    ("validation accuracy", "accuracy", [("val_acc", "validation")])])
+    def weights(epoch_done, record):
+        return {"format": format_tag("hw3-p1-vit"), "arch": arch, "preprocess": preprocess,
+                "class_names": class_names, "model": model.state_dict(),
+                "epoch": epoch_done, "val_acc": record.get("val_acc")}
+
+    def confusion_file(epoch):  # what report/build.py tabulates, without loading a model
+        return [(Path(args.out) / "best_confusion.json", json.dumps(
+            {"epoch": epoch, "class_names": class_names, "counts": last_confusion}) + "\n")]
+
+    train_label = "train (label-smoothed)" if args.label_smoothing else "train"
+    train_epochs(
+        args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
+        train_epoch=train_epoch, validate=validate if val_loader else None,
+        best=("val_acc", "val acc {:.4f}"), weights=weights, best_files=confusion_file,
+        report_epoch=_report_epoch, flops_per_image=3 * forward_flops_per_image(model),
+        curves=[("loss", "cross-entropy", [("train_loss", train_label),
+                                           ("val_loss", "validation")]),
+                ("validation accuracy", "accuracy", [("val_acc", "validation")])])
 
 
 def build_loaders(args, preprocess, train_samples, val_samples, workers, device, dist_info):

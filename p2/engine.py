@@ -199,62 +199,66 @@ def _report_epoch(stats, improved):
 
 def fit(args):
     """The whole run that train.py describes: data, model, resume, epochs, checkpoints."""
-    with distributed() as dist_info:
-        device = pick_device(args.device, dist_info)
-        workers = share_cores(args.workers, device, dist_info.local_world_size)
-        resume = load_resume(args.resume, "hw3-p2-catr") if args.resume else None
-        if not args.init:  # before tokenising a whole caption file; --init's config: below
-            check_decoding_options(make_config(resume["config"]) if resume
-                                   else config_from_args(args), args.max_len)
-        tokenizer = CaptionTokenizer()
-        train_samples = read_caption_file(args.train_json, args.train_dir)
-        val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
-        train_ids = tokenize_captions(train_samples, tokenizer, args.max_len)
-        val_ids = tokenize_captions(val_samples, tokenizer, args.max_len)
-        model, config = _model_for_run(args, resume, caption_vocabulary(train_ids))
-        if args.init:
-            check_decoding_options(config, args.max_len)
-        _check_output_vocab(args, config, train_ids, val_ids, tokenizer)
-        model.to(device)
-        train_loader, val_loader = build_loaders(args, config, train_samples, train_ids,
-                                                 val_samples, workers, device, dist_info)
-        optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
-        scheduler = build_scheduler(optimizer, args, len(train_loader))
-        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-        net = wrap_for_ranks(model, device, dist_info)
-        placeholder = _placeholder_pair(config["input_size"], device)
-        print0(f"captioner {config['backbone']}, hidden {config['hidden_dim']}, "
-               f"{config['enc_layers']}+{config['dec_layers']} layers: "
-               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
-               f"{len(train_loader.dataset)} training captions of {len(train_samples)} images, "
-               f"{len(val_samples)} val images; {dist_info.world_size} process(es) on "
-               f"{device.type}")
+    with distributed() as dist_info:  # the run in a call of its own: see distributed()
+        _fit(args, dist_info)
 
-        def train_epoch(e):
-            train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
-                            e.step_seed, output_tokens=model.output_tokens,
-                            precision=args.precision, clip_grad=args.clip_grad,
-                            placeholder=placeholder, desc=f"epoch {e.index + 1}/{args.epochs}")
 
-        def validate():
-            return evaluate(model, val_loader, val_samples, val_ids, tokenizer, device,
-                            args.precision, args.max_len)
+def _fit(args, dist_info):
+    device = pick_device(args.device, dist_info)
+    workers = share_cores(args.workers, device, dist_info.local_world_size)
+    resume = load_resume(args.resume, "hw3-p2-catr") if args.resume else None
+    if not args.init:  # before tokenising a whole caption file; --init's config: below
+        check_decoding_options(make_config(resume["config"]) if resume
+                               else config_from_args(args), args.max_len)
+    tokenizer = CaptionTokenizer()
+    train_samples = read_caption_file(args.train_json, args.train_dir)
+    val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
+    train_ids = tokenize_captions(train_samples, tokenizer, args.max_len)
+    val_ids = tokenize_captions(val_samples, tokenizer, args.max_len)
+    model, config = _model_for_run(args, resume, caption_vocabulary(train_ids))
+    if args.init:
+        check_decoding_options(config, args.max_len)
+    _check_output_vocab(args, config, train_ids, val_ids, tokenizer)
+    model.to(device)
+    train_loader, val_loader = build_loaders(args, config, train_samples, train_ids,
+                                             val_samples, workers, device, dist_info)
+    optimizer = build_optimizer(model, args.lr, args.lr_backbone, args.weight_decay)
+    scheduler = build_scheduler(optimizer, args, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    net = wrap_for_ranks(model, device, dist_info)
+    placeholder = _placeholder_pair(config["input_size"], device)
+    print0(f"captioner {config['backbone']}, hidden {config['hidden_dim']}, "
+           f"{config['enc_layers']}+{config['dec_layers']} layers: "
+           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
+           f"{len(train_loader.dataset)} training captions of {len(train_samples)} images, "
+           f"{len(val_samples)} val images; {dist_info.world_size} process(es) on "
+           f"{device.type}")
 
-        def weights(epoch_done, record):
-            return {"format": format_tag("hw3-p2-catr"), "config": config,
-                    "model": model.state_dict(), "epoch": epoch_done,
-                    "val": {k: v for k, v in record.items() if k.startswith("val_")}}
+    def train_epoch(e):
+        train_one_epoch(net, e.loader, optimizer, scheduler, scaler, device, e.sums, e.stop,
+                        e.step_seed, output_tokens=model.output_tokens,
+                        precision=args.precision, clip_grad=args.clip_grad,
+                        placeholder=placeholder, desc=f"epoch {e.index + 1}/{args.epochs}")
 
-        train_epochs(
-            args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
-            train_epoch=train_epoch, validate=validate if val_loader else None,
-            best=("val_cider", "val CIDEr {:.3f}"), weights=weights, report_epoch=_report_epoch,
-            curves=[("loss", "cross-entropy per caption token",
-                     [("train_loss", "train"), ("val_loss", "validation")]),
-                    ("validation captions (greedy)", "score (0 to 1)",
-                     [("val_bleu4", "BLEU-4"), ("val_exact", "exact caption share")]),
-                    # CIDEr-D runs to 10, which would flatten the others on a shared axis
-                    ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
+    def validate():
+        return evaluate(model, val_loader, val_samples, val_ids, tokenizer, device,
+                        args.precision, args.max_len)
+
+    def weights(epoch_done, record):
+        return {"format": format_tag("hw3-p2-catr"), "config": config,
+                "model": model.state_dict(), "epoch": epoch_done,
+                "val": {k: v for k, v in record.items() if k.startswith("val_")}}
+
+    train_epochs(
+        args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
+        train_epoch=train_epoch, validate=validate if val_loader else None,
+        best=("val_cider", "val CIDEr {:.3f}"), weights=weights, report_epoch=_report_epoch,
+        curves=[("loss", "cross-entropy per caption token",
+                 [("train_loss", "train"), ("val_loss", "validation")]),
+                ("validation captions (greedy)", "score (0 to 1)",
+                 [("val_bleu4", "BLEU-4"), ("val_exact", "exact caption share")]),
+                # CIDEr-D runs to 10, which would flatten the others on a shared axis
+                ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
 
 
 def build_loaders(args, config, train_samples, train_ids, val_samples, workers, device,

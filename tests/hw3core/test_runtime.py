@@ -1,4 +1,7 @@
-"""How a process shares its cores between data workers and compute threads."""
+"""How a process shares its cores between data workers and compute threads, and joins and
+leaves a torchrun process group."""
+import contextlib
+
 import pytest
 import torch
 
@@ -60,3 +63,45 @@ def test_autocast_is_bf16_on_cuda_and_off_on_a_cpu_unless_asked():
     context = runtime.autocast(cuda)
     assert (context.device, context.fast_dtype) == ("cuda", torch.bfloat16)
     assert runtime.autocast(cuda, "fp32").__class__.__name__ == "nullcontext"
+
+
+class Model:
+    """A stand-in for a DDP model: in a reference cycle, as DistributedDataParallel is."""
+
+    def __init__(self):
+        self.me = self
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_ddp_model_goes_before_its_process_group(monkeypatch, fails):
+    # destroyed last by the model's reducer, a gloo group can wait for its threads with the GIL
+    # held and hang the run's end (torch 2.11); destroyed from Python, it lets them finish
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: None)
+    alive_at_destroy = []
+    model = None
+    monkeypatch.setattr(dist, "destroy_process_group",
+                        lambda: alive_at_destroy.append(model() is not None))
+
+    def run(dist_info):  # as fit calls _fit: the model lives in the frames of the run alone
+        nonlocal model
+        held = Model()
+        model = weakref.ref(held)
+        if fails:
+            raise RuntimeError("a failure in the run")
+
+    gc.disable()  # no collection by chance before the group goes
+    try:
+        with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+            with runtime.distributed() as dist_info:
+                run(dist_info)
+    finally:
+        gc.enable()
+    assert alive_at_destroy == [False]
