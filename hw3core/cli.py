@@ -3,6 +3,7 @@ signal into one line and an exit status, the argparse type for numbers with a lo
 the --device and --precision options. No torch here: scripts import this before parsing, and
 their --help stays fast."""
 import argparse
+import os
 import sys
 
 from .errors import Interrupted, UserError
@@ -17,7 +18,8 @@ def run_cli(main, argv=None):
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as err:
-        print(str(err), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops so, together
+            print(str(err), file=sys.stderr)
         sys.exit(128 + err.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
