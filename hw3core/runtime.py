@@ -41,7 +41,7 @@ def distributed():
     The group must be the last to go. A DDP model holds it too, from a reference cycle, and if
     the model went last its reducer would destroy the group while holding the GIL. That waits
     for gloo's threads, one of which may need the GIL to free the last collective's tensors: with
-    torch 2.11, three of four torchrun runs on a CPU hung so at their end. So on leaving, the
+    torch 2.11, 4 of 7 torchrun runs on a CPU hung so at their end. So on leaving, the
     frames of a failure are cleared and the cycles collected, and the model goes while the group
     is still registered. The block itself must not hold the model: run the work in a function
     that it calls.
