@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, is_image_file, list_images, warn_unreadable
@@ -66,18 +67,38 @@ def eval_resize(image_size):
     ])
 
 
-def normalize(mean, std):
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+class ScaleNormalize:
+    """uint8 images (..., 3, h, w) -> the model's input: float32 scaled to [0, 1], less ``mean``,
+    over ``std``, per channel, on the images' device.
+
+    The loaders give uint8 batches, and this runs on a batch once it is on the device: a quarter
+    of the bytes to move, and no per-image work. The mean and std are kept on each device:
+    torchvision's normalize, given numbers, copies them there at every call, and a copy from the
+    host waits for the GPU to finish all it was given.
+    """
+
+    def __init__(self, mean, std):
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self._on_device = {}
+
+    def __call__(self, images):
+        if images.device not in self._on_device:
+            self._on_device[images.device] = (self.mean.to(images.device),
+                                              self.std.to(images.device))
+        mean, std = self._on_device[images.device]
+        return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), mean, std)
 
 
 def eval_transform(image_size, mean, std):
-    return v2.Compose([*eval_resize(image_size).transforms, *normalize(mean, std).transforms])
+    """One image as the model takes it (a loader's batches: eval_resize, then ScaleNormalize)."""
+    return v2.Compose([*eval_resize(image_size).transforms, ScaleNormalize(mean, std)])
 
 
-def train_transform(image_size, mean, std, augment="randaugment", min_scale=0.25, crop=True,
-                    flip=True):
+def train_transform(image_size, augment="randaugment", min_scale=0.25, crop=True, flip=True):
     """Each image draws its own random resized crop (area ``min_scale`` to 1; without ``crop`` a
-    plain resize, as eval_transform), horizontal flip and augmentation ``augment``."""
+    plain resize, as eval_resize), horizontal flip and augmentation ``augment``; uint8 images
+    (ScaleNormalize makes the model's input of their batch)."""
     policies = {
         "randaugment": [v2.RandAugment(num_ops=2, magnitude=9)],
         "trivialaugment": [v2.TrivialAugmentWide()],
@@ -93,7 +114,6 @@ def train_transform(image_size, mean, std, augment="randaugment", min_scale=0.25
         resize,
         *([v2.RandomHorizontalFlip()] if flip else []),
         *policies[augment],
-        *normalize(mean, std).transforms,
     ])
 
 
@@ -146,7 +166,8 @@ class DecodedImages(torch.utils.data.Dataset):
     """What LabelledImages gives, from images decoded once: each readable file of ``samples``
     is decoded (``workers`` processes) and passed through ``prepare`` (e.g. eval_resize) once, and
     kept as a uint8 tensor on ``device`` (in RAM where the cache would take more than a quarter of
-    the GPU's free memory). Each access runs ``transform`` there, in the calling process.
+    the GPU's free memory). Each access runs ``transform`` (if any) there, in the calling
+    process.
 
     On a GPU this takes JPEG decoding out of every epoch and the augmentation off the CPU. The
     images keep their own sizes, so each one draws its own crop, flip and augmentation from the
@@ -180,4 +201,5 @@ class DecodedImages(torch.utils.data.Dataset):
         image = self.images[index]
         if image is None:  # named on stderr when it was decoded
             return None
-        return self.transform(image.to(self.device, non_blocking=True)), self.targets[index]
+        image = image.to(self.device, non_blocking=True)
+        return (image if self.transform is None else self.transform(image)), self.targets[index]

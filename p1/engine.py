@@ -18,8 +18,8 @@ from hw3core.runtime import (autocast, distributed, is_main_process, pick_device
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
                               signals_during_backward, train_epochs, validation_loader,
                               warmup_cosine, wrap_for_ranks)
-from p1.data import (DecodedImages, LabelledImages, discover, eval_resize, eval_transform,
-                     normalize, train_transform)
+from p1.data import (DecodedImages, LabelledImages, ScaleNormalize, discover, eval_resize,
+                     train_transform)
 from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
                       forward_flops_per_image, grid_size, load_weights, make_arch)
 
@@ -59,12 +59,14 @@ def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs, schedule=
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
                     *, precision="auto", grad_accum=1, label_smoothing=0.0, mix=None,
-                    clip_grad=None, placeholder=None, desc="train"):
+                    clip_grad=None, placeholder=None, normalize=None, desc="train"):
     """Train over ``loader``, the rest of an epoch after the ``sums.batches`` already done,
     adding to ``sums`` (EpochSums). ``step_seed(step)`` seeds each optimizer step's random
     draws; ``stop`` (Interruptible) may raise StopRequested, leaving ``sums`` committed at the
     last completed optimizer step. ``placeholder``: an input batch of one for the steps where
-    this process, under torchrun, has no readable image (join_the_gradient_all_reduce)."""
+    this process, under torchrun, has no readable image (join_the_gradient_all_reduce).
+    ``normalize`` (ScaleNormalize) makes the model's input of an image batch on the device;
+    without it the batch is the input."""
     model.train()
     total = sums.batches + len(loader)
     progress = tqdm(loader, desc=desc, initial=sums.batches, total=total,
@@ -78,6 +80,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
         sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         if batch is not None:
             inputs, targets = (t.to(device, non_blocking=True) for t in batch)
+            if normalize is not None:
+                inputs = normalize(inputs)
             if mix is not None:
                 inputs, targets = mix(inputs, targets)
             with sync:
@@ -106,9 +110,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, classes, precision="auto", desc="val"):
+def evaluate(model, loader, device, classes, precision="auto", normalize=None, desc="val"):
     """Mean loss, accuracy and the confusion counts (true class x predicted class, ``classes``
-    of each) over ``loader``, summed exactly over ranks."""
+    of each) over ``loader``, summed exactly over ranks; ``normalize`` as train_one_epoch's."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(classes * classes, dtype=torch.int64, device=device)
@@ -118,7 +122,7 @@ def evaluate(model, loader, device, classes, precision="auto", desc="val"):
             continue
         inputs, targets = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device, precision):
-            logits = model(inputs)
+            logits = model(inputs if normalize is None else normalize(inputs))
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
         # not bincount, which on a GPU waits for it to learn the output's size
         cells = targets * classes + logits.argmax(1)
@@ -157,6 +161,7 @@ def _fit(args, dist_info):
         signals_during_backward(model.blocks)
     net = wrap_for_ranks(torch.compile(model) if args.compile else model, device, dist_info)
     placeholder = torch.zeros(1, 3, *arch["image_size"], device=device)
+    normalize = ScaleNormalize(preprocess["mean"], preprocess["std"])
     mix = _mixing(args, len(class_names))
     print0(f"{arch['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
            f"parameters, grid {grid_size(model)}, {len(class_names)} classes, "
@@ -169,11 +174,12 @@ def _fit(args, dist_info):
                         e.step_seed, precision=args.precision, grad_accum=args.grad_accum,
                         label_smoothing=args.label_smoothing, mix=mix,
                         clip_grad=args.clip_grad, placeholder=placeholder,
-                        desc=f"epoch {e.index + 1}/{args.epochs}")
+                        normalize=normalize, desc=f"epoch {e.index + 1}/{args.epochs}")
 
     def validate():
         nonlocal last_confusion
-        figures = evaluate(net, val_loader, device, len(class_names), args.precision)
+        figures = evaluate(net, val_loader, device, len(class_names), args.precision,
+                           normalize)
         last_confusion = figures.pop("confusion")
         return figures
 
@@ -198,13 +204,14 @@ def _fit(args, dist_info):
 
 
 def build_loaders(args, preprocess, train_samples, val_samples, workers, device, dist_info):
-    """The training loader (EpochLoader) and this process's validation loader, or None.
+    """The training loader (EpochLoader) and this process's validation loader, or None; their
+    batches are uint8 images (ScaleNormalize makes the model's input of them on the device).
 
     With --image-cache on the images are decoded once (by the workers) and the loaders run in
     this process, augmenting on the device; with ram they are decoded once into RAM and the
     workers augment them; else the workers decode and augment every epoch."""
-    size, mean, std = preprocess["image_size"], preprocess["mean"], preprocess["std"]
-    augment = train_transform(size, mean, std, args.augment, args.min_crop, args.crop, args.flip)
+    size = preprocess["image_size"]
+    augment = train_transform(size, args.augment, args.min_crop, args.crop, args.flip)
     cache = args.image_cache
     if cache == "auto":
         cache = "on" if device.type == "cuda" else "off"
@@ -212,12 +219,12 @@ def build_loaders(args, preprocess, train_samples, val_samples, workers, device,
         # the workers that augment in RAM are forked after the decoding: they share its pages
         where = device if cache == "on" else torch.device("cpu")
         train_set = DecodedImages(train_samples, v2.ToImage(), augment, where, workers)
-        val_set = DecodedImages(val_samples, eval_resize(size), normalize(mean, std), where,
+        val_set = DecodedImages(val_samples, eval_resize(size), None, where,
                                 workers) if val_samples else None
         workers, pin_memory = (0, False) if cache == "on" else (workers, None)
     else:
         train_set = LabelledImages(train_samples, augment)
-        val_set = LabelledImages(val_samples, eval_transform(size, mean, std))
+        val_set = LabelledImages(val_samples, eval_resize(size))
         pin_memory = None
     train_loader = EpochLoader(train_set, args.batch_size, workers, collate_skip, device,
                                dist_info, args.seed, pin_memory)
@@ -288,8 +295,8 @@ def predict_files(model, preprocess, paths, device, batch_size=64, workers=None,
                   precision="auto"):
     """Class index for each readable file in ``paths``: {path: index}. Unreadable files are
     named on stderr by the dataset and are absent from the result."""
-    dataset = ImageFileDataset(paths, eval_transform(preprocess["image_size"], preprocess["mean"],
-                                                     preprocess["std"]))
+    dataset = ImageFileDataset(paths, eval_resize(preprocess["image_size"]))
+    normalize = ScaleNormalize(preprocess["mean"], preprocess["std"])
     loader = DataLoader(dataset, batch_size, num_workers=share_cores(workers, device),
                         collate_fn=collate_skip, pin_memory=device.type == "cuda")
     model.eval().to(device)
@@ -299,6 +306,7 @@ def predict_files(model, preprocess, paths, device, batch_size=64, workers=None,
             continue
         images, indices = batch
         with autocast(device, precision):
-            found.append((indices.tolist(), model(images.to(device, non_blocking=True)).argmax(1)))
+            logits = model(normalize(images.to(device, non_blocking=True)))
+            found.append((indices.tolist(), logits.argmax(1)))
     return {dataset.paths[index]: label for indices, labels in found
             for index, label in zip(indices, labels.tolist())}

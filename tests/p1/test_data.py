@@ -54,8 +54,8 @@ def test_images_decoded_once_draw_the_augmentations_the_workers_draw(tmp_path, c
     from torchvision.transforms import v2
 
     from hw3core.training import SeededItems
-    from p1.data import (DecodedImages, LabelledImages, eval_resize, eval_transform, normalize,
-                         train_transform)
+    from p1.data import (DecodedImages, LabelledImages, ScaleNormalize, eval_resize,
+                         eval_transform, train_transform)
 
     rng = np.random.default_rng(0)
     samples = []
@@ -68,7 +68,7 @@ def test_images_decoded_once_draw_the_augmentations_the_workers_draw(tmp_path, c
     # the same picture twice: each copy must draw its own crop, flip and operations
     (tmp_path / "1_1.png").write_bytes((tmp_path / "0_0.png").read_bytes())
     size, mean, std = (24, 32), [0.5] * 3, [0.25] * 3
-    augment = train_transform(size, mean, std, "randaugment", 0.25)
+    augment = train_transform(size, "randaugment", 0.25)
     cpu = torch.device("cpu")
     decoded = SeededItems(DecodedImages(samples, v2.ToImage(), augment, cpu), seed=3)
     assert "0_4.jpg" in capsys.readouterr().err  # named once, when decoded
@@ -82,7 +82,13 @@ def test_images_decoded_once_draw_the_augmentations_the_workers_draw(tmp_path, c
         assert torch.equal(got[0], want[0]), key
     assert not torch.equal(decoded[0, 0][0], decoded[0, 1][0])
     assert not torch.equal(decoded[0, 2][0], decoded[1, 2][0])  # a new draw each epoch
-    kept = DecodedImages(samples, eval_resize(size), normalize(mean, std), cpu)
+    kept = DecodedImages(samples, eval_resize(size), None, cpu)
     files = LabelledImages(samples, eval_transform(size, mean, std))
-    for index in range(4):
-        assert torch.equal(kept[index][0], files[index][0])
+    by_torchvision = LabelledImages(samples, v2.Compose([
+        *eval_resize(size).transforms, v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std)]))
+    batch = ScaleNormalize(mean, std)(torch.stack([kept[index][0] for index in range(4)]))
+    for index in range(4):  # a batch normalised as a whole is each image normalised alone
+        assert kept[index][0].dtype == torch.uint8
+        assert torch.equal(files[index][0], by_torchvision[index][0])
+        assert torch.equal(batch[index], by_torchvision[index][0])

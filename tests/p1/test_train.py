@@ -344,13 +344,11 @@ def test_every_part_of_the_recipe_can_be_switched_off_for_the_seeds_recipe(tmp_p
     args = parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), "--pretrained",
                        "none", "--no-crop", "--no-flip", "--augment", "none", "--schedule",
                        "constant", "--warmup-epochs", "0", "--label-smoothing", "0"])
-    steps = train_transform((32, 48), (0.5,) * 3, (0.5,) * 3, args.augment, args.min_crop,
-                            args.crop, args.flip).transforms
-    assert [type(step).__name__ for step in steps] == ["ToImage", "Resize", "ToDtype", "Normalize"]
+    steps = train_transform((32, 48), args.augment, args.min_crop, args.crop, args.flip).transforms
+    assert [type(step).__name__ for step in steps] == ["ToImage", "Resize"]
     assert steps[1].size == [32, 48]  # the whole image, resized: no crop to 4:3
-    default = [type(step).__name__ for step in train_transform((32, 32), (0.5,) * 3, (0.5,) * 3)
-               .transforms]
-    assert default[1:4] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment"]
+    default = [type(step).__name__ for step in train_transform((32, 32)).transforms]
+    assert default[1:] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandAugment"]
 
     def rates(steps_per_epoch, warmup_epochs):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.02)
