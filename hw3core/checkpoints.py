@@ -77,8 +77,9 @@ class CheckpointWriter:
     """Writes files in a thread of its own, one batch of them at a time, so that training goes
     on while a checkpoint reaches the disk: a ViT-B/16 last.pt holds 657 MiB, and with best.pt
     took 1.2 to 2.6 s to write on the tests' 2-core CPU, where an epoch of the course's 3,680
-    images is under 5 s of model time on an H200. What is written is a CPU copy taken when the files are handed over, so that the
-    next steps' in-place updates of weights and optimizer state never reach it. A write that
+    images is under 5 s of model time on an H200. What is written is a CPU copy taken when the
+    files are handed over, so that the next steps' in-place updates of weights and optimizer
+    state never reach it. A write that
     fails is raised by the next write() or by wait()."""
 
     def __init__(self):

@@ -458,9 +458,10 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
     (None without a validation set) returns the val_* figures. The epoch's record then goes, whole,
     into args.out: metrics.jsonl, last.pt (``weights(epochs done, the last record)`` plus the run
     state) and best.pt when the record's ``best[0]`` beats every earlier epoch's, with
-    ``best_files(epoch)`` ([(path, text)]) written right after it. ``report_epoch(record, improved)`` prints it. At the end,
-    curves.png (``curves``: plot_history's panels) and a line naming the checkpoints, ``best[1]``
-    formatting the best value. ``flops_per_image`` (training) adds train_tflops to the records.
+    ``best_files(epoch)`` ([(path, text)]) written right after it. ``report_epoch(record,
+    improved)`` prints it. At the end, curves.png (``curves``: plot_history's panels) and a line
+    naming the checkpoints, ``best[1]`` formatting the best value. ``flops_per_image``
+    (training) adds train_tflops to the records.
     """
     out = Path(args.out)
     history, start, in_epoch = [], 0, None
