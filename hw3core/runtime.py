@@ -44,7 +44,8 @@ def distributed():
     torch 2.11, 4 of 7 torchrun runs on a CPU hung so at their end. So on leaving, the
     frames of a failure are cleared and the cycles collected, and the model goes while the group
     is still registered. The block itself must not hold the model: run the work in a function
-    that it calls.
+    that it calls, and which lets go of the model when it ends (closures keep what they refer
+    to after their frames are cleared).
     """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         yield Distributed()
@@ -60,7 +61,13 @@ def distributed():
     try:
         yield info
     except BaseException as err:
-        traceback.clear_frames(err.__traceback__)  # the finished frames' locals, a model's too
+        # the finished frames' locals, a model's too, along the chain: a stop's Interrupted
+        # keeps the StopRequested raised inside the step
+        failure, seen = err, set()
+        while failure is not None and id(failure) not in seen:
+            seen.add(id(failure))
+            traceback.clear_frames(failure.__traceback__)
+            failure = failure.__cause__ or failure.__context__
         raise
     finally:
         gc.collect()

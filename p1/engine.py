@@ -193,14 +193,17 @@ def _fit(args, dist_info):
             {"epoch": epoch, "class_names": class_names, "counts": last_confusion}) + "\n")]
 
     train_label = "train (label-smoothed)" if args.label_smoothing else "train"
-    train_epochs(
-        args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
-        train_epoch=train_epoch, validate=validate if val_loader else None,
-        best=("val_acc", "val acc {:.4f}"), weights=weights, best_files=confusion_file,
-        report_epoch=_report_epoch, flops_per_image=3 * forward_flops_per_image(model),
-        curves=[("loss", "cross-entropy", [("train_loss", train_label),
-                                           ("val_loss", "validation")]),
-                ("validation accuracy", "accuracy", [("val_acc", "validation")])])
+    try:
+        train_epochs(
+            args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
+            train_epoch=train_epoch, validate=validate if val_loader else None,
+            best=("val_acc", "val acc {:.4f}"), weights=weights, best_files=confusion_file,
+            report_epoch=_report_epoch, flops_per_image=3 * forward_flops_per_image(model),
+            curves=[("loss", "cross-entropy", [("train_loss", train_label),
+                                               ("val_loss", "validation")]),
+                    ("validation accuracy", "accuracy", [("val_acc", "validation")])])
+    finally:  # the DDP model goes before its process group: see distributed()
+        net = None
 
 
 def build_loaders(args, preprocess, train_samples, val_samples, workers, device, dist_info):

@@ -249,16 +249,19 @@ def _fit(args, dist_info):
                 "model": model.state_dict(), "epoch": epoch_done,
                 "val": {k: v for k, v in record.items() if k.startswith("val_")}}
 
-    train_epochs(
-        args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
-        train_epoch=train_epoch, validate=validate if val_loader else None,
-        best=("val_cider", "val CIDEr {:.3f}"), weights=weights, report_epoch=_report_epoch,
-        curves=[("loss", "cross-entropy per caption token",
-                 [("train_loss", "train"), ("val_loss", "validation")]),
-                ("validation captions (greedy)", "score (0 to 1)",
-                 [("val_bleu4", "BLEU-4"), ("val_exact", "exact caption share")]),
-                # CIDEr-D runs to 10, which would flatten the others on a shared axis
-                ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
+    try:
+        train_epochs(
+            args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
+            train_epoch=train_epoch, validate=validate if val_loader else None,
+            best=("val_cider", "val CIDEr {:.3f}"), weights=weights, report_epoch=_report_epoch,
+            curves=[("loss", "cross-entropy per caption token",
+                     [("train_loss", "train"), ("val_loss", "validation")]),
+                    ("validation captions (greedy)", "score (0 to 1)",
+                     [("val_bleu4", "BLEU-4"), ("val_exact", "exact caption share")]),
+                    # CIDEr-D runs to 10, which would flatten the others on a shared axis
+                    ("validation CIDEr-D (greedy)", "CIDEr-D", [("val_cider", "CIDEr-D")])])
+    finally:  # the DDP model goes before its process group: see distributed()
+        net = None
 
 
 def build_loaders(args, config, train_samples, train_ids, val_samples, workers, device,

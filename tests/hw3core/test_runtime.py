@@ -90,16 +90,28 @@ def test_a_ddp_model_goes_before_its_process_group(monkeypatch, fails):
     monkeypatch.setattr(dist, "destroy_process_group",
                         lambda: alive_at_destroy.append(model() is not None))
 
-    def run(dist_info):  # as fit calls _fit: the model lives in the frames of the run alone
+    class Stop(Exception):
+        pass
+
+    def run(dist_info):  # as fit calls _fit: the model lives in the run's frames and closures
         nonlocal model
-        held = Model()
-        model = weakref.ref(held)
-        if fails:
-            raise RuntimeError("a failure in the run")
+        net = Model()
+        model = weakref.ref(net)
+
+        def step(model):  # a failure in a step, turned into another as Epochs turns a stop
+            if fails:
+                raise RuntimeError("a failure in a step")
+        try:
+            try:
+                step(net)
+            except RuntimeError:
+                raise Stop("stopped") from None
+        finally:
+            net = None
 
     gc.disable()  # no collection by chance before the group goes
     try:
-        with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+        with pytest.raises(Stop) if fails else contextlib.nullcontext():
             with runtime.distributed() as dist_info:
                 run(dist_info)
     finally:
