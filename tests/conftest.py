@@ -9,6 +9,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # The seed of every training run whose learned quality a test asserts; bench/sweep_learned.py
 # reruns those tests' training over several seeds, thread counts and CPU kernels.
 TEST_SEED = int(os.environ.get("HW3_TEST_SEED", "0"))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# pytest-xdist (pyproject.toml: -n auto) runs the tests in one process per core, at most four
+# (each builds its own session fixtures and holds its own torch: about 6 GB of memory in use at the
+# peak with two). Each worker's torch, and the scripts a test starts, compute on that worker's
+# share of the cores: on 2 cores, two workers of two threads each took 1.8 times the CPU time
+# of one thread each. Set before torch loads; WORKER_THREADS is None in one process, or where
+# the user set OMP_NUM_THREADS.
+WORKER_THREADS = None
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    WORKER_THREADS = max(1, _CORES // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
+
+
+def pytest_xdist_auto_num_workers(config):
+    return min(4, _CORES)
 
 
 def script_env(**extra):

@@ -1,9 +1,11 @@
-"""The shell scripts' one rule for the interpreter (venv.sh)."""
+"""The shell scripts' one rule for the interpreter (venv.sh), and test.sh's parallel tests."""
 import os
 import shutil
 import subprocess
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import ROOT, WORKER_THREADS, script_env
 
 
 def python_chosen(project, **env):
@@ -25,3 +27,13 @@ def test_python_is_PYTHON_else_the_venv_beside_the_scripts_else_python3(tmp_path
     venv_python.chmod(0o755)
     assert python_chosen(project) == str(venv_python)
     assert python_chosen(project, PYTHON="/opt/py/bin/python3") == "/opt/py/bin/python3"
+
+
+def test_parallel_test_processes_compute_on_their_share_of_the_cores():
+    if WORKER_THREADS is None:
+        pytest.skip("the tests run in one process here, or OMP_NUM_THREADS was set")
+    import torch
+
+    # torch loaded after the share was set (never above it), and the scripts a test starts get it
+    assert torch.get_num_threads() <= WORKER_THREADS
+    assert script_env()["OMP_NUM_THREADS"] == str(WORKER_THREADS)
