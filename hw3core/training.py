@@ -73,14 +73,55 @@ class _EpochKeys(torch.utils.data.Sampler):
         return len(self.sampler) - self.skip
 
 
+class SideStreamBatches:
+    """The batches of ``loader``, whose items are made on ``device``'s GPU in this process
+    (DecodedImages there), each batch made on a CUDA stream of its own; the batches are tuples
+    of tensors, or None.
+
+    A copy from host memory that blocks waits for all the work queued on its stream, and
+    torchvision's affine, rotate and sharpness make their parameters' tensors so, at every image.
+    On the training's stream the next batch's augmentation would wait there for the step in
+    flight, and the CPU's time of augmenting would add to the step's instead of overlapping it.
+    On a stream of its own a copy waits for the augmentation's kernels only, and the training's
+    stream waits for the batch on the GPU, not the host.
+    """
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)  # the images went to the GPU on the current stream
+        batches = iter(self.loader)
+        end = object()
+        while True:
+            with torch.cuda.stream(side):
+                batch = next(batches, end)
+            if batch is end:
+                return
+            current.wait_stream(side)
+            for tensor in batch or ():
+                if tensor.is_cuda:
+                    # freed on the side stream, its memory must wait for the current one's use
+                    tensor.record_stream(current)
+            yield batch
+
+
 class EpochLoader:
     """This rank's share of the training set, shuffled anew each epoch from (seed, epoch), each
     item's augmentations drawn from (seed, epoch, index) (SeededItems). Worker processes start
-    once and serve every epoch."""
+    once and serve every epoch. ``items_on_device``: the dataset makes its items on ``device``
+    in this process (no workers); on a GPU, each batch is then made on a stream of its own
+    (SideStreamBatches)."""
 
     def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed,
-                 pin_memory=None):
-        self.dataset, self.batch_size = dataset, batch_size
+                 pin_memory=None, items_on_device=False):
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.side_stream = items_on_device and device.type == "cuda"
         self.sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
                                           shuffle=True, seed=seed)
         self.keys = _EpochKeys(self.sampler)
@@ -108,7 +149,7 @@ class EpochLoader:
         self.sampler.set_epoch(epoch)
         self.keys.epoch = epoch
         self.keys.skip = skip_batches * self.batch_size
-        return self.loader
+        return SideStreamBatches(self.loader, self.device) if self.side_stream else self.loader
 
 
 def seed_generators(seed, *key, devices="all"):

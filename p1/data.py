@@ -184,7 +184,9 @@ class DecodedImages(torch.utils.data.Dataset):
                 image, index = item
                 # a copy of its own: a worker's tensor keeps a shared-memory file open
                 self.images[index] = image.as_subclass(torch.Tensor).clone()
-        self.targets = [target for _, target in samples]
+        # on the device too: a batch made there then needs no copy from the host
+        self.targets = torch.tensor([target for _, target in samples], dtype=torch.int64,
+                                    device=device)
         self.transform = transform
         self.device = device
         if device.type == "cuda":

@@ -230,7 +230,7 @@ def build_loaders(args, preprocess, train_samples, val_samples, workers, device,
         val_set = LabelledImages(val_samples, eval_resize(size))
         pin_memory = None
     train_loader = EpochLoader(train_set, args.batch_size, workers, collate_skip, device,
-                               dist_info, args.seed, pin_memory)
+                               dist_info, args.seed, pin_memory, items_on_device=cache == "on")
     val_loader = validation_loader(val_set, args.batch_size * 2, workers, collate_skip, device,
                                    dist_info, pin_memory) if val_samples else None
     return train_loader, val_loader

@@ -1,5 +1,6 @@
 """The training plumbing both problems share: what makes a resumed run draw the same batches."""
 import argparse
+import contextlib
 import math
 import random
 
@@ -51,6 +52,64 @@ def test_items_do_not_depend_on_workers_or_the_callers_random_state():
         assert torch.rand(()) == expected_torch and random.random() == expected_python
     assert runs[0] == runs[2]  # and the persistent workers drew anew each epoch
     assert runs[0][0] != runs[0][1] != runs[0][2]
+
+
+def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monkeypatch):
+    # no GPU here: stand-ins for the streams record what happens where, and in which order
+    log, current = [], ["main"]
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append(f"{self.name} waits for {other.name}")
+
+    class CudaTensor:
+        is_cuda = True
+
+        def __init__(self, indices):
+            self.indices = indices
+
+        def record_stream(self, stream):
+            log.append(f"batch {self.indices} kept for {stream.name}")
+
+    @contextlib.contextmanager
+    def on(stream):
+        current.append(stream.name)
+        yield
+        current.pop()
+
+    def collate(items):
+        indices = [index for index, _ in items]
+        log.append(f"batch {indices} made on {current[-1]}")
+        return CudaTensor(indices), torch.tensor(indices)  # images on the GPU, labels not
+
+    main = Stream("main")
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: main)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: Stream("side"))
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    gpu = torch.device("cuda")
+    loader = EpochLoader(NoisyItems(), 6, 0, collate, gpu, Distributed(), seed=0, pin_memory=False,
+                         items_on_device=True)
+    loader.sampler.shuffle = False
+    batches = loader.epoch(0)
+    assert len(batches) == 2
+    for images, _ in batches:
+        log.append(f"batch {images.indices} used on {current[-1]}")
+    assert log == ["side waits for main",  # for the images put on the GPU before
+                   "batch [0, 1, 2, 3, 4, 5] made on side", "main waits for side",
+                   "batch [0, 1, 2, 3, 4, 5] kept for main", "batch [0, 1, 2, 3, 4, 5] used on main",
+                   "batch [6, 7, 8, 9, 10, 11] made on side", "main waits for side",
+                   "batch [6, 7, 8, 9, 10, 11] kept for main",
+                   "batch [6, 7, 8, 9, 10, 11] used on main"]
+    # items made on the CPU, or elsewhere than in this process, come as the loader makes them
+    cpu = EpochLoader(NoisyItems(), 6, 0, collate, torch.device("cpu"), Distributed(), seed=0,
+                      items_on_device=True)
+    assert cpu.epoch(0) is cpu.loader
+    workers = EpochLoader(NoisyItems(), 6, 0, collate, gpu, Distributed(), seed=0,
+                          pin_memory=False)
+    assert workers.epoch(0) is workers.loader
 
 
 def test_ranks_share_out_the_items():
