@@ -99,7 +99,8 @@ def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monke
         log.append(f"batch {images.indices} used on {current[-1]}")
     assert log == ["side waits for main",  # for the images put on the GPU before
                    "batch [0, 1, 2, 3, 4, 5] made on side", "main waits for side",
-                   "batch [0, 1, 2, 3, 4, 5] kept for main", "batch [0, 1, 2, 3, 4, 5] used on main",
+                   "batch [0, 1, 2, 3, 4, 5] kept for main",
+                   "batch [0, 1, 2, 3, 4, 5] used on main",
                    "batch [6, 7, 8, 9, 10, 11] made on side", "main waits for side",
                    "batch [6, 7, 8, 9, 10, 11] kept for main",
                    "batch [6, 7, 8, 9, 10, 11] used on main"]
@@ -107,9 +108,9 @@ def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monke
     cpu = EpochLoader(NoisyItems(), 6, 0, collate, torch.device("cpu"), Distributed(), seed=0,
                       items_on_device=True)
     assert cpu.epoch(0) is cpu.loader
-    workers = EpochLoader(NoisyItems(), 6, 0, collate, gpu, Distributed(), seed=0,
-                          pin_memory=False)
-    assert workers.epoch(0) is workers.loader
+    elsewhere = EpochLoader(NoisyItems(), 6, 0, collate, gpu, Distributed(), seed=0,
+                            pin_memory=False)
+    assert elsewhere.epoch(0) is elsewhere.loader
 
 
 def test_ranks_share_out_the_items():
