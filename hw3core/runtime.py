@@ -3,6 +3,7 @@ import contextlib
 import gc
 import os
 import random
+import shutil
 import traceback
 from dataclasses import dataclass
 
@@ -117,6 +118,23 @@ def share_cores(workers, device, processes=1):
         print0(f"note: {cores} core(s) here: {kept} data loader worker(s) instead of {workers}, "
                f"{torch.get_num_threads()} compute thread(s)")
     return kept
+
+
+def fit_shared_memory(workers, batch_bytes, processes=1, folder="/dev/shm"):
+    """The DataLoader workers, at most ``workers``, whose batches fit in the free space of
+    ``folder``. Workers hand their batches over there, each up to two in flight (DataLoader's
+    prefetch) besides the one in use, and a worker that finds it full dies of a bus error: a
+    container's is 64 MB unless given more. Fewer than ``workers`` is said, with the remedy.
+    ``processes``: the processes sharing the machine (torchrun's LOCAL_WORLD_SIZE)."""
+    if workers == 0 or not os.path.isdir(folder):  # elsewhere than Linux: another mechanism
+        return workers
+    free = shutil.disk_usage(folder).free // max(1, processes)
+    fits = max(0, (free // batch_bytes - 1) // 2)
+    if fits < workers:
+        print0(f"note: {folder} has {free >> 20} MB free for this process, room for the batches "
+               f"of {fits} data loader worker(s), not {workers} ({batch_bytes >> 20} MB a batch); "
+               f"give it more (docker run --shm-size 8g) to use them all")
+    return min(workers, fits)
 
 
 def autocast(device, precision="auto"):

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from hw3core.checkpoints import check_format, format_tag, load_checkpoint, unwrap_state_dict
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_skip
-from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
-                             seed_everything, share_cores, sum_over_ranks)
+from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
+                             pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
                               signals_during_backward, train_epochs, validation_loader,
                               warmup_cosine, wrap_for_ranks)
@@ -229,6 +229,9 @@ def build_loaders(args, preprocess, train_samples, val_samples, workers, device,
         train_set = LabelledImages(train_samples, augment)
         val_set = LabelledImages(val_samples, eval_resize(size))
         pin_memory = None
+    # a validation batch (twice a training one) of uint8 images, the larger
+    workers = fit_shared_memory(workers, 2 * args.batch_size * 3 * math.prod(size),
+                                dist_info.local_world_size)
     train_loader = EpochLoader(train_set, args.batch_size, workers, collate_skip, device,
                                dist_info, args.seed, pin_memory, items_on_device=cache == "on")
     val_loader = validation_loader(val_set, args.batch_size * 2, workers, collate_skip, device,
@@ -300,8 +303,10 @@ def predict_files(model, preprocess, paths, device, batch_size=64, workers=None,
     named on stderr by the dataset and are absent from the result."""
     dataset = ImageFileDataset(paths, eval_resize(preprocess["image_size"]))
     normalize = ScaleNormalize(preprocess["mean"], preprocess["std"])
-    loader = DataLoader(dataset, batch_size, num_workers=share_cores(workers, device),
-                        collate_fn=collate_skip, pin_memory=device.type == "cuda")
+    workers = fit_shared_memory(share_cores(workers, device),
+                                batch_size * 3 * math.prod(preprocess["image_size"]))
+    loader = DataLoader(dataset, batch_size, num_workers=workers, collate_fn=collate_skip,
+                        pin_memory=device.type == "cuda")
     model.eval().to(device)
     found = []  # (indices, labels left on the device): read at the end, so no batch waits for it
     for batch in tqdm(loader, desc="predict", disable=not is_main_process(), dynamic_ncols=True):

@@ -29,7 +29,7 @@ def parse_args(argv=None):
     data.add_argument("--out", required=True, help="folder for checkpoints, metrics and curves")
     data.add_argument("--workers", type=at_least(0), help="DataLoader worker processes "
                       "(default: none on a CPU, up to 4 beside a GPU; never more than the cores "
-                      "less one)")
+                      "less one, nor than /dev/shm has room for)")
     data.add_argument("--image-cache", choices=("auto", "on", "ram", "off"), default="auto",
                       help="on: decode each image once into uint8 tensors (on the GPU where they "
                       "fit) and augment there, in this process; ram: decode once into RAM and "

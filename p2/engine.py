@@ -8,8 +8,8 @@ from tqdm import tqdm
 from hw3core.checkpoints import format_tag
 from hw3core.errors import UserError
 from hw3core.images import collate_list
-from hw3core.runtime import (autocast, distributed, is_main_process, pick_device, print0,
-                             seed_everything, share_cores, sum_over_ranks)
+from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
+                             pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
                               train_epochs, validation_loader, warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
@@ -268,10 +268,13 @@ def build_loaders(args, config, train_samples, train_ids, val_samples, workers, 
                   dist_info):
     """The training loader (EpochLoader, one item per caption) and this process's validation
     loader (images; evaluate() gathers every process's captions), or None."""
+    side = config["input_size"]  # a batch: float32 pixels and a bool padding mask, at most
+    workers = fit_shared_memory(workers, args.batch_size * side * side * (3 * 4 + 1),
+                                dist_info.local_world_size)
     train_loader = EpochLoader(CaptionPairs(train_samples, train_ids, train_transform(
-        config["input_size"], args.rotate, args.color_jitter, args.hflip)),
+        side, args.rotate, args.color_jitter, args.hflip)),
         args.batch_size, workers, collate_pairs, device, dist_info, args.seed)
-    val_loader = validation_loader(ReferenceImages(val_samples, config["input_size"]),
+    val_loader = validation_loader(ReferenceImages(val_samples, side),
                                    args.batch_size, workers, collate_list, device,
                                    dist_info) if val_samples else None
     return train_loader, val_loader

@@ -31,7 +31,7 @@ def parse_args(argv=None):
                       help="caption positions, [CLS] and [SEP] included (%(default)s)")
     data.add_argument("--workers", type=at_least(0), help="DataLoader worker processes "
                       "(default: none on a CPU, up to 4 beside a GPU; never more than the cores "
-                      "less one)")
+                      "less one, nor than /dev/shm has room for)")
     model = p.add_argument_group("model (a new run; --init and --resume bring their own)")
     model.add_argument("--init", help="released CATR checkpoint, bare state dict or checkpoint "
                        "of this project to start from; default: random weights")

@@ -1,6 +1,7 @@
 """How a process shares its cores between data workers and compute threads, and joins and
 leaves a torchrun process group."""
 import contextlib
+import shutil
 
 import pytest
 import torch
@@ -50,6 +51,30 @@ def test_a_thread_cap_set_at_start_is_kept(cores, monkeypatch):
     monkeypatch.setattr(runtime, "_THREADS_AT_START", 2)  # OMP_NUM_THREADS=2, say
     share_cores(0, CPU)
     assert torch.get_num_threads() == 2
+
+
+def test_loader_workers_are_as_many_as_their_batches_fit_in_shared_memory(
+        monkeypatch, capsys, tmp_path):
+    def free(megabytes):
+        monkeypatch.setattr(runtime.shutil, "disk_usage",
+                            lambda folder: shutil._ntuple_diskusage(0, 0, megabytes << 20))
+
+    hw3_1_batch = 64 * 3 * 384 * 384  # 28 MB of uint8 images
+    free(64)  # a container's default: one batch in use, none to spare for a worker's two
+    assert runtime.fit_shared_memory(4, hw3_1_batch, folder=tmp_path) == 0
+    note = capsys.readouterr().out
+    assert f"note: {tmp_path} has 64 MB free" in note and "--shm-size" in note
+    free(8192)
+    assert runtime.fit_shared_memory(15, hw3_1_batch, folder=tmp_path) == 15
+    assert capsys.readouterr().out == ""
+    # torchrun's processes on one machine share it: 512 MB each holds 18 batches, those of 8
+    # workers (two each) and the one in use
+    assert runtime.fit_shared_memory(15, hw3_1_batch, processes=16, folder=tmp_path) == 8
+    capsys.readouterr()
+    free(0)
+    assert runtime.fit_shared_memory(0, hw3_1_batch, folder=tmp_path) == 0  # nothing to fit
+    assert runtime.fit_shared_memory(4, hw3_1_batch, folder=tmp_path / "none") == 4  # not Linux
+    assert capsys.readouterr().out == ""
 
 
 def test_autocast_is_bf16_on_cuda_and_off_on_a_cpu_unless_asked():
