@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from bench.measure import write_result
+from bench.tables import jobs as jobs_table
 from bench.tables import jobs_loaders as jobs_loaders_table
 from hw3core.checkpoints import save_checkpoint
 from hw3core.runtime import Distributed, autocast, pick_device, share_cores, usable_cores
@@ -168,15 +169,27 @@ def main(argv=None):
             args, device, work,
             lambda so_far: write_result(out, what, device=device, quiet=True, **so_far))
         # the jobs' table first: they hold the targets, and a run cut short keeps it
-        print("| job | wall-clock s | target s | images |\n| --- | ---: | ---: | ---: |")
-        for name, job in results["jobs"].items():
-            print(f"| {name} | {job['seconds']:.1f} | {TARGETS[name]} | {job['images']} |")
-        pieces = results["jobs"]["hw3_2"]["caption_pieces"]
-        print(f"\nhw3_2.sh's captioner: captions of {pieces['mean']:.1f} word pieces on average "
-              f"(median {pieces['median']}, longest {pieces['longest']})\n", flush=True)
+        print("\n".join(jobs_table(results)))
+        pieces = results["jobs"]["hw3_2"].get("caption_pieces")
+        if pieces:
+            print(f"\nhw3_2.sh's captioner: captions of {pieces['mean']:.1f} word pieces on "
+                  f"average (median {pieces['median']}, longest {pieces['longest']})\n", flush=True)
         results.update(time_loaders(train_argv, device))
     print("\n".join(jobs_loaders_table(results)))
     write_result(out, what, device=device, **results)
+    failed = [name for name, job in results["jobs"].items() if "error" in job]
+    return 1 if failed or results["loader_errors"] else 0
+
+
+def attempt(job, name):
+    """job(), or {"error": what it raised}, said on stderr: a job that fails (a GPU's first
+    run) leaves the others to be measured."""
+    try:
+        return job()
+    except Exception as error:
+        print(f"bench.jobs: {name} failed: {type(error).__name__}: {error}", file=sys.stderr,
+              flush=True)
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
 def run_jobs(args, device, work, save):
@@ -205,48 +218,62 @@ def run_jobs(args, device, work, save):
                   "--device", device.type,
                   *(["--image-size", str(args.image_size)] if args.image_size else [])]
     python = {"PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-    jobs["fine_tune"] = {"seconds": timed_command([sys.executable, "p1/train.py", *train_argv],
-                                                  python),
-                         "images": count(3680), "epochs": args.epochs}
-    history = [json.loads(line)
-               for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    results.update(train_images_per_s_by_epoch=[h["images_per_s"] for h in history],
-                   epoch_seconds=[h["epoch_seconds"] for h in history],
-                   val_seconds=[h.get("val_seconds") for h in history],
-                   best_val_acc=max(h["val_acc"] for h in history))
-    save(results)
 
-    jobs["hw3_1"] = {"seconds": timed_command(
-        ["bash", "hw3_1.sh", str(work / "pets" / "test"), str(work / "pred.csv")],
-        {**python, "HW3_P1_CKPT": str(work / "run" / "best.pt")}), "images": count(2200)}
-    save(results)
+    def fine_tune():
+        seconds = timed_command([sys.executable, "p1/train.py", *train_argv], python)
+        history = [json.loads(line)
+                   for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+        results.update(train_images_per_s_by_epoch=[h["images_per_s"] for h in history],
+                       epoch_seconds=[h["epoch_seconds"] for h in history],
+                       val_seconds=[h.get("val_seconds") for h in history],
+                       best_val_acc=max(h["val_acc"] for h in history))
+        return {"seconds": seconds, "images": count(3680), "epochs": args.epochs}
 
-    photos = [Image.open(path).convert("RGB") for path in sorted((work / "photos").glob("*"))[:16]]
-    captioner, caption_pieces = typical_captioner(device, photos)
-    save_captioner(captioner.cpu(), work / "catr_random.pth")
-    jobs["hw3_2"] = {"seconds": timed_command(
-        ["bash", "hw3_2.sh", str(work / "photos"), str(work / "figures")],
-        {**python, "HW3_P2_CKPT": str(work / "catr_random.pth")}),
-        "images": count(100), "figures": len(list((work / "figures").glob("*.png"))),
-        "caption_pieces": caption_pieces}
-    save(results)
+    def hw3_1():  # with the fine-tune's best.pt, even from a run that failed later
+        seconds = timed_command(
+            ["bash", "hw3_1.sh", str(work / "pets" / "test"), str(work / "pred.csv")],
+            {**python, "HW3_P1_CKPT": str(work / "run" / "best.pt")})
+        return {"seconds": seconds, "images": count(2200)}
+
+    def hw3_2():
+        photos = [Image.open(path).convert("RGB")
+                  for path in sorted((work / "photos").glob("*"))[:16]]
+        captioner, caption_pieces = typical_captioner(device, photos)
+        save_captioner(captioner.cpu(), work / "catr_random.pth")
+        seconds = timed_command(["bash", "hw3_2.sh", str(work / "photos"), str(work / "figures")],
+                                {**python, "HW3_P2_CKPT": str(work / "catr_random.pth")})
+        return {"seconds": seconds, "images": count(100),
+                "figures": len(list((work / "figures").glob("*.png"))),
+                "caption_pieces": caption_pieces}
+
+    for name, job in [("fine_tune", fine_tune), ("hw3_1", hw3_1), ("hw3_2", hw3_2)]:
+        jobs[name] = attempt(job, name)
+        save(results)
     return results, train_argv
 
 
 def time_loaders(train_argv, device):
     """Images/s of the fine-tune's training loader alone, as the run built it, and of the other
     ways to feed its steps: every core but one augmenting the images decoded once into RAM, or
-    decoding and augmenting them every epoch."""
-    loader_rate, loader_build = loader_images_per_s(train_argv, device)
+    decoding and augmenting them every epoch. A loader that fails is named in loader_errors."""
     cpu_workers = max(1, usable_cores() - 1)
-    in_workers = {cache: loader_images_per_s(
-        [*train_argv, "--image-cache", cache, "--workers", str(cpu_workers)], device)[0]
-        for cache in ("ram", "off")}
+    errors = {}
+
+    def rate(name, argv):
+        timed = attempt(lambda: loader_images_per_s(argv, device), f"the loader {name}")
+        if isinstance(timed, dict):
+            errors[name] = timed["error"]
+            return None, None
+        return timed
+
+    loader_rate, loader_build = rate("as built", train_argv)
+    in_workers = {cache: rate(cache, [*train_argv, "--image-cache", cache, "--workers",
+                                      str(cpu_workers)])[0] for cache in ("ram", "off")}
     return {"loader_images_per_s": loader_rate, "loader_build_s": loader_build,
             "loader_cpu_workers": cpu_workers,
             "loader_ram_workers_images_per_s": in_workers["ram"],
-            "loader_cpu_workers_images_per_s": in_workers["off"]}
+            "loader_cpu_workers_images_per_s": in_workers["off"], "loader_errors": errors}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

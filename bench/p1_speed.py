@@ -11,6 +11,7 @@ compile time reported), the fused SGD step (one kernel for all parameters instea
 tensor), and a doubled batch. Prints a markdown table and writes the figures as JSON.
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.measure import machine, median_seconds, write_result
+from bench.tables import p1_speed as p1_speed_table
 from hw3core.runtime import autocast, pick_device
 from p1.model import build_model, forward_flops_per_image, make_arch
 
@@ -114,13 +116,15 @@ def main():
                   dict(fused=True, compile=True))]
     out = args.out or RESULTS / f"p1_speed_{device.type}.json"
 
-    def save(rows, peak):  # said once at the end
+    def save(rows, peak):
         for r in rows:
-            r["share_of_matmul_rate"] = r["inference_tflops"] * 1e12 / peak
+            if "error" not in r:
+                r["share_of_matmul_rate"] = r["inference_tflops"] * 1e12 / peak
+        result = dict(classes=37, gflop_per_image=flops / 1e9, matmul_tflops=peak / 1e12,
+                      matmul_tokens=batch * 577, batch=batch, train_batch=train_batch, rows=rows)
         write_result(out, "ViT-B/16 at 384: images/s and TFLOP/s for inference and a training "
-                     "step, against a plain matrix product", device=device, quiet=True,
-                     classes=37, gflop_per_image=flops / 1e9, matmul_tflops=peak / 1e12,
-                     matmul_tokens=batch * 577, batch=batch, train_batch=train_batch, rows=rows)
+                     "step, against a plain matrix product", device=device, quiet=True, **result)
+        return result
 
     # the reference rate is timed first for the rows saved as they come (a run cut short by
     # bench/gpu.sh's time limit keeps them), and again after them, on a warm GPU
@@ -129,34 +133,31 @@ def main():
     for name, model, options in runs:
         sizes = dict(batch=options.pop("batch", batch),
                      train_batch=options.pop("train_batch", train_batch))
-        infer_ips, train_ips, compile_s = measure(model, device, sizes["batch"],
-                                                  sizes["train_batch"], args.repeats, precision,
-                                                  **options)
-        rows.append({"model": name, **sizes, "inference_images_per_s": infer_ips,
-                     "inference_tflops": infer_ips * flops / 1e12,
-                     "training_images_per_s": train_ips,
-                     "training_tflops": train_ips * 3 * flops / 1e12, "compile_s": compile_s})
+        try:
+            infer_ips, train_ips, compile_s = measure(model, device, sizes["batch"],
+                                                      sizes["train_batch"], args.repeats,
+                                                      precision, **options)
+        except Exception as error:  # kept in the table; the other rows are measured
+            rows.append({"model": name, **sizes, "error": f"{type(error).__name__}: {error}"})
+            print(f"{name}: failed: {rows[-1]['error']}", file=sys.stderr, flush=True)
+        else:
+            rows.append({"model": name, **sizes, "inference_images_per_s": infer_ips,
+                         "inference_tflops": infer_ips * flops / 1e12,
+                         "training_images_per_s": train_ips,
+                         "training_tflops": train_ips * 3 * flops / 1e12, "compile_s": compile_s})
         save(rows, peak)
     peak = max(peak, matmul_rate(device, batch * 577))
-    save(rows, peak)
 
     print(f"## ViT-B/16 at 384 x 384 ({machine(device)})\n")
     print(f"Forward pass: {flops / 1e9:.1f} GFLOP per image; a training step counts 3x. "
           f"Reference: one {batch * 577} x 768 x 3072 matrix product at "
           f"{peak / 1e12:.3f} TFLOP/s.\n")
-    print("| model | inference images/s (batch) | inference TFLOP/s | share of matmul rate | "
-          "training images/s (batch) | training TFLOP/s | compile s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        compiled = f"{r['compile_s']:.0f}" if r["compile_s"] is not None else "-"
-        print(f"| {r['model']} | {r['inference_images_per_s']:.2f} ({r['batch']}) | "
-              f"{r['inference_tflops']:.3f} | {r['share_of_matmul_rate']:.0%} | "
-              f"{r['training_images_per_s']:.2f} ({r['train_batch']}) | "
-              f"{r['training_tflops']:.3f} | {compiled} |")
+    print("\n".join(p1_speed_table(save(rows, peak))))
     if theirs is None:
         print("\n(pytorch-pretrained-vit is not installed here: its row is missing)")
     print(f"\nwrote {out}")
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

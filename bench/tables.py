@@ -99,13 +99,18 @@ def p1_speed(data):
               "inference TFLOP/s", "share of matmul rate",
               "training images/s" + ("" if own_batches else f" (batch {data['train_batch']})"),
               "training TFLOP/s", *(["compile s"] if compiled else [])]
-    return table(header, [[r["model"] + (f", run {r['run']}" if "run" in r else ""),
-                           f"{r['inference_images_per_s']:.2f}{at(r, 'batch')}",
-                           f"{r['inference_tflops']:.3f}", f"{r['share_of_matmul_rate']:.0%}",
-                           f"{r['training_images_per_s']:.2f}{at(r, 'train_batch')}",
-                           f"{r['training_tflops']:.3f}",
-                           *([f"{r['compile_s']:.0f}" if r.get("compile_s") is not None else "-"]
-                             if compiled else [])]
+
+    def cells(r):
+        if "error" in r:  # a variant that failed: what it raised, in place of its figures
+            return [f"failed: {r['error']}", *[""] * (len(header) - 2)]
+        return [f"{r['inference_images_per_s']:.2f}{at(r, 'batch')}",
+                f"{r['inference_tflops']:.3f}", f"{r['share_of_matmul_rate']:.0%}",
+                f"{r['training_images_per_s']:.2f}{at(r, 'train_batch')}",
+                f"{r['training_tflops']:.3f}",
+                *([f"{r['compile_s']:.0f}" if r.get("compile_s") is not None else "-"]
+                  if compiled else [])]
+
+    return table(header, [[r["model"] + (f", run {r['run']}" if "run" in r else ""), *cells(r)]
                           for r in data["rows"]], "l" * len(header))
 
 
@@ -195,25 +200,30 @@ def p2_decoding_parts(data):
 def jobs(data):
     """bench/jobs.py: each whole job's wall-clock time against the issue's target."""
     return table(["job", "wall-clock s", "target s", "images"],
-                 [[name, f"{job['seconds']:.1f}", data["targets_s"][name], job["images"]]
+                 [[name, f"failed: {job['error']}" if "error" in job else f"{job['seconds']:.1f}",
+                   data["targets_s"][name], job.get("images", "")]
                   for name, job in data["jobs"].items()], "lrrr")
 
 
 def jobs_loaders(data):
     """bench/jobs.py: the fine-tune's training rate against its loader's alone, and against
     loaders whose CPU workers augment images decoded once into RAM, or decode and augment them
-    every epoch (the loaders a run cut short did not time are left out)."""
+    every epoch (the loaders a run cut short did not time are left out; those that failed say
+    so)."""
     workers = data.get("loader_cpu_workers")
+    trained = data.get("train_images_per_s_by_epoch")  # none where the fine-tune failed
     rows = [["training, from metrics.jsonl (median over the epochs)",
-             statistics.median(data["train_images_per_s_by_epoch"])],
+             statistics.median(trained) if trained else None],
             ["its training loader alone, as the run built it (`--image-cache auto`)",
              data.get("loader_images_per_s")],
             [f"the loader with `--image-cache ram --workers {workers}`",
              data.get("loader_ram_workers_images_per_s")],
             [f"the loader with `--image-cache off --workers {workers}`",
              data.get("loader_cpu_workers_images_per_s")]]
-    return table(["what", "images/s"],
-                 [[what, f"{rate:.0f}"] for what, rate in rows if rate is not None], "lr")
+    rows = [[what, f"{rate:.0f}"] for what, rate in rows if rate is not None]
+    rows += [[f"the loader {name}", f"failed: {error}"]
+             for name, error in data.get("loader_errors", {}).items()]
+    return table(["what", "images/s"], rows, "lr")
 
 
 P2_LAYER_HEADER = ["decoder layer", "pointing: cell centre in the box", "colour words",

@@ -58,6 +58,12 @@ def test_speed_rows_of_their_own_batch_and_compile_time_are_shown_as_such():
     assert lines[0].endswith("| training TFLOP/s | compile s |")
     assert lines[2] == "| eager | 100.00 (64) | 11.100 | 50% | 30.00 (32) | 10.000 | - |"
     assert lines[3] == "| compiled | 100.00 (128) | 11.100 | 50% | 30.00 (64) | 10.000 | 42 |"
+    failed = {"model": "compiled", "batch": 64, "train_batch": 32,
+              "error": "RuntimeError: Failed to find C compiler"}
+    lines = tables.RENDERERS["p1_speed"]({"batch": 64, "train_batch": 32, "rows": [
+        {"model": "eager", "batch": 64, "train_batch": 32, "compile_s": None, **row}, failed]})
+    assert lines[3] == ("| compiled | failed: RuntimeError: Failed to find C compiler "
+                        "| | | | |")  # the other rows' figures stand
 
 
 def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_checks():
@@ -75,6 +81,14 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
         "| its training loader alone, as the run built it (`--image-cache auto`) | 2100 |",
         "| the loader with `--image-cache ram --workers 15` | 3050 |",
         "| the loader with `--image-cache off --workers 15` | 1703 |"]
+    # a job or a loader that failed says what it raised; the others' figures stand
+    jobs["jobs"]["hw3_1"] = {"error": "CalledProcessError: ... returned non-zero exit status 1."}
+    assert tables.RENDERERS["jobs"](jobs)[3] == (
+        "| hw3_1 | failed: CalledProcessError: ... returned non-zero exit status 1. | 20 | |")
+    failed = {"loader_images_per_s": 2100.2, "loader_errors": {"ram": "RuntimeError: bus error"}}
+    assert tables.RENDERERS["jobs_loaders"](failed)[2:] == [
+        "| its training loader alone, as the run built it (`--image-cache auto`) | 2100 |",
+        "| the loader ram | failed: RuntimeError: bus error |"]
     cut_short = {"train_images_per_s_by_epoch": [1300.0]}  # by gpu.sh's limit, before loaders
     assert tables.RENDERERS["jobs_loaders"](cut_short)[2:] == [
         "| training, from metrics.jsonl (median over the epochs) | 1300 |"]
