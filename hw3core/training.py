@@ -186,7 +186,9 @@ class Interruptible:
 
     Under torchrun a process cannot leave a step on its own: the others would wait for it in
     the step's gradient all-reduce. There the signal is noted, and at each step's end (``check``)
-    the processes agree, with one all-reduce of a flag, to stop together after that step.
+    the processes send an all-reduce of a flag on its way and read the one sent a step before:
+    all read the same flags at the same steps, so they stop together, a step after the signal
+    was sent. Read at once, the flag would make every step wait for the GPU to finish it.
     ``signum`` is the first signal received (by any process, once agreed).
     """
 
@@ -198,6 +200,8 @@ class Interruptible:
         self._committing = False
         self._raised = False
         self._previous = {}
+        # the flag sent at the last check, its reduction's copy on the host, when that landed
+        self._flag = self._reduced = self._copied = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # handlers live there only
@@ -239,16 +243,32 @@ class Interruptible:
         """At the end of a step: raise StopRequested if a stop was asked for (under torchrun,
         in any process; every process calls this at the same steps)."""
         if self._distributed:
-            # the decision is the reduced flag's alone: a signal that lands after the all-reduce
-            # waits for the next step, or this process would stop a step before the others
-            flag = torch.tensor([self.signum or 0], device=device)
-            torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
-            agreed = int(flag.item())
+            # the decision is the reduced flag's alone: a signal that lands after a flag is sent
+            # waits for the next, or this process would stop a step before the others
+            agreed = self._agreed_before(device)
             if agreed:
                 self.signum = self.signum or agreed
                 self._stop()
         elif self.signum is not None:
             self._stop()
+
+    def _agreed_before(self, device):
+        """The largest signal number in the flags the processes sent at the last check (0: none
+        was noted), and, unless there was one, this check's flags sent on their way."""
+        if self._flag is None:  # the first check: no flag was sent before it
+            self._flag = torch.zeros(1, dtype=torch.int64, device=device)
+            self._reduced = torch.zeros(1, dtype=torch.int64, pin_memory=device.type == "cuda")
+        if self._copied is not None:
+            self._copied.synchronize()  # the GPU's work up to the last check, not this one's
+        agreed = int(self._reduced[0])
+        if not agreed:
+            self._flag.fill_(self.signum or 0)
+            torch.distributed.all_reduce(self._flag, torch.distributed.ReduceOp.MAX)
+            self._reduced.copy_(self._flag, non_blocking=True)  # on a CPU, done on return
+            if device.type == "cuda":
+                self._copied = torch.cuda.Event()
+                self._copied.record()
+        return agreed
 
 
 class Epochs:

@@ -276,12 +276,25 @@ def test_under_torchrun_a_process_stops_on_the_agreed_flag_alone(monkeypatch):
 
     from hw3core.training import Interruptible, StopRequested
 
+    cpu = torch.device("cpu")
     stop = Interruptible(distributed=True)
 
     def reduced_then_signalled(flag, op):  # every process sent 0; then this one's signal lands
         stop.signum = signal.SIGTERM
     monkeypatch.setattr(torch.distributed, "all_reduce", reduced_then_signalled)
-    stop.check(torch.device("cpu"))  # no stop here: the others go on to the next step
-    monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: flag.fill_(15))
+    stop.check(cpu)  # no stop here: the others go on to the next step
+    sent = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: sent.append(int(flag)))
+    stop.check(cpu)  # this step's flag carries it to every process; they read it a step later
+    assert sent == [signal.SIGTERM]
     with pytest.raises(StopRequested):
-        stop.check(torch.device("cpu"))  # the next step's flag carries it to every process
+        stop.check(cpu)
+    assert sent == [signal.SIGTERM]  # a stop sends no flag the others would wait for
+
+    # a signal that reached another process alone stops this one too, at the same step
+    elsewhere = Interruptible(distributed=True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: flag.fill_(15))
+    elsewhere.check(cpu)
+    with pytest.raises(StopRequested):
+        elsewhere.check(cpu)
+    assert elsewhere.signum == 15

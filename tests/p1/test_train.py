@@ -152,7 +152,7 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
     assert run.returncode != 0
     assert err.count("stopped by SIGTERM") == 1, err[-2000:]  # said once, by rank 0
     cut = load_checkpoint(tmp_path / "two" / "last.pt")
-    # in epoch 1 as a rule; in the first step of epoch 2 if the signal came during validation
+    # in epoch 1 as a rule; in the first two steps of epoch 2 if the signal came late in epoch 1
     assert cut["in_epoch"] is not None and cut["in_epoch"]["batches"] >= 1
     assert len(cut["in_epoch"]["ranks"]) == 2  # each rank's sums
     resume = subprocess.run([*cmd, "--resume", str(tmp_path / "two" / "last.pt")], env=env,
