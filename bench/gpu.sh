@@ -52,7 +52,8 @@ run jobs 270 python3 -m bench.jobs --device cuda --out "$out/jobs_cuda.json"
 started=$SECONDS
 if ! run p2_speed 120 python3 -m bench.p2_speed --device cuda --out "$out/p2_speed_cuda.json"; then
     # CATR's masked attention has never run on cuDNN's attention, which torch may pick first on
-    # Hopper: the likeliest CUDA-only failure, so once more without it, in the time left
+    # Hopper: the likeliest CUDA-only failure, so once more without it, in the time left (the
+    # script's status stays 1: the default path failed)
     left=$((120 - (SECONDS - started)))
     [ "$left" -lt 30 ] || TORCH_CUDNN_SDPA_DEPRIORITIZED=1 run p2_speed_without_cudnn_attention \
         "$left" python3 -m bench.p2_speed --device cuda --out "$out/p2_speed_without_cudnn_cuda.json"

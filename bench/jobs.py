@@ -220,13 +220,17 @@ def run_jobs(args, device, work, save):
     python = {"PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
 
     def fine_tune():
-        seconds = timed_command([sys.executable, "p1/train.py", *train_argv], python)
-        history = [json.loads(line)
-                   for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-        results.update(train_images_per_s_by_epoch=[h["images_per_s"] for h in history],
-                       epoch_seconds=[h["epoch_seconds"] for h in history],
-                       val_seconds=[h.get("val_seconds") for h in history],
-                       best_val_acc=max(h["val_acc"] for h in history))
+        try:
+            seconds = timed_command([sys.executable, "p1/train.py", *train_argv], python)
+        finally:  # the epochs of a run that failed later still tell its rate
+            metrics = work / "run" / "metrics.jsonl"
+            history = ([json.loads(line) for line in metrics.read_text().splitlines()]
+                       if metrics.exists() else [])
+            if history:
+                results.update(train_images_per_s_by_epoch=[h["images_per_s"] for h in history],
+                               epoch_seconds=[h["epoch_seconds"] for h in history],
+                               val_seconds=[h.get("val_seconds") for h in history],
+                               best_val_acc=max(h["val_acc"] for h in history))
         return {"seconds": seconds, "images": count(3680), "epochs": args.epochs}
 
     def hw3_1():  # with the fine-tune's best.pt, even from a run that failed later

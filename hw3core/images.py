@@ -96,6 +96,16 @@ def open_rgb(path):
         raise UnreadableImage(f"{path}: not a readable image ({reason})") from None
 
 
+def decoded_bytes(path):
+    """The bytes of ``path`` opened by open_rgb, read from its header alone; 0 if unreadable."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+        return 3 * width * height
+    except Exception:  # open_rgb names the file when it fails to read it
+        return 0
+
+
 def require_some_read(count, paths, where):
     """A folder run that could use none of its ``paths`` (images in ``where``) is an error."""
     if not count:

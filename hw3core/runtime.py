@@ -129,7 +129,7 @@ def fit_shared_memory(workers, batch_bytes, processes=1, folder="/dev/shm"):
     if workers == 0 or not os.path.isdir(folder):  # elsewhere than Linux: another mechanism
         return workers
     free = shutil.disk_usage(folder).free // max(1, processes)
-    fits = max(0, (free // batch_bytes - 1) // 2)
+    fits = max(0, (free // max(1, batch_bytes) - 1) // 2)
     if fits < workers:
         print0(f"note: {folder} has {free >> 20} MB free for this process, room for the batches "
                f"of {fits} data loader worker(s), not {workers} ({batch_bytes >> 20} MB a batch); "

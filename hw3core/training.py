@@ -75,8 +75,8 @@ class _EpochKeys(torch.utils.data.Sampler):
 
 class SideStreamBatches:
     """The batches of ``loader``, whose items are made on ``device``'s GPU in this process
-    (DecodedImages there), each batch made on a CUDA stream of its own; the batches are tuples
-    of tensors, or None.
+    (DecodedImages there), each batch made on the CUDA stream ``side``; the batches are
+    sequences of tensors, or None.
 
     A copy from host memory that blocks waits for all the work queued on its stream, and
     torchvision's affine, rotate and sharpness make their parameters' tensors so, at every image.
@@ -86,15 +86,14 @@ class SideStreamBatches:
     stream waits for the batch on the GPU, not the host.
     """
 
-    def __init__(self, loader, device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader, device, side):
+        self.loader, self.device, self.side = loader, device, side
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
-        current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
+        current, side = torch.cuda.current_stream(self.device), self.side
         side.wait_stream(current)  # the images went to the GPU on the current stream
         batches = iter(self.loader)
         end = object()
@@ -121,7 +120,9 @@ class EpochLoader:
     def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed,
                  pin_memory=None, items_on_device=False):
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
-        self.side_stream = items_on_device and device.type == "cuda"
+        # one for the run: streams come from a pool of 32 in turn, which NCCL draws from too
+        self.side_stream = (torch.cuda.Stream(device) if items_on_device and device.type == "cuda"
+                            else None)
         self.sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
                                           shuffle=True, seed=seed)
         self.keys = _EpochKeys(self.sampler)
@@ -149,7 +150,9 @@ class EpochLoader:
         self.sampler.set_epoch(epoch)
         self.keys.epoch = epoch
         self.keys.skip = skip_batches * self.batch_size
-        return SideStreamBatches(self.loader, self.device) if self.side_stream else self.loader
+        if self.side_stream is None:
+            return self.loader
+        return SideStreamBatches(self.loader, self.device, self.side_stream)
 
 
 def seed_generators(seed, *key, devices="all"):
@@ -186,9 +189,10 @@ class Interruptible:
 
     Under torchrun a process cannot leave a step on its own: the others would wait for it in
     the step's gradient all-reduce. There the signal is noted, and at each step's end (``check``)
-    the processes send an all-reduce of a flag on its way and read the one sent a step before:
-    all read the same flags at the same steps, so they stop together, a step after the signal
-    was sent. Read at once, the flag would make every step wait for the GPU to finish it.
+    the processes send an all-reduce of a flag on its way and read the one sent a step before,
+    and once more at the epoch's end (``check_sent``): all read the same flags at the same
+    points, so they stop together, a step after the signal was sent. Read at once, the flag
+    would make every step wait for the GPU to finish it.
     ``signum`` is the first signal received (by any process, once agreed).
     """
 
@@ -241,34 +245,45 @@ class Interruptible:
 
     def check(self, device):
         """At the end of a step: raise StopRequested if a stop was asked for (under torchrun,
-        in any process; every process calls this at the same steps)."""
+        in any process, by the time of the check before; every process calls this at the same
+        steps)."""
         if self._distributed:
             # the decision is the reduced flag's alone: a signal that lands after a flag is sent
             # waits for the next, or this process would stop a step before the others
-            agreed = self._agreed_before(device)
-            if agreed:
-                self.signum = self.signum or agreed
-                self._stop()
+            self._stop_if_agreed(self._read_sent())
+            self._send(device)
         elif self.signum is not None:
             self._stop()
 
-    def _agreed_before(self, device):
-        """The largest signal number in the flags the processes sent at the last check (0: none
-        was noted), and, unless there was one, this check's flags sent on their way."""
-        if self._flag is None:  # the first check: no flag was sent before it
-            self._flag = torch.zeros(1, dtype=torch.int64, device=device)
-            self._reduced = torch.zeros(1, dtype=torch.int64, pin_memory=device.type == "cuda")
+    def check_sent(self):
+        """At the end of an epoch's steps (every process, at the same point): under torchrun,
+        raise StopRequested if the flags sent at the last check carry a stop. Else a signal in
+        an epoch's last step would wait through validation, and in the last epoch be lost."""
+        if self._distributed:
+            self._stop_if_agreed(self._read_sent())
+
+    def _stop_if_agreed(self, agreed):
+        if agreed:
+            self.signum = self.signum or agreed
+            self._stop()
+
+    def _read_sent(self):
+        """The largest signal number in the flags the processes sent at the last check; 0 if
+        none was noted, or none was sent."""
         if self._copied is not None:
             self._copied.synchronize()  # the GPU's work up to the last check, not this one's
-        agreed = int(self._reduced[0])
-        if not agreed:
-            self._flag.fill_(self.signum or 0)
-            torch.distributed.all_reduce(self._flag, torch.distributed.ReduceOp.MAX)
-            self._reduced.copy_(self._flag, non_blocking=True)  # on a CPU, done on return
-            if device.type == "cuda":
-                self._copied = torch.cuda.Event()
-                self._copied.record()
-        return agreed
+        return 0 if self._reduced is None else int(self._reduced[0])
+
+    def _send(self, device):
+        if self._flag is None:
+            self._flag = torch.zeros(1, dtype=torch.int64, device=device)
+            self._reduced = torch.zeros(1, dtype=torch.int64, pin_memory=device.type == "cuda")
+        self._flag.fill_(self.signum or 0)
+        torch.distributed.all_reduce(self._flag, torch.distributed.ReduceOp.MAX)
+        self._reduced.copy_(self._flag, non_blocking=True)  # on a CPU, done on return
+        if device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
 
 
 class Epochs:
@@ -545,6 +560,7 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
                 save, finish=writer.wait) as epochs:
         for e in epochs:
             train_epoch(e)
+            e.stop.check_sent()
             record = e.sums.totals()
             if validate is not None:
                 started = time.perf_counter()

@@ -291,10 +291,13 @@ def test_under_torchrun_a_process_stops_on_the_agreed_flag_alone(monkeypatch):
         stop.check(cpu)
     assert sent == [signal.SIGTERM]  # a stop sends no flag the others would wait for
 
-    # a signal that reached another process alone stops this one too, at the same step
+    # a signal that reached another process alone stops this one too, at the same point; at an
+    # epoch's end (before validation) the flags sent at its last step are read, and none sent
     elsewhere = Interruptible(distributed=True)
+    elsewhere.check_sent()  # none sent yet
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: flag.fill_(15))
     elsewhere.check(cpu)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: sent.append(int(flag)))
     with pytest.raises(StopRequested):
-        elsewhere.check(cpu)
-    assert elsewhere.signum == 15
+        elsewhere.check_sent()
+    assert elsewhere.signum == 15 and sent == [signal.SIGTERM]

@@ -92,3 +92,31 @@ def test_images_decoded_once_draw_the_augmentations_the_workers_draw(tmp_path, c
         assert kept[index][0].dtype == torch.uint8
         assert torch.equal(files[index][0], by_torchvision[index][0])
         assert torch.equal(batch[index], by_torchvision[index][0])
+
+
+def test_decoding_once_uses_no_more_workers_than_shared_memory_holds_images(tmp_path, capsys,
+                                                                            monkeypatch):
+    import types
+
+    import torch
+    from torchvision.transforms import v2
+
+    import hw3core.runtime as runtime
+    from p1.data import DecodedImages
+
+    cpu = torch.device("cpu")
+    samples = [(tmp_path / f"0_{i}.png", 0) for i in range(3)]
+    for (path, _), size in zip(samples, [(40, 30), (200, 100), (50, 50)]):
+        Image.new("RGB", size, (200, 30, 30)).save(path)
+    # a worker hands over up to two decoded images and one is in use: room for two of the
+    # largest (60,000 bytes) holds no worker, room for five holds two
+    monkeypatch.setattr(runtime.shutil, "disk_usage",
+                        lambda folder: types.SimpleNamespace(free=2 * 60_000))
+    decoded = DecodedImages(samples, v2.ToImage(), None, cpu, workers=2)
+    assert "room for the batches of 0 data loader worker(s), not 2" in capsys.readouterr().out
+    assert [tuple(image.shape) for image in decoded.images] == [(3, 30, 40), (3, 100, 200),
+                                                                (3, 50, 50)]
+    monkeypatch.setattr(runtime.shutil, "disk_usage",
+                        lambda folder: types.SimpleNamespace(free=5 * 60_000))
+    assert len(DecodedImages(samples, v2.ToImage(), None, cpu, workers=2).images) == 3
+    assert capsys.readouterr().out == ""
