@@ -276,13 +276,14 @@ class Interruptible:
 
     def _send(self, device):
         if self._flag is None:
+            cuda = device.type == "cuda"
             self._flag = torch.zeros(1, dtype=torch.int64, device=device)
-            self._reduced = torch.zeros(1, dtype=torch.int64, pin_memory=device.type == "cuda")
+            self._reduced = torch.zeros(1, dtype=torch.int64, pin_memory=cuda)
+            self._copied = torch.cuda.Event() if cuda else None  # on a CPU, done on return
         self._flag.fill_(self.signum or 0)
         torch.distributed.all_reduce(self._flag, torch.distributed.ReduceOp.MAX)
-        self._reduced.copy_(self._flag, non_blocking=True)  # on a CPU, done on return
-        if device.type == "cuda":
-            self._copied = torch.cuda.Event()
+        self._reduced.copy_(self._flag, non_blocking=True)
+        if self._copied is not None:
             self._copied.record()
 
 
