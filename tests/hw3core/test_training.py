@@ -301,3 +301,50 @@ def test_under_torchrun_a_process_stops_on_the_agreed_flag_alone(monkeypatch):
     with pytest.raises(StopRequested):
         elsewhere.check_sent()
     assert elsewhere.signum == 15 and sent == [signal.SIGTERM]
+
+
+def test_under_torchrun_a_signal_in_an_epochs_last_step_stops_before_validation(tmp_path,
+                                                                               monkeypatch):
+    import os
+    import signal
+
+    from hw3core.errors import Interrupted
+    from hw3core.training import train_epochs
+
+    # this process's flags reach the others unchanged, as if they sent none: MAX of theirs (0)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: None)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    validated = []
+
+    class Loader:
+        def epoch(self, epoch, skip):
+            return []
+
+        def close(self):
+            pass
+
+        def __len__(self):
+            return 2
+
+    def train_epoch(e):
+        for step in range(2):
+            e.sums.add(torch.tensor(1.0), 1, 1)
+            e.sums.commit(step + 1)
+            if step == 1:  # after the flag of step 0 was sent: step 1's carries it
+                os.kill(os.getpid(), signal.SIGTERM)
+            e.stop.check(torch.device("cpu"))
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="holds all 2 training batches of epoch 1"):
+        train_epochs(argparse.Namespace(out=str(tmp_path), epochs=1, seed=0),
+                     Distributed(rank=0, world_size=2), torch.device("cpu"), Loader(), optimizer,
+                     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                     torch.amp.GradScaler("cpu", enabled=False), None,
+                     train_epoch=train_epoch, validate=lambda: validated.append(1) or {},
+                     best=("val_acc", "{}"), weights=lambda done, record: {"model": {}},
+                     report_epoch=lambda record, improved: None,
+                     curves=[("loss", "loss", [("train_loss", "train")])])
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert not validated  # the stop came before validation, not after it (or never, last epoch)
+    assert load_checkpoint(tmp_path / "last.pt")["in_epoch"]["batches"] == 2
