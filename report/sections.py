@@ -18,12 +18,17 @@ TRAIN_COMMAND = ("python p1/train.py --train-dir p1_data/train --val-dir p1_data
 
 
 def _read_run(run):
-    """(args, history) of a p1/train.py --out folder, or None when it has no metrics."""
+    """(args, history) of a p1/train.py --out folder, or why it cannot be reported."""
     run = Path(run)
     if not (run / "metrics.jsonl").is_file() or not (run / "args.json").is_file():
-        return None
-    args = json.loads((run / "args.json").read_text())
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return "no args.json or metrics.jsonl there"
+    try:
+        args = json.loads((run / "args.json").read_text())
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"args.json or metrics.jsonl unreadable ({err})"
+    if not history:  # stopped in its first epoch
+        return "no epoch finished yet (metrics.jsonl is empty)"
     return args, history
 
 
@@ -43,10 +48,10 @@ def _setting(args):
 def accuracy(report, runs, final):
     report.heading("Problem 1-1: validation accuracy of the fine-tuned ViT")
     read = {run: _read_run(run) for run in runs}
-    done = {run: value for run, value in read.items() if value is not None}
-    for run in read:
-        if read[run] is None:
-            report.text(f"{run}: no args.json or metrics.jsonl there; left out.", italic=True)
+    done = {run: value for run, value in read.items() if not isinstance(value, str)}
+    for run, value in read.items():
+        if isinstance(value, str):
+            report.text(f"{run}: {value}; left out.", italic=True)
     if not done:
         report.not_run("p1/train.py run folders (args.json and metrics.jsonl) given with "
                        "--p1-runs", f"{TRAIN_COMMAND}; then {BUILD} --p1-runs runs/vit")

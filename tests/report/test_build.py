@@ -52,8 +52,12 @@ def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, 
 
 def test_missing_inputs_give_not_run_pages_with_the_commands(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
+    stopped = tmp_path / "stopped_run"  # a run stopped in its first epoch
+    stopped.mkdir()
+    (stopped / "args.json").write_text("{}")
+    (stopped / "metrics.jsonl").write_text("")
     status, out, err = run_entry_point(build.main, [
-        "--out", tmp_path / "report.pdf", "--p1-runs", tmp_path / "absent_run",
+        "--out", tmp_path / "report.pdf", "--p1-runs", tmp_path / "absent_run", stopped,
         "--bench", tmp_path / "empty"], capsys)
     assert status == 0, err
     reader, text = pdf_text(tmp_path / "report.pdf")
@@ -62,6 +66,7 @@ def test_missing_inputs_give_not_run_pages_with_the_commands(tmp_path, capsys):
     assert "python p1/train.py --train-dir p1_data/train --val-dir p1_data/val --out runs/vit" in text
     assert "bash hw3_download.sh" in text and "python -m bench.sweep_learned" in text
     assert "absent_run: no args.json or metrics.jsonl there; left out." in text
+    assert "stopped_run: no epoch finished yet (metrics.jsonl is empty); left out." in text
 
 
 def test_an_unwritable_report_path_is_one_line_before_any_work(tmp_path, capsys):
