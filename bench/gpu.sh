@@ -24,19 +24,30 @@
 # the repository root):
 #   python3 -m pip wheel --no-deps -w .whl pytorch-pretrained-vit==0.0.7   (PyPI has only its sdist)
 set -uo pipefail
+if [ "$#" -gt 1 ] || [[ "${1:-}" == -* ]]; then
+    echo "usage: bash bench/gpu.sh [OUT_DIR]   (default bench/out; needs a CUDA GPU)" >&2
+    exit 2
+fi
 cd "$(dirname "$0")/.."
+. ./venv.sh  # the interpreter, as hw3_1.sh finds it: $PYTHON, else .venv, else python3
+PYTHON="$(hw3_python)"
+export PYTHONUNBUFFERED=1 PYTHON
+if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    echo "error: $PYTHON has no torch that sees a CUDA GPU; run this on a GPU machine" \
+         "(PYTHON=... names another interpreter)" >&2
+    exit 2
+fi
 out="${1:-bench/out}"
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHON=python3 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$out" || exit 2
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/hw3_site .whl/*.whl \
+    "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/hw3_site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/hw3_site"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 # DataLoader workers pass batches through /dev/shm (about 2 GB at 15 workers): a container's
 # 64 MB default would kill them, and this line would say why
 # (the loaders fit their workers to /dev/shm; torch.compile's Triton builds with a C compiler)
-{ nproc; df -h /dev/shm | tail -n 1; python3 -c "import torch; print(torch.__version__)"
+{ nproc; df -h /dev/shm | tail -n 1; "$PYTHON" -c "import torch; print(torch.__version__)"
   command -v gcc cc clang || echo "no C compiler"; } | tee -a "$out/gpu.txt"
 status=0
 run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept; its status
@@ -48,15 +59,15 @@ run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept
     [ "$rc" -eq 0 ] || status=1
     return "$rc"
 }
-run jobs 270 python3 -m bench.jobs --device cuda --out "$out/jobs_cuda.json"
+run jobs 270 "$PYTHON" -m bench.jobs --device cuda --out "$out/jobs_cuda.json"
 started=$SECONDS
-if ! run p2_speed 120 python3 -m bench.p2_speed --device cuda --out "$out/p2_speed_cuda.json"; then
+if ! run p2_speed 120 "$PYTHON" -m bench.p2_speed --device cuda --out "$out/p2_speed_cuda.json"; then
     # CATR's masked attention has never run on cuDNN's attention, which torch may pick first on
     # Hopper: the likeliest CUDA-only failure, so once more without it, in the time left (the
     # script's status stays 1: the default path failed)
     left=$((120 - (SECONDS - started)))
     [ "$left" -lt 30 ] || TORCH_CUDNN_SDPA_DEPRIORITIZED=1 run p2_speed_without_cudnn_attention \
-        "$left" python3 -m bench.p2_speed --device cuda --out "$out/p2_speed_without_cudnn_cuda.json"
+        "$left" "$PYTHON" -m bench.p2_speed --device cuda --out "$out/p2_speed_without_cudnn_cuda.json"
 fi
-run p1_speed 160 python3 -m bench.p1_speed --device cuda --variants --out "$out/p1_speed_cuda.json"
+run p1_speed 160 "$PYTHON" -m bench.p1_speed --device cuda --variants --out "$out/p1_speed_cuda.json"
 exit "$status"

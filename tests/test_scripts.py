@@ -1,4 +1,5 @@
-"""The shell scripts' one rule for the interpreter (venv.sh), and test.sh's parallel tests."""
+"""The shell scripts: the one rule for the interpreter (venv.sh), test.sh's parallel tests, and
+bench/gpu.sh's refusal without a GPU."""
 import os
 import shutil
 import subprocess
@@ -37,3 +38,19 @@ def test_parallel_test_processes_compute_on_their_share_of_the_cores():
     # torch loaded after the share was set (never above it), and the scripts a test starts get it
     assert torch.get_num_threads() <= WORKER_THREADS
     assert script_env()["OMP_NUM_THREADS"] == str(WORKER_THREADS)
+
+
+def test_gpu_sh_refuses_a_machine_without_cuda_before_it_writes_anything(tmp_path):
+    import sys
+
+    out = tmp_path / "out"
+    usage = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--help"],
+                           env=script_env(), capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: bash bench/gpu.sh")
+    refused = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(out)],
+                             env=script_env(CUDA_VISIBLE_DEVICES=""),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == (f"error: {sys.executable} has no torch that sees a CUDA GPU; run "
+                              "this on a GPU machine (PYTHON=... names another interpreter)\n")
+    assert not out.exists()
