@@ -98,10 +98,11 @@ def plot_on_original(original, heat, map_title, heading):
 
 
 def plot_head_maps(image, heads_maps, map_title, heading):
-    """The image, the mean over heads and each head's map, on one shared colour scale."""
+    """The image, the mean over heads and each head's map, on one shared colour scale (so heads
+    compare); heads count from 0, as the rows of --save-npy's array and p2's figures do."""
     height, width = image.shape[:2]
     panels = [("mean over heads", heads_maps.mean(axis=0))]
-    panels += [(f"head {h + 1}", m) for h, m in enumerate(heads_maps)]
+    panels += [(f"head {h}", m) for h, m in enumerate(heads_maps)]
     cols = min(5, len(panels) + 1)
     rows = math.ceil((len(panels) + 1) / cols)
     panel = 0.75 * _panel_width(image)

@@ -25,9 +25,9 @@ def panel_columns(count, aspect):
     return max(1, min(count, round(math.sqrt(count * (4 / 3) * height / width))))
 
 
-def draw_caption_figure(image, caption, panels, columns, stride):
+def draw_caption_figure(image, caption, panels, columns, stride, source=None):
     """A figure of ``panels`` in ``columns``: each (title, heat map, or None for the plain image),
-    or None for an empty slot."""
+    or None for an empty slot; ``source``, what the maps are, is said below them."""
     image = np.asarray(image)
     width, height = panel_inches(image.shape[1] / image.shape[0])
     rows = math.ceil(len(panels) / columns)
@@ -41,6 +41,8 @@ def draw_caption_figure(image, caption, panels, columns, stride):
         else:
             overlay_heatmap(ax, image, panels[i][1], cell=(stride, stride), title=panels[i][0])
     fig.suptitle(textwrap.fill(caption, width=max(30, int(columns * width * 9))), fontsize=14)
+    if source is not None:
+        fig.supxlabel(source, fontsize=10, color="0.3")
     return fig
 
 
@@ -57,9 +59,18 @@ def figure_panels(pieces, maps, per_head):
     return panels, heads + 1
 
 
-def caption_figure(image, caption, pieces, maps, per_head, stride):
+def maps_source(layer, layers, heads, per_head):
+    """What a figure's maps are: decoder ``layer`` (counted from 0) of ``layers``, ``heads``."""
+    which = "the last" if layer == layers - 1 else "the first" if layer == 0 else None
+    return (f"cross-attention of decoder layer {layer} ({which + ' ' if which else ''}"
+            f"of {layers}, counted from 0), " + ("the mean over its heads, then each head"
+                                                 if per_head else f"the mean over its {heads} heads"))
+
+
+def caption_figure(image, caption, pieces, maps, per_head, stride, source=None):
     """The figure of one captioned PIL ``image``: ``maps`` holds one map per word piece in
-    ``pieces``, (heads, h, w) each with ``per_head``; cells of ``stride`` pixels."""
+    ``pieces``, (heads, h, w) each with ``per_head``; cells of ``stride`` pixels; ``source``: what
+    the maps are (maps_source)."""
     panels, columns = figure_panels(pieces, maps, per_head)
     columns = columns or panel_columns(len(panels), image.width / image.height)
-    return draw_caption_figure(image, caption, panels, columns, stride)
+    return draw_caption_figure(image, caption, panels, columns, stride, source)

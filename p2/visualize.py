@@ -18,7 +18,8 @@ from p2.inference import add_captioning_args, load_for_captioning
 # use them, not here: --help and argument errors then answer at once instead of after seconds.
 
 
-# A figure takes a core about 0.3 s and a drawing process about 120 MB; a GPU
+# A figure takes a core 0.6 to 1.1 s (12 to 20 word pieces over a 640 x 480 photo, on a 2-core
+# AMD EPYC) and a drawing process about 120 MB; a GPU
 # captions a hundred images in well under a second, so beside it the drawing sets the pace
 MOST_DRAW_WORKERS = 16
 
@@ -49,12 +50,13 @@ def write_figure(job):
     return or_skip(job[0], lambda: _write_figure(*job))
 
 
-def _write_figure(path, out, image, caption, pieces, attention, per_head, stride, write_npy):
+def _write_figure(path, out, image, caption, pieces, attention, per_head, stride, source,
+                  write_npy):
     from hw3core.figures import save_figure
     from hw3core.files import save_npy
     from p2.figures import caption_figure
 
-    save_figure(caption_figure(image, caption, pieces, attention, per_head, stride),
+    save_figure(caption_figure(image, caption, pieces, attention, per_head, stride, source),
                 out / f"{path.stem}.png")
     if write_npy:
         save_npy(attention, out / f"{path.stem}.npy")
@@ -76,6 +78,7 @@ def main(argv=None):
     out = require_writable_folder(args.out)
     from hw3core.runtime import pick_device, share_cores, usable_cores
     from p2.decode import caption_folder
+    from p2.figures import maps_source
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
     warnings.filterwarnings("ignore", message="Glyph .* missing from font")
@@ -91,13 +94,15 @@ def main(argv=None):
     try:
         model, tokenizer = load_for_captioning(args)
         per_head = args.heads == "all"
+        layers = model.config["dec_layers"]  # a --layer out of range is refused before any figure
+        source = maps_source(args.layer % layers, layers, model.config["nheads"], per_head)
         done, pending = [], []
         for path, image, result in caption_folder(
                 model, paths, args.batch_size, readers, beam=args.beam,
                 max_len=args.max_len, attention_layer=args.layer, per_head=per_head):
             job = (path, out, image, tokenizer.decode(result.tokens),
                    tokenizer.pieces(result.tokens[1:]), result.attention, per_head,
-                   model.stride, args.save_npy)
+                   model.stride, source, args.save_npy)
             if pool is None:
                 done.append(write_figure(job))
                 continue

@@ -246,7 +246,7 @@ def captions(report, checkpoint, image_dir, limit):
     from p2.decode import caption_folder
     from p2.model import load_captioner
     from p2.tokenizer import CaptionTokenizer
-    from p2.figures import caption_figure
+    from p2.figures import caption_figure, maps_source
 
     model, config = load_captioner(checkpoint)
     tokenizer = CaptionTokenizer()
@@ -260,13 +260,14 @@ def captions(report, checkpoint, image_dir, limit):
                 "The first panel is the image as the model saw it. Each panel's colours run from "
                 "its own lowest weight to its highest. The table gives, for each word, the share "
                 "of its attention on its single highest cell and on its three highest cells.")
+    source = maps_source(layers - 1, layers, config["nheads"], per_head=False)
     paths = list_images(image_dir)[:limit]
     for path, image, result in caption_folder(model, paths, batch_size=1, attention_layer=-1):
         caption = tokenizer.decode(result.tokens)
         pieces = tokenizer.pieces(result.tokens[1:])
         report.heading(f"{path.name}: \"{caption}\"", level=2)
         report.figure(caption_figure(image, caption, pieces, result.attention, False,
-                                     model.stride), max_height=14 * cm)
+                                     model.stride, source), max_height=14 * cm)
         rows = []
         for piece, heat in zip(pieces, result.attention):
             weights = np.sort(heat.ravel())[::-1] / heat.sum()

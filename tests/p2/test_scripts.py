@@ -8,7 +8,7 @@ from PIL import Image
 
 from hw3core.cli import run_cli
 from p2 import figures, inference, visualize
-from p2.model import save_captioner
+from p2.model import load_captioner, save_captioner
 from p2.tokenizer import END_ID, START_ID
 from tests.conftest import ROOT, env_without_torch, script_env
 from tests.p2.p2_samples import sample_photos, small_model
@@ -51,10 +51,19 @@ def test_hw3_2_sh_writes_one_png_per_readable_image(photo_dir, checkpoints, tmp_
         assert figure.format == "PNG" and figure.width > 200
 
 
-def test_visualize_saves_maps_per_head(photo_dir, checkpoints, tmp_path):
+def test_visualize_saves_maps_per_head(photo_dir, checkpoints, tmp_path, monkeypatch):
+    sources = []
+
+    def caption_figure(*args, draw=figures.caption_figure):
+        sources.append(args[-1])
+        return draw(*args)
+    monkeypatch.setattr(figures, "caption_figure", caption_figure)
     visualize.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
                     "--out", str(tmp_path), "--max-len", "5", "--save-npy", "--heads", "all",
                     "--layer", "0"])
+    layers = load_captioner(checkpoints["runs"])[1]["dec_layers"]
+    assert sources == 3 * [f"cross-attention of decoder layer 0 (the first of {layers}, counted "
+                           "from 0), the mean over its heads, then each head"]
     maps = np.load(tmp_path / "tall.npy")
     # tall.png is resized to 87 x 299: a 10 x 3 grid of 32-pixel cells in the small model
     assert maps.dtype == np.float32 and maps.shape == (4, 4, 10, 3)
@@ -202,9 +211,14 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
     assert [p and p[0] for p in panels] == [
         "<start>", None, None, None, "cat (mean)", "cat h0", "cat h1", "cat h2",
         "<end> (mean)", "<end> h0", "<end> h1", "<end> h2"]
-    fig = figures.draw_caption_figure(image, "A cat.", panels, columns, stride=16)
+    source = figures.maps_source(5, 6, 8, per_head=False)
+    assert source == ("cross-attention of decoder layer 5 (the last of 6, counted from 0), the "
+                      "mean over its 8 heads")
+    assert figures.maps_source(2, 6, 8, per_head=False).startswith("cross-attention of decoder "
+                                                                    "layer 2 (of 6, counted")
+    fig = figures.draw_caption_figure(image, "A cat.", panels, columns, stride=16, source=source)
     try:
-        assert fig.get_suptitle() == "A cat."
+        assert fig.get_suptitle() == "A cat." and fig.get_supxlabel() == source
         overlays = [ax for ax in fig.axes if len(ax.images) == 2]
         assert len(overlays) == 8
         for ax, (_, heat) in zip(overlays, [p for p in panels if p and p[1] is not None]):
