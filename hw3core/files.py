@@ -20,12 +20,16 @@ def _cannot_write(where, err):
     return UserError(f"cannot write {where}: {err.strerror or err}")
 
 
+def _require_no_file_above(folder, named):
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot write {named}: {existing} is a file, not a folder")
+
+
 def require_writable_folder(folder):
     """Create ``folder`` (and its parents) and check that a file can be written in it."""
     folder = Path(folder)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"cannot write {folder}: {existing} is a file, not a folder")
+    _require_no_file_above(folder, folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
@@ -36,36 +40,47 @@ def require_writable_folder(folder):
     return folder
 
 
-def require_writable_file(path):
-    """Check that ``path`` can be written as a file (its folder is created)."""
+def _destination(path):
+    """Where a write of ``path`` lands: through symbolic links, whose target the new file
+    replaces (renamed onto the link, it would replace the link), and only a regular file or a
+    new one."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder: give the path of the file to write")
-    require_writable_folder(path.parent)
-    return path
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot write {path}: not a regular file (a device or a pipe); "
+                        "give the path of a file")
+    target = Path(os.path.realpath(path))
+    _require_no_file_above(target.parent, path)
+    return target
+
+
+def require_writable_file(path):
+    """Check that ``path`` can be written as a file (its folder is created)."""
+    require_writable_folder(_destination(path).parent)
+    return Path(path)
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    The parent folder is created. The temporary file sits in the same folder so the final rename
-    never crosses file systems; it is removed whatever happens. An OSError (full disk, no
+    The parent folder is created. A symbolic link is written through: its target is replaced.
+    The temporary file sits in the target's folder so the final rename never crosses file
+    systems; it is removed whatever happens. An OSError (full disk, no
     permission, a folder in the way) becomes a UserError naming ``path``.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: give the path of the file to write")
+    path, target = Path(path), _destination(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as err:
         raise _cannot_write(path, err) from None
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files, and rename keeps the mode
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as err:
         raise _cannot_write(path, err) from None
     finally:

@@ -28,8 +28,10 @@ class UnreadableImage(Exception):
 
 
 def is_image_file(path):
+    """A file with an image suffix; a link to none too, so that a run names it as unreadable."""
     path = Path(path)
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    return ((path.is_file() or path.is_symlink() and not path.exists())
+            and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def list_images(folder):
@@ -52,20 +54,26 @@ def require_images(folder):
     return paths
 
 
-def require_distinct_stems(paths, suffix=".png"):
-    """A UserError when two paths would write the same OUT/<stem><suffix> (x.jpg and x.png)."""
+def require_outputs_apart(paths, out, suffix=".png"):
+    """A UserError unless each of ``paths`` gets its own OUT/<stem><suffix>, away from the images:
+    not when two share a stem (x.jpg and x.png), nor when OUT holds an input image, where a
+    figure could replace one (x.png) and would be read as an input by the next run."""
+    out = Path(out).resolve()
     seen = {}
     for path in map(Path, paths):
         if path.stem in seen:
             raise UserError(f"{seen[path.stem]} and {path} would both be written as "
                             f"{path.stem}{suffix}: run them separately")
         seen[path.stem] = path
+        if path.resolve().parent == out:
+            raise UserError(f"{out} holds the input images: write the figures to another folder")
 
 
 def _to_rgb(img):
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # Pillow's convert("RGB") clips these to 255; scale the real range to 8 bits instead.
         arr = np.asarray(img, dtype=np.float64)
+        arr[~np.isfinite(arr)] = 0.0  # a float image's NaN (no data) and infinities: black
         top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr, mode="L")

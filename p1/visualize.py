@@ -16,7 +16,7 @@ from hw3core.errors import UserError
 from hw3core.figures import save_figure
 from hw3core.files import require_writable_file, require_writable_folder, save_npy
 from hw3core.images import (ImageFileDataset, collate_skip, or_skip, report_written,
-                            require_distinct_stems, require_images, require_some_read)
+                            require_images, require_outputs_apart, require_some_read)
 from hw3core.runtime import pick_device
 from p1.attention import (attention_rollout, block_index, cls_attention,
                           position_similarity)
@@ -41,10 +41,10 @@ def run_posemb(args):
 
 # --- attention maps -----------------------------------------------------------------------------
 
-def collect_images(specs):
-    """Image paths from files and folders. A path that does not exist (a typo) or a folder
-    without images is a UserError; a named file that cannot be decoded is reported and skipped
-    when it is read."""
+def collect_images(specs, out):
+    """Image paths from files and folders, each with its own figure in ``out``. A path that does
+    not exist (a typo) or a folder without images is a UserError; a named file that cannot be
+    decoded is reported and skipped when it is read."""
     paths = []
     for spec in specs:
         spec = Path(spec)
@@ -52,7 +52,7 @@ def collect_images(specs):
             paths += require_images(spec)
         else:
             paths.append(spec)
-    require_distinct_stems(paths)
+    require_outputs_apart(paths, out)
     return paths
 
 
@@ -87,7 +87,7 @@ def run_attention(args):
         raise UserError("rollout averages the heads by definition: --heads all needs --method last")
     if args.method == "rollout" and args.layer is not None:
         raise UserError("rollout runs through all layers: --layer needs --method last")
-    paths = collect_images(args.images)
+    paths = collect_images(args.images, args.out)
     out = require_writable_folder(args.out)
     model, preprocess, class_names = load_classifier(args.checkpoint)
     depth = len(model.blocks)

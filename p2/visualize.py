@@ -69,12 +69,12 @@ def main(argv=None):
     import warnings
 
     from hw3core.files import require_writable_folder
-    from hw3core.images import (report_written, require_distinct_stems, require_images,
+    from hw3core.images import (report_written, require_images, require_outputs_apart,
                                 require_some_read)
 
     # before seconds of importing torch, and the captioning
     paths = require_images(args.images)
-    require_distinct_stems(paths)
+    require_outputs_apart(paths, args.out)
     out = require_writable_folder(args.out)
     from hw3core.runtime import pick_device, share_cores, usable_cores
     from p2.decode import caption_folder

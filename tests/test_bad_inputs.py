@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -330,3 +331,19 @@ def test_a_run_stopped_partway_leaves_whole_files_and_no_temporary(three_images,
         tmp_path / "c.jsonl", "--batch-size", "1"], capsys)
     assert status == 130 and not (tmp_path / "c.jsonl").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("entry", ["p1/visualize.py", "p2/visualize.py"])
+def test_figures_into_the_image_folder_are_refused_before_any_is_written(entry, three_images,
+                                                                         checkpoints, tmp_path,
+                                                                         capsys):
+    images = tmp_path / "images"  # a.png's figure would replace a.png
+    shutil.copytree(three_images, images)
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    main, argv, problem = PREDICTORS[entry]
+    arguments = argv(checkpoints / f"{problem}.pt", images, tmp_path)
+    arguments[arguments.index("--out") + 1] = images
+    status, _, err = run_entry_point(main, arguments, capsys)
+    one_line_error(status, err, f"{images} holds the input images: write the figures to another "
+                                "folder")
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before

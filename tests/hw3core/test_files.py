@@ -41,8 +41,27 @@ def test_a_path_through_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match=r"file, not a folder"):
         require_writable_file(tmp_path / "file" / "out.csv")
-    with pytest.raises(UserError, match=r"cannot write"):
+    with pytest.raises(UserError, match=r"cannot write .*out.csv: .*file is a file, not a folder"):
         write_text_atomic(tmp_path / "file" / "out.csv", "x")
+
+
+def test_a_link_is_written_through_to_its_target_and_a_device_or_pipe_refused(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "target.csv").write_text("old")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "target.csv")
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "runs" / "new.csv")
+    for link in ("link.csv", "dangling.csv"):
+        require_writable_file(tmp_path / link)
+        write_text_atomic(tmp_path / link, "filename,label\n")
+        assert (tmp_path / link).is_symlink()  # the link stays; its target holds the file
+        assert (tmp_path / link).read_text() == "filename,label\n"
+    assert leftovers(tmp_path) == leftovers(tmp_path / "runs") == []
+    os.mkfifo(tmp_path / "pipe")  # as /dev/stdout: renamed onto, a device would be replaced
+    with pytest.raises(UserError, match="cannot write .*pipe: not a regular file"):
+        require_writable_file(tmp_path / "pipe")
+    with pytest.raises(UserError, match="cannot write .*pipe: not a regular file"):
+        write_text_atomic(tmp_path / "pipe", "x")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode)
 
 
 def test_a_folder_that_refuses_files_is_one_line(tmp_path, monkeypatch):

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,7 +15,10 @@ def test_list_images_keeps_images_only_sorted_by_name(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     require_names_kept(tmp_path, names)
     (tmp_path / "sub.jpg").mkdir()
-    assert [p.name for p in list_images(tmp_path)] == ["C.jpeg", "a b é.png", "b.JPG"]
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")  # named when it fails to open
+    assert [p.name for p in list_images(tmp_path)] == ["C.jpeg", "a b é.png", "b.JPG", "gone.png"]
+    with pytest.raises(UnreadableImage, match="gone.png"):
+        open_rgb(tmp_path / "gone.png")
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F", "1"])
@@ -31,6 +36,16 @@ def test_every_mode_opens_as_rgb(tmp_path, mode):
     assert rgb.shape == (8, 16, 3)
     # the full range survives: dark on the left, bright on the right, not clipped white
     assert rgb[:, 0].mean() < 60 and rgb[:, -1].mean() > 190
+
+
+def test_a_float_images_missing_values_open_black_without_a_warning(tmp_path):
+    values = np.full((4, 4), 500.0, dtype=np.float32)
+    values[0, :3] = (np.nan, np.inf, -np.inf)
+    Image.fromarray(values).save(tmp_path / "dem.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = np.asarray(open_rgb(tmp_path / "dem.tif"))
+    assert (rgb[0, :3] == 0).all() and (rgb[1:] == 255).all()
 
 
 def test_transparent_pixels_become_white(tmp_path):
