@@ -1,8 +1,9 @@
 """What every entry script shares on the command line: the wrapper that turns a UserError or a
-signal into one line and an exit status, the argparse type for numbers with a lower bound, and
+signal into one line and an exit status, the argparse type for bounded numbers, and
 the --device and --precision options. No torch here: scripts import this before parsing, and
 their --help stays fast."""
 import argparse
+import math
 import os
 import sys
 
@@ -26,18 +27,24 @@ def run_cli(main, argv=None):
         sys.exit(130)
 
 
-def at_least(minimum, kind=int):
-    """argparse ``type=``: a ``kind`` number no smaller than ``minimum``. argparse reports a bad
-    one as ``error: argument --epochs: must be at least 1, not 0`` and exits with status 2,
-    instead of a traceback from deep in torch when training starts."""
+def at_least(minimum, kind=int, below=None, most=None):
+    """argparse ``type=``: a finite ``kind`` number no smaller than ``minimum`` (and smaller than
+    ``below``, or at most ``most``, where given). argparse reports a bad one as ``error: argument
+    --epochs: must be at least 1, not 0`` and exits with status 2, instead of a traceback from
+    deep in torch when training starts, or a run that trains to NaN."""
+    bound = (f" and below {below}" if below is not None else
+             f" and at most {most}" if most is not None else "")
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not value >= minimum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        # also refuses nan and inf
+        if not (value >= minimum and math.isfinite(value)
+                and (below is None or value < below) and (most is None or value <= most)):
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{bound}, not {text}")
         return value
     return parse
 

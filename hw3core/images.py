@@ -105,13 +105,22 @@ def open_rgb(path):
 
 
 def decoded_bytes(path):
-    """The bytes of ``path`` opened by open_rgb, read from its header alone; 0 if unreadable."""
+    """The bytes of ``path`` opened by open_rgb, read from its header alone; 0 if unreadable
+    or over the pixel limit, as open_rgb refuses it."""
     try:
         with Image.open(path) as img:
             width, height = img.size
-        return 3 * width * height
     except Exception:  # open_rgb names the file when it fails to read it
         return 0
+    limit = Image.MAX_IMAGE_PIXELS
+    return 0 if limit is not None and width * height > limit else 3 * width * height
+
+
+def require_some_readable(paths, where):
+    """Before a run: a UserError unless one of ``paths`` (images in ``where``) opens, read from
+    its header; the first that does ends the check."""
+    if not any(map(decoded_bytes, paths)):
+        raise UserError(f"none of the {len(paths)} image files in {where} could be read")
 
 
 def require_some_read(count, paths, where):

@@ -563,10 +563,15 @@ def train_epochs(args, dist_info, device, loader, optimizer, scheduler, scaler, 
             train_epoch(e)
             e.stop.check_sent()
             record = e.sums.totals()
+            # each file was named as it failed; headers that open can still hide bodies that don't
+            if not record["images"]:
+                raise UserError("none of the training images could be read")
             if validate is not None:
                 started = time.perf_counter()
                 record.update(validate())
                 record["val_seconds"] = time.perf_counter() - started
+                if not record["val_images"]:
+                    raise UserError("none of the validation images could be read")
             with e.committing():
                 record.update(epoch=e.index + 1, lr=optimizer.param_groups[0]["lr"],
                               images_per_s=record["images"] / record["seconds"])

@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from hw3core.errors import UserError
 from hw3core.images import (ImageFileDataset, decoded_bytes, is_image_file, list_images,
-                            warn_unreadable)
+                            require_some_readable, warn_unreadable)
 from hw3core.runtime import fit_shared_memory
 from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
 
@@ -58,6 +58,7 @@ def discover(folder, class_names=None):
     if unknown:
         path, name = unknown[0]
         raise UserError(f"{path}: class {name!r} is not among the training classes")
+    require_some_readable([p for p, _ in labelled], folder)
     return [(p, index[name]) for p, name in labelled], list(class_names)
 
 

@@ -44,8 +44,17 @@ def make_arch(name, num_classes, image_size=None):
         if name not in timm.list_models("*vit*") and name not in timm.list_models("*deit*"):
             raise UserError(f"unknown model {name!r}: use one of {sorted(PRESETS)} or a timm ViT name")
         vit_kwargs = None
-        default = timm.create_model(name, pretrained=False).default_cfg["input_size"][1:]
-        image_size = as_pair(image_size or default)
+        model = timm.create_model(name, pretrained=False)
+        image_size = as_pair(image_size or model.default_cfg["input_size"][1:])
+        patch = model.patch_embed.patch_size
+    if vit_kwargs is not None:
+        patch = as_pair(vit_kwargs["patch_size"])
+    if any(side % p for side, p in zip(image_size, patch)):
+        # the patch embedding would leave the pixels past the last whole patch unseen
+        fitted = [math.ceil(side / p) * p for side, p in zip(image_size, patch)]
+        raise UserError(f"--image-size {' '.join(map(str, image_size))} is not a whole number of "
+                        f"{name}'s {patch[0]} x {patch[1]} pixel patches: use "
+                        f"{' '.join(map(str, fitted))}")
     return {"name": name, "num_classes": int(num_classes), "image_size": list(image_size),
             "vit_kwargs": vit_kwargs}
 

@@ -45,7 +45,7 @@ def parse_args(argv=None):
                        help="input size (one value: square); default: the model's")
     model.add_argument("--freeze-backbone", action="store_true",
                        help="train the classification head only (fixed feature extractor)")
-    model.add_argument("--drop-path", type=at_least(0.0, float), default=0.1, help="stochastic depth rate (%(default)s)")
+    model.add_argument("--drop-path", type=at_least(0.0, float, below=1.0), default=0.1, help="stochastic depth rate (%(default)s)")
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=at_least(1), default=10, help="(%(default)s)")
     optim.add_argument("--batch-size", type=at_least(1), default=32, help="images per process and step (%(default)s)")
@@ -60,7 +60,7 @@ def parse_args(argv=None):
                        help="linear warm-up to --lr (%(default)s)")
     optim.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                        help="after the warm-up: cosine decay to 0, or --lr held (%(default)s)")
-    optim.add_argument("--label-smoothing", type=at_least(0.0, float), default=0.1, help="(%(default)s)")
+    optim.add_argument("--label-smoothing", type=at_least(0.0, float, below=1.0), default=0.1, help="(%(default)s)")
     optim.add_argument("--clip-grad", type=at_least(0.0, float), default=1.0, help="max gradient norm; 0: off (%(default)s)")
     aug = p.add_argument_group("augmentation")
     aug.add_argument("--augment", choices=("randaugment", "trivialaugment", "none"),
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     aug.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
                      help="random resized crop; --no-crop: a plain resize to the input size "
                      "(on)")
-    aug.add_argument("--min-crop", type=at_least(0.0, float), default=0.25,
+    aug.add_argument("--min-crop", type=at_least(0.0, float, most=1.0), default=0.25,
                      help="smallest area fraction of the random resized crop (%(default)s: 74%% "
                      "of crops keep at least half of an object a tenth of the photo, 88.6%% at "
                      "0.5; bench/min_crop.py)")

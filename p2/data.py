@@ -17,7 +17,8 @@ from torchvision import transforms
 
 from hw3core.errors import UserError
 from hw3core.files import write_text_atomic
-from hw3core.images import UnreadableImage, open_rgb, warn_unreadable
+from hw3core.images import (UnreadableImage, open_rgb, require_some_readable,
+                            warn_unreadable)
 from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
 from p2.tokenizer import END_ID, PAD_ID
 
@@ -105,6 +106,7 @@ def read_caption_file(json_path, image_dir):
         samples.append((path, texts))
     if not samples:
         raise UserError(f"no captioned image of {json_path} was found in {image_dir}")
+    require_some_readable([path for path, _ in samples], image_dir)
     return samples
 
 

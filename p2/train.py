@@ -52,7 +52,7 @@ def parse_args(argv=None):
     model.add_argument("--enc-layers", type=at_least(0))
     model.add_argument("--dec-layers", type=at_least(1))
     model.add_argument("--dim-feedforward", type=at_least(1))
-    model.add_argument("--dropout", type=at_least(0.0, float), help="(CATR: 0.1; may change an --init model's)")
+    model.add_argument("--dropout", type=at_least(0.0, float, below=1.0), help="(CATR: 0.1; may change an --init model's)")
     model.add_argument("--output-vocab", choices=("full", "captions"),
                        help="full: the head scores all 30,522 word pieces (CATR); captions: only "
                        "those of the training captions, about twice as fast for a small model, "

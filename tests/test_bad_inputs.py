@@ -215,10 +215,18 @@ def test_training_goes_on_past_bad_images_and_refuses_bad_starts(odd_images, che
             p1.train.main, [*argv[:-2], "--out", tmp_path / "again", start, checkpoints / message],
             capsys)
         one_line_error(status, err, checkpoints / message)
-    for data_dir, message in ((tmp_path / "absent", "not found"),
-                              (odd_images / "notes.txt", "not a folder")):
-        argv_bad = tiny_argv(data_dir, data, tmp_path / "bad", "--epochs", "1")
+    unreadable = tmp_path / "unreadable"  # labelled, but not one image opens
+    unreadable.mkdir()
+    for i, name in enumerate(BAD):
+        (unreadable / f"{i}_{i}{Path(name).suffix}").write_bytes((odd_images / name).read_bytes())
+    for train_dir, val_dir, message in (
+            (tmp_path / "absent", data, "not found"),
+            (odd_images / "notes.txt", data, "not a folder"),
+            (unreadable, data, f"none of the 2 image files in {unreadable} could be read"),
+            (data, unreadable, f"none of the 2 image files in {unreadable} could be read")):
+        argv_bad = tiny_argv(train_dir, val_dir, tmp_path / "bad", "--epochs", "1")
         one_line_error(*run_entry_point(p1.train.main, argv_bad, capsys)[::2], message)
+    assert not (tmp_path / "bad" / "last.pt").exists()
 
 
 def test_captioner_training_goes_on_past_bad_images_and_refuses_bad_starts(
@@ -252,6 +260,16 @@ def test_captioner_training_goes_on_past_bad_images_and_refuses_bad_starts(
     status, _, err = run_entry_point(p2.train.main, [data[0], tmp_path / "absent.json",
                                                      *data[2:]], capsys)
     one_line_error(status, err, "absent.json")
+    content["images"] = [entry for entry in content["images"]
+                         if entry["file_name"] in ("fake.jpg", "bomb.png")]
+    kept = {entry["id"] for entry in content["images"]}
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] in kept]
+    (tmp_path / "unreadable.json").write_text(json.dumps(content))
+    for option in ("--train-json", "--val-json"):
+        given = [*data, *architecture]
+        given[given.index(option) + 1] = tmp_path / "unreadable.json"
+        status, _, err = run_entry_point(p2.train.main, given, capsys)
+        one_line_error(status, err, f"none of the 2 image files in {images} could be read")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from hw3core.cli import at_least
 def test_at_least_accepts_the_bound_and_above():
     assert at_least(1)("1") == 1 and at_least(0)("7") == 7
     assert at_least(0.0, float)("0") == 0.0 and at_least(0.0, float)("1e-4") == 1e-4
+    assert at_least(0.0, float, below=1.0)("0.99") == 0.99 and at_least(0.0, float, most=1.0)("1") == 1
 
 
 @pytest.mark.parametrize("number, text, message", [
@@ -18,7 +19,10 @@ def test_at_least_accepts_the_bound_and_above():
     (at_least(1), "1.5", "'1.5' is not an integer"),
     (at_least(0.0, float), "-1e-3", "must be at least 0.0, not -1e-3"),
     (at_least(0.0, float), "nan", "must be at least 0.0, not nan"),
-    (at_least(0.0, float), "fast", "'fast' is not a number")])
+    (at_least(0.0, float), "fast", "'fast' is not a number"),
+    (at_least(0.0, float), "inf", "must be at least 0.0, not inf"),  # --lr inf trains to NaN
+    (at_least(0.0, float, below=1.0), "1", "must be at least 0.0 and below 1.0, not 1"),
+    (at_least(0.0, float, most=1.0), "1.5", "must be at least 0.0 and at most 1.0, not 1.5")])
 def test_at_least_refuses_with_the_reason(number, text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         number(text)

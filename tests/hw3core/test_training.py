@@ -348,3 +348,36 @@ def test_under_torchrun_a_signal_in_an_epochs_last_step_stops_before_validation(
     assert signal.getsignal(signal.SIGTERM) is previous
     assert not validated  # the stop came before validation, not after it (or never, last epoch)
     assert load_checkpoint(tmp_path / "last.pt")["in_epoch"]["batches"] == 2
+
+
+@pytest.mark.parametrize("unreadable", ["training", "validation"])
+def test_an_epoch_that_read_no_image_is_one_error_and_writes_no_checkpoint(unreadable, tmp_path):
+    from hw3core.errors import UserError
+    from hw3core.training import train_epochs
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    class Loader:
+        def epoch(self, epoch, skip):
+            return []
+
+        def close(self):
+            pass
+
+        def __len__(self):
+            return 1
+
+    def train_epoch(e):  # headers that opened, bodies that did not: every batch skipped
+        e.sums.add(torch.tensor(1.0), 1, int(unreadable == "validation"))
+        e.sums.commit(1)
+
+    with pytest.raises(UserError, match=f"none of the {unreadable} images could be read"):
+        train_epochs(argparse.Namespace(out=str(tmp_path), epochs=2, seed=0), Distributed(),
+                     torch.device("cpu"), Loader(), optimizer,
+                     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                     torch.amp.GradScaler("cpu", enabled=False), None,
+                     train_epoch=train_epoch, validate=lambda: {"val_images": 0, "val_acc": 0.0},
+                     best=("val_acc", "{}"), weights=lambda done, record: {"model": {}},
+                     report_epoch=lambda record, improved: None, curves=[])
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()

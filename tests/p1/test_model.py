@@ -69,6 +69,11 @@ def test_wrong_files_are_clear_errors(tmp_path):
         load_classifier(tmp_path / "other.pt")
     with pytest.raises(UserError, match="unknown model"):
         make_arch("resnet50", 3)
+    with pytest.raises(UserError, match=r"--image-size 15 20 is not a whole number of tiny's 8 x 8 "
+                                        r"pixel patches: use 16 24"):
+        make_arch("tiny", 3, (15, 20))
+    with pytest.raises(UserError, match=r"16 x 16 pixel patches: use 48 64"):
+        make_arch("vit_tiny_patch16_224", 3, (33, 50))
 
 
 def test_the_b16_preset_is_timms_vit_base_patch16_384():
