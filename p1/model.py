@@ -226,6 +226,26 @@ def forward_flops_per_image(model):
             + 2 * dim * model.num_classes)
 
 
+def _saved_records(obj, path):
+    """(preprocess, class_names) of a train.py checkpoint, checked against its arch: an edited
+    or incomplete one is a UserError naming ``path``, not a failure in the middle of a run."""
+    try:
+        arch, preprocess = obj["arch"], dict(obj["preprocess"])
+        class_names = [str(name) for name in obj["class_names"]]
+        size, classes = list(arch["image_size"]), int(arch["num_classes"])
+        shapes = [len(preprocess["image_size"]), len(preprocess["mean"]), len(preprocess["std"])]
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path} is not a whole Problem 1 checkpoint: "
+                        f"{type(err).__name__} {err} in its arch, preprocess or class_names"
+                        ) from None
+    if len(class_names) != classes:
+        raise UserError(f"{path}: {len(class_names)} class names for a head of {classes} classes")
+    if shapes != [2, 3, 3] or list(preprocess["image_size"]) != size:
+        raise UserError(f"{path}: its preprocess record (image_size, mean, std) does not fit its "
+                        f"model's {size[0]} x {size[1]} RGB input")
+    return preprocess, class_names
+
+
 def load_classifier(path):
     """(model, preprocess, class_names) from a train.py checkpoint or a bare ViT state dict.
 
@@ -238,9 +258,15 @@ def load_classifier(path):
     obj = load_checkpoint(path)
     check_format(obj, "hw3-p1-vit", path)
     if isinstance(obj, dict) and "arch" in obj and "model" in obj:
-        model = build_model(obj["arch"])
-        model.load_state_dict(obj["model"])
-        return model, obj["preprocess"], list(obj["class_names"])
+        preprocess, class_names = _saved_records(obj, path)
+        try:
+            model = build_model(obj["arch"])
+            model.load_state_dict(obj["model"])
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UserError(f"{path}: its arch and model do not make a ViT "
+                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                            ) from None
+        return model, preprocess, class_names
     state_dict = to_timm_keys(unwrap_state_dict(obj, path))
     try:
         arch = infer_arch(state_dict)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -112,3 +114,23 @@ def test_nothing_downloads_when_building_or_loading_models(tmp_path, monkeypatch
     save_captioner(captioner, tmp_path / "c.pt")
     load_captioner(tmp_path / "c.pt")
     assert CaptionTokenizer().encode("a cat")[0] == 101
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("class_names"), "is not a whole Problem 1 checkpoint: KeyError 'class_names'"),
+    (lambda c: c["class_names"].pop(), "1 class names for a head of 2 classes"),
+    (lambda c: c["preprocess"].pop("mean"), "is not a whole Problem 1 checkpoint: KeyError 'mean'"),
+    (lambda c: c["preprocess"].update(image_size=[30, 30]), "does not fit its model's 32 x 32"),
+    (lambda c: c["preprocess"].update(std=[0.5]), "does not fit its model's 32 x 32 RGB input"),
+    (lambda c: c["arch"]["vit_kwargs"].update(depth=1), "its arch and model do not make a ViT"),
+    (lambda c: c["arch"].update(name=None, vit_kwargs=None), "its arch and model do not make a ViT")])
+def test_an_edited_or_incomplete_checkpoint_is_one_error_naming_it(edit, message, tmp_path):
+    from tests.conftest import save_p1_checkpoint
+
+    save_p1_checkpoint(tmp_path / "p1.pt", (32, 32), class_names=("cat", "dog"))
+    checkpoint = torch.load(tmp_path / "p1.pt", weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    with pytest.raises(UserError, match=re.escape(message)) as raised:
+        load_classifier(tmp_path / "edited.pt")
+    assert str(tmp_path / "edited.pt") in str(raised.value) and "\n" not in str(raised.value)
