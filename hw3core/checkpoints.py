@@ -3,6 +3,7 @@ import json
 import re
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,16 +33,34 @@ def load_checkpoint(path, mmap=False):
     weights-only load refuses.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give the checkpoint file in it")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    if start[:2] != b"PK" and start[:1] != b"\x80":  # torch.save's zip archive, a legacy pickle
+        raise UserError(f"{path} is not a checkpoint (neither a torch file nor a pickle)"
+                        + (": it is empty" if not start else ""))
+    try:
+        with warnings.catch_warnings():  # e.g. about a pickle protocol, before a refusal
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for foreign or damaged files
         lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()
                  if line.strip()]
-        # a weights-only refusal's first line says only that it failed; another says why
-        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")),
-                      lines[0] if lines else type(err).__name__)
+        # a weights-only refusal's first line says only that it failed (and that a load that
+        # may run the file's code would not); after "WeightsUnpickler error:", or a line below, why
+        marker = "WeightsUnpickler error:"
+        at = next((i for i, line in enumerate(lines) if marker in line), None)
+        if at is None:
+            reason = lines[0] if lines else type(err).__name__
+        else:
+            reason = ("a load that runs no code refuses it: "
+                      + (lines[at].split(marker, 1)[1].strip() or (lines[at + 1:] or [""])[0]))
         raise UserError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
 
 

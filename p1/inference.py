@@ -21,7 +21,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", required=True, help="folder of images (subfolders are ignored)")
     p.add_argument("--out", required=True, help="CSV file to write; its folder is created")
-    p.add_argument("--checkpoint", default=os.environ.get("HW3_P1_CKPT", str(DEFAULT_CHECKPOINT)),
+    p.add_argument("--checkpoint",  # an empty HW3_P1_CKPT is unset, as in hw3_2.sh's ${:-}
+                   default=os.environ.get("HW3_P1_CKPT") or str(DEFAULT_CHECKPOINT),
                    help="train.py checkpoint or bare ViT state dict (%(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="(%(default)s)")
     p.add_argument("--workers", type=at_least(0),

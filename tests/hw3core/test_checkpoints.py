@@ -140,15 +140,21 @@ class Sneaky:
 
 
 @pytest.mark.parametrize("content,message", [
-    (None, "not found"), (b"hello", "not a readable checkpoint"),
-    (pickle.dumps(Sneaky()), "not a readable checkpoint")])
+    (None, "checkpoint not found: "), ("folder", "is a folder: give the checkpoint file in it"),
+    (b"", r"is not a checkpoint \(neither a torch file nor a pickle\): it is empty"),
+    (b"hello", r"is not a checkpoint \(neither a torch file nor a pickle\)$"),
+    (pickle.dumps(Sneaky()), r"not a readable checkpoint \(a load that runs no code refuses it: "
+                             r"Unsupported operand \d+\)")])
 def test_bad_checkpoints_give_one_line_errors(tmp_path, content, message, capsys):
     path = tmp_path / "c.pt"
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     with pytest.raises(UserError, match=message) as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value) and "code ran" not in capsys.readouterr().out
+    assert "Warning" not in capsys.readouterr().err
 
 
 def test_code_in_a_torch_file_never_runs(tmp_path, capsys):

@@ -146,3 +146,9 @@ def test_an_unwritable_csv_path_is_refused_before_any_work(destination, awkward_
                                                       "--checkpoint", trained_tiny / "best.pt"],
                                      capsys)
     assert status == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_an_empty_checkpoint_variable_means_the_default_checkpoint(monkeypatch):
+    monkeypatch.setenv("HW3_P1_CKPT", "")  # as `HW3_P1_CKPT= bash hw3_1.sh ...` sets it
+    args = inference.parse_args(["--images", "i", "--out", "o.csv"])
+    assert args.checkpoint == str(inference.DEFAULT_CHECKPOINT)
