@@ -18,7 +18,6 @@
 --scale shrinks every image count. Prints tables and writes bench/results/jobs_<device>.json,
 also after each job, so that a run cut short keeps the jobs it finished (the loaders come last).
 """
-import argparse
 import json
 import os
 import statistics
@@ -37,6 +36,7 @@ from bench.measure import write_result
 from bench.tables import jobs as jobs_table
 from bench.tables import jobs_loaders as jobs_loaders_table
 from hw3core.checkpoints import save_checkpoint
+from hw3core.cli import parser
 from hw3core.runtime import Distributed, autocast, pick_device, share_cores, usable_cores
 from p1.data import discover
 from p1.engine import build_loaders
@@ -151,7 +151,7 @@ def typical_captioner(device, photos):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--device", default="auto")
     p.add_argument("--scale", type=float, default=1.0, help="of every image count")
     p.add_argument("--model", default="B_16_imagenet1k", help="p1/train.py --model")

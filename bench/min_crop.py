@@ -7,7 +7,7 @@ log-uniform in [3/4, 4/3]) on a 500 x 375 photo, the size of a typical pet photo
 box of the given share of the photo, of aspect ratio log-uniform in [1/2, 2], placed uniformly at
 random. CPU only, a few seconds.
 
-    python bench/min_crop.py
+    python bench/min_crop.py [--out bench/results/min_crop.json]
 """
 import math
 from pathlib import Path
@@ -17,6 +17,7 @@ import torch
 from torchvision.transforms import RandomResizedCrop
 
 from bench.measure import write_result
+from hw3core.cli import parser
 
 WIDTH, HEIGHT = 500, 375
 MIN_CROPS = (0.08, 0.25, 0.5, 1.0)
@@ -41,7 +42,11 @@ def kept_share(min_crop, object_share, rng, samples=SAMPLES):
     return kept / samples
 
 
-def main():
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "min_crop.json",
+                   help="the JSON it writes (%(default)s)")
+    args = p.parse_args(argv)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     table = {f"{c:g}": {f"{s:g}": kept_share(c, s, rng) for s in OBJECT_SHARES} for c in MIN_CROPS}
@@ -52,7 +57,7 @@ def main():
     print("| --- |" + " --- |" * len(OBJECT_SHARES))
     for crop, row in table.items():
         print(f"| {crop} | " + " | ".join(f"{share:.1%}" for share in row.values()) + " |")
-    write_result(Path(__file__).parent / "results" / "min_crop.json",
+    write_result(args.out,
                  "share of RandomResizedCrop crops keeping at least half of a random object box",
                  photo=[WIDTH, HEIGHT], samples=SAMPLES, kept_share=table)
 

@@ -11,12 +11,13 @@ p1/visualize.py attention and rollout (.npy), p2/inference.py (JSON lines) and p
 and the device line are left out; figures (PNG) are not compared, since matplotlib's bytes
 depend on its version.
 """
-import argparse
 import hashlib
 import json
 import sys
 import tempfile
 from pathlib import Path
+
+from hw3core.cli import parser
 
 
 TIMING = {"seconds", "images_per_s", "train_tflops", "epoch_seconds", "val_seconds", "device"}
@@ -81,7 +82,7 @@ def fingerprints():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("action", choices=("record", "compare"))
     p.add_argument("file", help="the JSON of fingerprints")
     args = p.parse_args(argv)

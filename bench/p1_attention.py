@@ -14,7 +14,6 @@ same network: untrained (random weights) and trained on shuffled labels (bench/r
 p1_attention.json). It also reports how the position embeddings' cosine similarity falls with
 grid distance, after training and at initialisation.
 """
-import argparse
 import json
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from bench.measure import cell_geometry, machine, write_result
+from hw3core.cli import parser
 from hw3core.images import ImageFileDataset, collate_skip, list_images
 from p1.attention import attention_rollout, cls_attention, position_similarity
 from p1.data import eval_transform, make_shapes_set
@@ -96,7 +96,7 @@ def evaluate_maps(model, preprocess, class_names, folder, batch_size=64):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--work", help="folder for the data and the run (default: temporary)")
     p.add_argument("--train", type=int, default=2000, help="training images")
     p.add_argument("--heldout", type=int, default=300, help="held-out images for the maps")

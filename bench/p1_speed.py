@@ -10,7 +10,6 @@ same run, as the rate the model's inference is compared with. The variants: torc
 compile time reported), the fused SGD step (one kernel for all parameters instead of several per
 tensor), and a doubled batch. Prints a markdown table and writes the figures as JSON.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from bench.measure import machine, median_seconds, write_result
 from bench.tables import p1_speed as p1_speed_table
+from hw3core.cli import parser
 from hw3core.runtime import autocast, pick_device
 from p1.model import build_model, forward_flops_per_image, make_arch
 
@@ -85,7 +85,7 @@ def measure(model, device, batch, train_batch, repeats, precision, compile=False
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, help="inference batch (default 4 CPU, 64 GPU)")
     p.add_argument("--train-batch-size", type=int, help="training batch (default 2 CPU, 32 GPU)")

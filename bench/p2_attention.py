@@ -19,7 +19,6 @@ The same measures are given for two baselines of the same network on the same sc
 (random weights) and trained by the same recipe on the training captions shuffled among the
 images. Everything goes to bench/results/p2_attention.json.
 """
-import argparse
 import json
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch
 
 from bench.measure import cell_geometry, machine, write_result
 from bench.tables import RENDERERS
+from hw3core.cli import parser
 from hw3core.images import open_rgb
 from hw3core.scenes import COLORS, SHAPES
 from p2.data import SCENE_SIZE, make_scene_set, pad_tokens
@@ -173,7 +173,7 @@ def val_exact_by_epoch(run):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--work", help="folder for the data and the run (default: temporary)")
     p.add_argument("--train", type=int, default=3000, help="training scenes")
     p.add_argument("--heldout", type=int, default=200, help="held-out scenes")

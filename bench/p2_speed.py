@@ -17,7 +17,6 @@ it first checks what the graphs give against the eager path, in fp32 and in bf16
 its own autocast region as in use: the tests compare the two on a CPU only, where there are no
 graphs. Prints a markdown table.
 """
-import argparse
 import math
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from PIL import Image
 from skimage import data
 
 from bench.measure import machine, median_seconds, write_result
+from hw3core.cli import parser
 from hw3core.runtime import autocast, pick_device
 from p2.data import preprocess
 import p2.decode
@@ -132,7 +132,7 @@ def graphs_against_eager(model, images, device, max_len=21):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--quick", action="store_true",
                    help="skip the slowest measurement (CATR's loop for 127 tokens)")

@@ -7,12 +7,13 @@ in a fresh process, as a user runs it), first alone, then beside one other CPU-b
 (a pure-Python loop, one core busy), for the default loader setting and for one worker. The
 epoch's training seconds come from metrics.jsonl. Run it on an otherwise quiet machine.
 """
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from hw3core.cli import parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def epoch_seconds(data, out, workers):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--scenes", type=int, default=480)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "shared_cpu.json"))
     args = p.parse_args(argv)

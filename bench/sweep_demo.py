@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hw3core.cli import parser
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.9  # validation exact captions the demo must reach in 9 runs of 10
 
@@ -37,7 +39,7 @@ def train(scenes, out, seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--parallel", type=int, default=2, help="one-thread runs at a time (2)")

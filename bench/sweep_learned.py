@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hw3core.cli import parser
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # (measure, the test that asserts it, its bar, whether higher is better)
@@ -62,7 +64,7 @@ def measure_once():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (%(default)s)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--kernels", nargs="+", default=["default", "native"])

@@ -13,7 +13,6 @@ repeated here, such as the GPU run and the recipe search, copied once from RESUL
     python -m bench.tables           # rewrite RESULTS.md's tables from their JSON
     python -m bench.tables --check   # change nothing; exit 1 naming each table that differs
 """
-import argparse
 import difflib
 import json
 import re
@@ -22,6 +21,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from hw3core.cli import parser
 from hw3core.files import write_text_atomic
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -360,7 +360,7 @@ def regenerate(text, folder):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 naming each table that differs from its JSON")
     p.add_argument("--results-md", type=Path, default=RESULTS_MD, help="(%(default)s)")

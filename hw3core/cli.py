@@ -27,6 +27,12 @@ def run_cli(main, argv=None):
         sys.exit(130)
 
 
+def parser(doc):
+    """An ArgumentParser described by the first paragraph of a script's docstring ``doc``, on one
+    line: a first sentence may run over several."""
+    return argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+
+
 def at_least(minimum, kind=int, below=None, most=None):
     """argparse ``type=``: a finite ``kind`` number no smaller than ``minimum`` (and smaller than
     ``below``, or at most ``most``, where given). argparse reports a bad one as ``error: argument

@@ -4,20 +4,19 @@ Makes a synthetic labelled image set (one coloured shape per image; the class is
 fine-tunes the `tiny` ViT preset on it, predicts the held-out images with hw3_1.sh exactly as a
 user would, and prints the accuracy of the CSV it wrote.
 """
-import argparse
 import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from hw3core.cli import at_least, run_cli
+from hw3core.cli import at_least, parser, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--out", default="demo_out", help="folder for the data, run and predictions")
     p.add_argument("--epochs", type=at_least(1), default=5)
     p.add_argument("--train-images", type=at_least(1), default=2000)

@@ -6,14 +6,13 @@
 A ppvit export loads into pytorch_pretrained_vit.ViT('B_16_imagenet1k', num_classes=N,
 image_size=S) with the checkpoint's class count N and input size S.
 """
-import argparse
 import sys
 
-from hw3core.cli import run_cli
+from hw3core.cli import parser, run_cli
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=("ppvit", "timm"), default="ppvit",

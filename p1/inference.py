@@ -6,19 +6,18 @@ The checkpoint defaults to $HW3_P1_CKPT, else checkpoints/p1_vit.pt beside this 
 be a train.py checkpoint (labels are its class names) or a bare pytorch-pretrained-vit or timm
 state dict (labels are the model's own class ids).
 """
-import argparse
 import csv
 import io
 import os
 from pathlib import Path
 
-from hw3core.cli import add_device_options, at_least, run_cli
+from hw3core.cli import add_device_options, at_least, parser, run_cli
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "p1_vit.pt"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--images", required=True, help="folder of images (subfolders are ignored)")
     p.add_argument("--out", required=True, help="CSV file to write; its folder is created")
     p.add_argument("--checkpoint",  # an empty HW3_P1_CKPT is unset, as in hw3_2.sh's ${:-}

@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from hw3core.cli import add_device_options, at_least, run_cli
+from hw3core.cli import add_device_options, at_least, parser, run_cli
 from hw3core.errors import UserError
 from p1.model import PRESETS
 
@@ -22,7 +22,7 @@ FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     data = p.add_argument_group("data")
     data.add_argument("--train-dir", required=True, help="{label}_{id}.jpg files or class subfolders")
     data.add_argument("--val-dir", help="validation images, same layout; picks best.pt")

@@ -6,12 +6,11 @@
 
 Checkpoints of p1/train.py and bare pytorch-pretrained-vit or timm state dicts are all accepted.
 """
-import argparse
 from pathlib import Path
 
 import torch
 
-from hw3core.cli import add_device_options, at_least, run_cli
+from hw3core.cli import add_device_options, at_least, parser, run_cli
 from hw3core.errors import UserError
 from hw3core.figures import save_figure
 from hw3core.files import require_writable_file, require_writable_folder, save_npy
@@ -130,7 +129,7 @@ def run_attention(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     pos = sub.add_parser("posemb", help="cosine similarity of the position embeddings")
     pos.add_argument("--checkpoint", required=True, help="train.py checkpoint or ViT state dict")

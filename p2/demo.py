@@ -5,7 +5,6 @@ captioner on them from scratch, then runs hw3_2.sh on held-out scenes exactly as
 with HW3_P2_CKPT pointing at the new best.pt, and prints a few captions beside the true ones.
 The word-map figures are in OUT/p2_figures/.
 """
-import argparse
 import json
 import os
 import shlex
@@ -14,7 +13,7 @@ import sys
 from pathlib import Path
 
 from hw3core.checkpoints import load_checkpoint
-from hw3core.cli import at_least, run_cli
+from hw3core.cli import at_least, parser, run_cli
 from hw3core.runtime import pick_device
 from p2 import inference
 from p2.data import make_scene_set
@@ -33,7 +32,7 @@ TRAINING_SIZE = {"cpu": (2000, 8), "cuda": (3000, 10)}  # (scenes, epochs)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--out", default="demo_out", help="folder for the data, run and figures")
     p.add_argument("--epochs", type=at_least(1), default=None,
                    help="8 on a CPU, 10 on a GPU")

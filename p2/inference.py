@@ -6,12 +6,11 @@ Each line is {"file": name, "caption": text, "tokens": [101, ..., 102]}: every g
 first and [SEP] last ([SEP] is missing when --max-len stopped the caption), in file-name order.
 The checkpoint may be a released CATR checkpoint, a bare state dict or one of this project's.
 """
-import argparse
 import json
 import os
 from pathlib import Path
 
-from hw3core.cli import add_device_options, at_least, run_cli
+from hw3core.cli import add_device_options, at_least, parser, run_cli
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "catr_v3.pth"
 
@@ -46,7 +45,7 @@ def load_for_captioning(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     add_captioning_args(p)
     p.add_argument("--out", required=True, help="JSON-lines file to write; its folder is created")
     return p.parse_args(argv)

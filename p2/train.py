@@ -13,14 +13,14 @@ p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
 """
 import argparse
 
-from hw3core.cli import add_device_options, at_least, run_cli
+from hw3core.cli import add_device_options, at_least, parser, run_cli
 
 
 def parse_args(argv=None):
     from p2.engine import CONFIGS
     from p2.model import BACKBONE_LAYERS, BACKBONES
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     data = p.add_argument_group("data")
     data.add_argument("--train-json", required=True, help="COCO-format caption file")
     data.add_argument("--train-dir", required=True, help="folder its file names are relative to")

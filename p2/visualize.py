@@ -9,9 +9,8 @@ the image, each map cell on the pixels it was computed from; the last panel is <
 --save-npy also writes OUT/<stem>.npy: float32 (tokens, h, w), or (tokens, heads, h, w) with
 --heads all; row k is the attention that produced generated token k and sums to 1.
 """
-import argparse
 
-from hw3core.cli import at_least, run_cli
+from hw3core.cli import at_least, parser, run_cli
 from p2.inference import add_captioning_args, load_for_captioning
 
 # torch, matplotlib and what needs them (p2.figures too) are imported inside the functions that
@@ -25,7 +24,7 @@ MOST_DRAW_WORKERS = 16
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     add_captioning_args(p)
     p.add_argument("--out", required=True, help="folder for <stem>.png (created)")
     p.add_argument("--layer", type=int, default=-1,

@@ -11,13 +11,12 @@ position-embedding figures, a captioner and its images, and bench/results/*.json
 typed in. A section whose inputs are missing says so and gives the command that makes them. The
 discussion of what the numbers show is the student's: each section leaves a marked place for it.
 """
-import argparse
 import os
 import warnings
 from datetime import date
 from pathlib import Path
 
-from hw3core.cli import at_least, run_cli
+from hw3core.cli import at_least, parser, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +24,7 @@ COURSE_IMAGES = ("26_5064.jpg", "29_4718.jpg", "31_4838.jpg")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--out", required=True, help="the PDF to write")
     p.add_argument("--title", default="HW3 report: Vision Transformer and attention in captioning")
     p.add_argument("--data-note", help="a line under the title saying what data the runs used")

@@ -9,11 +9,10 @@ alone has learnt features to keep: the whole network against the head only, SGD 
 submission this project grew from (SGD at 0.02, a constant rate, no crop, no flip, no smoothing)
 against the default. Each run is skipped when its folder already holds a finished run.
 """
-import argparse
 import json
 from pathlib import Path
 
-from hw3core.cli import at_least, run_cli
+from hw3core.cli import at_least, parser, run_cli
 from hw3core.errors import UserError
 
 
@@ -37,7 +36,7 @@ def finished(run, epochs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--demo", default="demo_out", help="the folder bash demo.sh wrote")
     p.add_argument("--out", default="report.pdf")
     p.add_argument("--epochs", type=at_least(1), default=3, help="of each comparison run")
