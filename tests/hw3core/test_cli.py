@@ -48,3 +48,10 @@ def test_device_options_are_the_same_everywhere_and_refuse_unknown_names(capsys)
         parser.parse_args(["--device", "gpu"])
     assert exit_info.value.code == 2
     assert "argument --device: invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_a_scripts_help_describes_it_by_its_docstrings_whole_first_paragraph():
+    from hw3core.cli import parser
+
+    doc = "Build the report from the runs,\nthen the figures.\n\n    python build.py --out r.pdf\n"
+    assert parser(doc).description == "Build the report from the runs, then the figures."
