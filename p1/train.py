@@ -97,10 +97,13 @@ def resolve_start(args):
     """
     if args.pretrained is None:
         downloaded = Path(os.environ.get("HW3_CKPT_DIR", ROOT / "checkpoints")) / f"{args.model}.pth"
-        if args.model != "B_16_imagenet1k" or not downloaded.is_file():
+        if args.model != "B_16_imagenet1k":
+            raise UserError(f"no weights to start {args.model} from: give --pretrained FILE, or "
+                            "--pretrained none to train from random weights")
+        if not downloaded.is_file():
             raise UserError(f"no weights to start {args.model} from: run bash hw3_download.sh "
-                            "(B_16_imagenet1k), give --pretrained FILE, or --pretrained none to "
-                            "train from random weights")
+                            f"(it writes {downloaded}), give --pretrained FILE, or --pretrained "
+                            "none to train from random weights")
         args.pretrained = str(downloaded)
         print(f"starting from {downloaded} (hw3_download.sh's file; --pretrained to choose)",
               flush=True)

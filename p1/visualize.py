@@ -27,6 +27,8 @@ from p1.model import load_classifier
 # --- position embeddings ------------------------------------------------------------------------
 
 def run_posemb(args):
+    if Path(args.out).suffix.lower() != ".png":
+        raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
     require_writable_file(args.out)
     model, _, _ = load_classifier(args.checkpoint)
     similarity = position_similarity(model).numpy()

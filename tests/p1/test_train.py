@@ -200,9 +200,13 @@ def test_numbers_out_of_range_are_one_line_errors(flag, value, tmp_path, capsys)
 
 def test_no_weights_to_start_from_is_one_line_naming_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HW3_CKPT_DIR", str(tmp_path / "checkpoints"))
-    for model in ("B_16_imagenet1k", "tiny"):
-        with pytest.raises(UserError, match="hw3_download.sh.*--pretrained none"):
-            parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), "--model", model])
+    with pytest.raises(UserError, match=r"hw3_download.sh \(it writes .*checkpoints/"
+                                        r"B_16_imagenet1k.pth\).*--pretrained none"):
+        parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path)])
+    # no download holds the other presets' weights
+    with pytest.raises(UserError, match="^no weights to start tiny from: give --pretrained FILE, "
+                                        "or --pretrained none"):
+        parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), "--model", "tiny"])
     with pytest.raises(UserError, match="--freeze-backbone trains the head on random features"):
         parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), "--pretrained", "none",
                     "--freeze-backbone"])

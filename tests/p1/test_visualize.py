@@ -96,6 +96,10 @@ def test_posemb_figure(setup, run):
     assert result.returncode == 0, result.stderr
     with Image.open(out) as img:
         assert img.format == "PNG"
+    result = run("posemb", "--checkpoint", setup["wide"], "--out", out.with_suffix(".jpg"))
+    assert result.returncode == 2 and result.stderr.endswith(
+        "posemb.jpg: the figure is a PNG; give a name ending in .png\n")
+    assert not out.with_suffix(".jpg").exists()
 
 
 @pytest.mark.parametrize("problem", ["missing checkpoint", "empty folder", "bad layer"])
