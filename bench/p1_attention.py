@@ -27,6 +27,7 @@ from PIL import Image
 from bench.measure import cell_geometry, machine, write_result
 from hw3core.cli import parser
 from hw3core.images import ImageFileDataset, collate_skip, list_images
+from hw3core.training import replace_run
 from p1.attention import attention_rollout, cls_attention, position_similarity
 from p1.data import eval_transform, make_shapes_set
 from p1.engine import fit
@@ -119,6 +120,7 @@ def shuffled_copy(folder, out, seed):
 
 
 def train(args, train_dir, val_dir, out):
+    replace_run(out)  # a --work folder's earlier run
     fit(parse_train_args([
         "--model", "tiny", "--pretrained", "none", "--train-dir", str(train_dir),
         "--val-dir", str(val_dir), "--out", str(out), "--epochs", str(args.epochs),

@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -499,6 +500,22 @@ def load_resume(path, format_name):
     if not isinstance(resume, dict) or "optimizer" not in resume:
         raise UserError(f"{path} is not a last.pt checkpoint (no optimizer state)")
     return resume
+
+
+def require_new_run_folder(out, resume):
+    """Refuse a run into a folder that holds another run's last.pt, unless it resumes that run:
+    its checkpoints would replace the other's (best.pt too, however well the new run scores)."""
+    last = Path(out) / "last.pt"
+    if last.is_file() and not (resume and Path(resume).resolve() == last.resolve()):
+        raise UserError(f"{out} holds another run ({last}): add --resume {last} to go on with "
+                        "it, or give another --out")
+
+
+def replace_run(run):
+    """Clear ``run``, a run folder that a demo or a benchmark names and owns, for its new run."""
+    if (Path(run) / "last.pt").is_file():
+        print(f"replacing the previous run in {run}", flush=True)
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def start_run_folder(out, args):

@@ -23,6 +23,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="of the training run (%(default)s)")
     args = p.parse_args(argv)
     from p1.data import make_shapes_set
+    from hw3core.training import replace_run
     from p1.engine import fit
     from p1.train import parse_args
 
@@ -31,6 +32,7 @@ def main(argv=None):
     make_shapes_set(out / "shapes" / "train", args.train_images, seed=1)
     make_shapes_set(out / "shapes" / "val", 400, seed=2, start_id=1_000_000)
     print("2/3 fine-tuning the tiny ViT preset", flush=True)
+    replace_run(out / "p1_run")
     fit(parse_args([
         "--model", "tiny", "--pretrained", "none", "--train-dir", str(out / "shapes" / "train"),
         "--val-dir", str(out / "shapes" / "val"), "--out", str(out / "p1_run"),

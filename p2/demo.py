@@ -16,6 +16,7 @@ from pathlib import Path
 from hw3core.checkpoints import load_checkpoint
 from hw3core.cli import at_least, parser, run_cli
 from hw3core.runtime import pick_device
+from hw3core.training import replace_run
 from p2 import inference
 from p2.data import make_scene_set
 from p2.engine import SCENE_RECIPE, fit
@@ -59,6 +60,7 @@ def main(argv=None):
                    start_id=args.train_scenes + args.val_scenes)
     print("2/3 training the small captioner from scratch", flush=True)
     run = out / "p2_run"
+    replace_run(run)
     fit(parse_args([
         "--train-json", str(scenes / "train" / "captions.json"),
         "--train-dir", str(scenes / "train" / "images"),

@@ -42,6 +42,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=at_least(1), default=3, help="of each comparison run")
     args = p.parse_args(argv)
     from p1.data import make_shapes_set
+    from hw3core.training import replace_run
     from p1.engine import fit
     from p1.train import parse_args
     from report import build
@@ -54,6 +55,7 @@ def main(argv=None):
     pretext = runs / "pretext_warmth"
     if not finished(pretext, 3):
         print("pre-training on warm against cool colours (the pretext task)", flush=True)
+        replace_run(pretext)
         make_shapes_set(runs / "warmth_labels" / "train", 2000, seed=11, label_by="warmth")
         make_shapes_set(runs / "warmth_labels" / "val", 400, seed=12, start_id=1_000_000,
                         label_by="warmth")
@@ -66,6 +68,7 @@ def main(argv=None):
         if finished(runs / name, args.epochs):
             continue
         print(f"comparison run {name}", flush=True)
+        replace_run(runs / name)  # one of fewer epochs, or stopped
         fit(parse_args([*COMMON, "--pretrained", str(pretext / "best.pt"), "--train-dir",
                         str(shapes / "train"), "--val-dir", str(shapes / "val"),
                         "--out", str(runs / name), "--epochs", str(args.epochs), *options]))

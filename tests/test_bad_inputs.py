@@ -208,6 +208,13 @@ def test_training_goes_on_past_bad_images_and_refuses_bad_starts(odd_images, che
     assert status == 0, err
     assert err.count("skipping") >= 2 and "Traceback" not in err  # each pass names them
     assert (tmp_path / "run" / "best.pt").is_file()
+    # the same command again would replace the run's checkpoints and records: refused
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    last = tmp_path / "run" / "last.pt"
+    one_line_error(*run_entry_point(p1.train.main, argv, capsys)[::2],
+                   f"{tmp_path / 'run'} holds another run ({last}): add --resume {last} to go "
+                   "on with it, or give another --out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == kept
 
     for start, message in (("--resume", "truncated.pt"), ("--resume", "newer_p1.pt"),
                            ("--pretrained", "foreign.pt"), ("--pretrained", "p2.pt")):
@@ -251,6 +258,7 @@ def test_captioner_training_goes_on_past_bad_images_and_refuses_bad_starts(
     history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
     assert history[0]["val_images"] == 6  # every readable image captioned, the two bad ones not
 
+    data[data.index("--out") + 1] = tmp_path / "again"  # not the finished run's folder
     for start, message in (("--resume", "truncated.pt"), ("--resume", "newer_p2.pt"),
                            ("--init", "foreign.pt"), ("--init", "p1.pt")):
         given = data if start == "--init" else [*data, *architecture]

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hw3core.errors import UserError
 from hw3core.scenes import COLORS, SHAPES
@@ -68,8 +69,8 @@ def test_describe_orders_by_position():
 
 
 def test_read_caption_file_keeps_captioned_images_and_names_problems(tmp_path, capsys):
-    (tmp_path / "a.png").write_bytes(b"")
-    (tmp_path / "b.png").write_bytes(b"")
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 6)).save(tmp_path / "b.png")
     caption_file = tmp_path / "captions.json"
     caption_file.write_text(json.dumps({
         "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"},
