@@ -8,13 +8,16 @@ import os
 import sys
 
 from .errors import Interrupted, UserError
+from .files import no_empty_folders_left_on_failure
 
 
 def run_cli(main, argv=None):
     """Call ``main(argv)``; a UserError becomes ``error: ...`` on stderr and exit status 2, an
-    Interrupted its message and the conventional status of its signal (128 + signal number)."""
+    Interrupted its message and the conventional status of its signal (128 + signal number).
+    Output folders that a failed run made and left empty are removed."""
     try:
-        main(argv)
+        with no_empty_folders_left_on_failure():
+            main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

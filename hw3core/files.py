@@ -26,11 +26,31 @@ def _require_no_file_above(folder, named):
         raise UserError(f"cannot write {named}: {existing} is a file, not a folder")
 
 
+_MADE = []  # the folders require_writable_folder made in this process, each after its parent
+
+
+@contextlib.contextmanager
+def no_empty_folders_left_on_failure():
+    """If the block fails, the folders that require_writable_folder made in it and that are
+    still empty are removed: a mistyped checkpoint leaves no empty output folder behind."""
+    start = len(_MADE)
+    try:
+        yield
+    except BaseException:
+        while len(_MADE) > start:
+            with contextlib.suppress(OSError):  # not empty: something was written there
+                _MADE.pop().rmdir()
+        raise
+    finally:
+        del _MADE[start:]
+
+
 def require_writable_folder(folder):
     """Create ``folder`` (and its parents) and check that a file can be written in it."""
     folder = Path(folder)
     _require_no_file_above(folder, folder)
     try:
+        _MADE.extend(p for p in reversed((folder, *folder.parents)) if not p.exists())
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
         os.close(fd)

@@ -190,8 +190,8 @@ def test_bad_inputs_and_outputs_are_one_line_errors_with_no_output(entry, case, 
         expected = ["cannot write", os.strerror(code)]
     status, _, err = run_entry_point(main, argv(checkpoint, images, out), capsys)
     one_line_error(status, err, *expected)
-    left = [p for p in (out.rglob("*") if out.is_dir() else []) if p.is_file()]
-    assert left == []  # nothing partial, no temporary file
+    # nothing partial, no temporary file, and no empty folder made for the output
+    assert not out.exists()
 
 
 def test_training_goes_on_past_bad_images_and_refuses_bad_starts(odd_images, checkpoints,
