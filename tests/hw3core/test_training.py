@@ -27,6 +27,35 @@ def batches(loader):
     return [(indices.tolist(), noise.tolist()) for indices, noise in loader]
 
 
+class EpochsOfTwoBatches:
+    """A loader for train_epochs whose epochs the test's own train_epoch makes up."""
+
+    def epoch(self, epoch, skip):
+        return []
+
+    def close(self):
+        pass
+
+    def __len__(self):
+        return 2
+
+
+def run_epochs(out, epochs, train_epoch, validate=None, dist_info=Distributed()):
+    """train_epochs over a two-weight model, its epochs ``train_epoch``'s, into ``out``."""
+    from hw3core.training import train_epochs
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return train_epochs(
+        argparse.Namespace(out=str(out), epochs=epochs, seed=0), dist_info, torch.device("cpu"),
+        EpochsOfTwoBatches(), optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        torch.amp.GradScaler("cpu", enabled=False), None, train_epoch=train_epoch,
+        validate=validate, best=("val_acc", "{}"),
+        weights=lambda done, record: {"model": model.state_dict()},
+        report_epoch=lambda record, improved: None,
+        curves=[("loss", "loss", [("train_loss", "train")])])
+
+
 def test_an_epoch_draws_the_same_batches_whatever_came_before():
     # one worker process: its random numbers come from the loader's reseeded generator
     cpu = torch.device("cpu")
@@ -217,25 +246,11 @@ def test_a_second_signal_during_the_stops_checkpoint_write_leaves_it_to_finish(t
 
     import hw3core.checkpoints
     from hw3core.errors import Interrupted
-    from hw3core.training import train_epochs
 
     def slow_save(obj, path, save=hw3core.checkpoints.save_checkpoint):
         time.sleep(0.3)  # a big last.pt
         save(obj, path)
     monkeypatch.setattr(hw3core.checkpoints, "save_checkpoint", slow_save)
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    class Loader:  # the batches of an epoch; two a full one
-        def epoch(self, epoch, skip):
-            return [0]
-
-        def close(self):
-            pass
-
-        def __len__(self):
-            return 2
-
     def train_epoch(e):
         e.sums.add(torch.tensor(1.0), 1, 1)
         e.sums.commit(1)
@@ -248,13 +263,7 @@ def test_a_second_signal_during_the_stops_checkpoint_write_leaves_it_to_finish(t
     previous = signal.signal(signal.SIGTERM, lambda *_: reached_the_default.append(True))
     try:
         with pytest.raises(Interrupted, match="holds epoch 2 up to batch 1 of 2"):
-            train_epochs(argparse.Namespace(out=str(tmp_path), epochs=3, seed=0),
-                         Distributed(), torch.device("cpu"), Loader(), optimizer,
-                         torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-                         torch.amp.GradScaler("cpu", enabled=False), None,
-                         train_epoch=train_epoch, validate=None, best=("val_acc", "{}"),
-                         weights=lambda done, record: {"model": model.state_dict()},
-                         report_epoch=lambda record, improved: None, curves=[])
+            run_epochs(tmp_path, 3, train_epoch)
         time.sleep(0.2)  # past the second signal, had it come late
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -309,23 +318,10 @@ def test_under_torchrun_a_signal_in_an_epochs_last_step_stops_before_validation(
     import signal
 
     from hw3core.errors import Interrupted
-    from hw3core.training import train_epochs
 
     # this process's flags reach the others unchanged, as if they sent none: MAX of theirs (0)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda flag, op: None)
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     validated = []
-
-    class Loader:
-        def epoch(self, epoch, skip):
-            return []
-
-        def close(self):
-            pass
-
-        def __len__(self):
-            return 2
 
     def train_epoch(e):
         for step in range(2):
@@ -337,14 +333,8 @@ def test_under_torchrun_a_signal_in_an_epochs_last_step_stops_before_validation(
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted, match="holds all 2 training batches of epoch 1"):
-        train_epochs(argparse.Namespace(out=str(tmp_path), epochs=1, seed=0),
-                     Distributed(rank=0, world_size=2), torch.device("cpu"), Loader(), optimizer,
-                     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-                     torch.amp.GradScaler("cpu", enabled=False), None,
-                     train_epoch=train_epoch, validate=lambda: validated.append(1) or {},
-                     best=("val_acc", "{}"), weights=lambda done, record: {"model": {}},
-                     report_epoch=lambda record, improved: None,
-                     curves=[("loss", "loss", [("train_loss", "train")])])
+        run_epochs(tmp_path, 1, train_epoch, validate=lambda: validated.append(1) or {},
+                   dist_info=Distributed(rank=0, world_size=2))
     assert signal.getsignal(signal.SIGTERM) is previous
     assert not validated  # the stop came before validation, not after it (or never, last epoch)
     assert load_checkpoint(tmp_path / "last.pt")["in_epoch"]["batches"] == 2
@@ -353,31 +343,12 @@ def test_under_torchrun_a_signal_in_an_epochs_last_step_stops_before_validation(
 @pytest.mark.parametrize("unreadable", ["training", "validation"])
 def test_an_epoch_that_read_no_image_is_one_error_and_writes_no_checkpoint(unreadable, tmp_path):
     from hw3core.errors import UserError
-    from hw3core.training import train_epochs
-
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    class Loader:
-        def epoch(self, epoch, skip):
-            return []
-
-        def close(self):
-            pass
-
-        def __len__(self):
-            return 1
 
     def train_epoch(e):  # headers that opened, bodies that did not: every batch skipped
         e.sums.add(torch.tensor(1.0), 1, int(unreadable == "validation"))
         e.sums.commit(1)
 
     with pytest.raises(UserError, match=f"none of the {unreadable} images could be read"):
-        train_epochs(argparse.Namespace(out=str(tmp_path), epochs=2, seed=0), Distributed(),
-                     torch.device("cpu"), Loader(), optimizer,
-                     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-                     torch.amp.GradScaler("cpu", enabled=False), None,
-                     train_epoch=train_epoch, validate=lambda: {"val_images": 0, "val_acc": 0.0},
-                     best=("val_acc", "{}"), weights=lambda done, record: {"model": {}},
-                     report_epoch=lambda record, improved: None, curves=[])
+        run_epochs(tmp_path, 2, train_epoch,
+                   validate=lambda: {"val_images": 0, "val_acc": 0.0})
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
