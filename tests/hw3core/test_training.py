@@ -48,7 +48,8 @@ def run_epochs(out, epochs, train_epoch, validate=None, dist_info=Distributed())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return train_epochs(
         argparse.Namespace(out=str(out), epochs=epochs, seed=0), dist_info, torch.device("cpu"),
-        EpochsOfTwoBatches(), optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        EpochsOfTwoBatches(), optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
         torch.amp.GradScaler("cpu", enabled=False), None, train_epoch=train_epoch,
         validate=validate, best=("val_acc", "{}"),
         weights=lambda done, record: {"model": model.state_dict()},
