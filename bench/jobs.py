@@ -38,6 +38,7 @@ from bench.tables import jobs_loaders as jobs_loaders_table
 from hw3core.checkpoints import save_checkpoint
 from hw3core.cli import parser
 from hw3core.runtime import Distributed, autocast, pick_device, share_cores, usable_cores
+from hw3core.training import replace_run
 from p1.data import discover
 from p1.engine import build_loaders
 from p1.model import DEFAULT_MEAN, DEFAULT_STD, make_arch
@@ -220,6 +221,7 @@ def run_jobs(args, device, work, save):
     python = {"PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
 
     def fine_tune():
+        replace_run(work / "run")  # a --work folder's earlier run: not timed, nor reported
         try:
             seconds = timed_command([sys.executable, "p1/train.py", *train_argv], python)
         finally:  # the epochs of a run that failed later still tell its rate

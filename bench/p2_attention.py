@@ -32,6 +32,7 @@ from bench.tables import RENDERERS
 from hw3core.cli import parser
 from hw3core.images import open_rgb
 from hw3core.scenes import COLORS, SHAPES
+from hw3core.training import replace_run
 from p2.data import SCENE_SIZE, make_scene_set, pad_tokens
 from p2.data import preprocess
 from p2.decode import caption_images, encode_images
@@ -158,6 +159,7 @@ def shuffled_captions(source, out, seed):
 
 def train(args, work, captions, out):
     """Seconds to fit the scene recipe on work/train's images under ``captions``."""
+    replace_run(out)  # a --work folder's earlier run
     start = time.perf_counter()
     fit(parse_train_args([
         "--train-json", str(captions), "--train-dir", str(work / "train" / "images"),

@@ -41,11 +41,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_scene_set(tmp / "scenes", args.scenes, seed=1)
-        for label, workers in (("default (no worker on a CPU)", []), ("--workers 1", ["--workers", "1"])):
-            quiet = epoch_seconds(tmp / "scenes", tmp / "quiet", workers)
+        for i, (label, workers) in enumerate((("default (no worker on a CPU)", []),
+                                              ("--workers 1", ["--workers", "1"]))):
+            quiet = epoch_seconds(tmp / "scenes", tmp / f"quiet_{i}", workers)
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
-                shared = epoch_seconds(tmp / "scenes", tmp / "shared", workers)
+                shared = epoch_seconds(tmp / "scenes", tmp / f"shared_{i}", workers)
             finally:
                 busy.kill()
                 busy.wait()

@@ -3,6 +3,7 @@
 Unreadable files never stop a run: they are named on stderr and left out, and everything else goes
 on. Other files (notes, hidden files, subfolders) are ignored.
 """
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -58,15 +59,23 @@ def require_outputs_apart(paths, out, suffix=".png"):
     """A UserError unless each of ``paths`` gets its own OUT/<stem><suffix>, away from the images:
     not when two share a stem (x.jpg and x.png), nor when OUT holds an input image, where a
     figure could replace one (x.png) and would be read as an input by the next run."""
-    out = Path(out).resolve()
+    out = Path(os.path.realpath(out))
+    # an image's own folder, and what its file is: a folder of links to the images is common,
+    # and a figure written through a link (files.atomic_path) replaces what it points to
+    folders = {Path(os.path.realpath(Path(path).parent)) for path in paths}
+    images = {os.path.realpath(path) for path in paths}
     seen = {}
     for path in map(Path, paths):
         if path.stem in seen:
             raise UserError(f"{seen[path.stem]} and {path} would both be written as "
                             f"{path.stem}{suffix}: run them separately")
         seen[path.stem] = path
-        if path.resolve().parent == out:
+        if out in folders:
             raise UserError(f"{out} holds the input images: write the figures to another folder")
+        written = out / f"{path.stem}{suffix}"
+        if os.path.realpath(written) in images:
+            raise UserError(f"{written} links to an input image, which its figure would "
+                            "replace: write the figures to another folder")
 
 
 def _to_rgb(img):

@@ -33,8 +33,9 @@ def discover(folder, class_names=None):
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{'not a folder' if folder.exists() else 'not found'}: {folder}")
+    # a class is a folder with an image in it, not only links to deleted ones
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-                        and any(map(is_image_file, d.iterdir())))
+                        and any(is_image_file(p) and p.exists() for p in d.iterdir()))
     labelled = []
     if class_dirs:
         for d in class_dirs:

@@ -44,7 +44,7 @@ def make_arch(name, num_classes, image_size=None):
         if name not in timm.list_models("*vit*") and name not in timm.list_models("*deit*"):
             raise UserError(f"unknown model {name!r}: use one of {sorted(PRESETS)} or a timm ViT name")
         vit_kwargs = None
-        model = timm.create_model(name, pretrained=False)
+        model = _require_cls_vit(timm.create_model(name, pretrained=False), name)
         image_size = as_pair(image_size or model.default_cfg["input_size"][1:])
         patch = model.patch_embed.patch_size
     if vit_kwargs is not None:
@@ -66,10 +66,18 @@ def build_model(arch, drop_path=0.0):
         model = VisionTransformer(num_classes=arch["num_classes"], drop_path_rate=drop_path,
                                   **kwargs)
     else:
-        model = timm.create_model(arch["name"], pretrained=False, num_classes=arch["num_classes"],
-                                  img_size=tuple(arch["image_size"]), drop_path_rate=drop_path)
-        if not isinstance(model, VisionTransformer) or model.cls_token is None:
-            raise UserError(f"{arch['name']} is not a timm VisionTransformer with a [CLS] token")
+        model = _require_cls_vit(
+            timm.create_model(arch["name"], pretrained=False, num_classes=arch["num_classes"],
+                              img_size=tuple(arch["image_size"]), drop_path_rate=drop_path),
+            arch["name"])
+    return model
+
+
+def _require_cls_vit(model, name):
+    """``model``, if it is a VisionTransformer with a [CLS] token, the maps' query (not LeViT,
+    MobileViT and the like, whose names say vit too)."""
+    if not isinstance(model, VisionTransformer) or model.cls_token is None:
+        raise UserError(f"{name} is not a timm VisionTransformer with a [CLS] token")
     return model
 
 

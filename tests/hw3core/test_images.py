@@ -98,3 +98,25 @@ def test_dataset_skips_unreadable_and_warns(tmp_path, capsys):
     assert batch[1].tolist() == [1]
     assert "bad.png" in capsys.readouterr().err
     assert collate_skip([ds[0]]) is None
+
+
+def test_figures_never_go_where_they_would_replace_or_join_the_images(tmp_path):
+    from hw3core.errors import UserError
+    from hw3core.images import require_outputs_apart
+
+    data, links, figures = tmp_path / "data", tmp_path / "links", tmp_path / "figures"
+    for folder in (data, links, figures):
+        folder.mkdir()
+    Image.new("RGB", (4, 4)).save(data / "x.png")
+    (links / "x.png").symlink_to(data / "x.png")  # a folder of links to the images
+    require_outputs_apart([links / "x.png"], figures)
+    require_outputs_apart([links / "x.png"], data / "figures")  # a folder of its own inside
+    with pytest.raises(UserError, match=f"{links} holds the input images"):
+        require_outputs_apart([links / "x.png"], links)
+    with pytest.raises(UserError, match=f"{data} holds the input images"):
+        require_outputs_apart([data / "x.png"], tmp_path / "data" / ".." / "data")
+    (figures / "x.png").symlink_to(data / "x.png")  # a figure written through it: the image
+    with pytest.raises(UserError, match=f"{figures / 'x.png'} links to an input image"):
+        require_outputs_apart([links / "x.png"], figures)
+    with pytest.raises(UserError, match="would both be written as x.png"):
+        require_outputs_apart([links / "x.png", tmp_path / "x.jpg"], tmp_path / "new")

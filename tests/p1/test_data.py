@@ -25,9 +25,13 @@ def test_class_folder_layout(tmp_path):
     for name in ("dog/1.jpg", "cat/a.png", "cat/b.jpg"):
         _img(tmp_path / name)
     (tmp_path / "empty").mkdir()
+    (tmp_path / "bird").mkdir()  # only a link to a deleted image: no class
+    (tmp_path / "bird" / "1.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (tmp_path / "dog" / "2.jpg").symlink_to(tmp_path / "deleted.jpg")  # named when it is read
     samples, classes = discover(tmp_path)
     assert classes == ["cat", "dog"]
-    assert [(p.parent.name, i) for p, i in samples] == [("cat", 0), ("cat", 0), ("dog", 1)]
+    assert [(p.name, i) for p, i in samples] == [("a.png", 0), ("b.jpg", 0), ("1.jpg", 1),
+                                                 ("2.jpg", 1)]
 
 
 def test_validation_uses_training_classes(tmp_path):

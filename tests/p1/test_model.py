@@ -71,6 +71,10 @@ def test_wrong_files_are_clear_errors(tmp_path):
         load_classifier(tmp_path / "other.pt")
     with pytest.raises(UserError, match="unknown model"):
         make_arch("resnet50", 3)
+    for name in ("levit_128s", "mobilevit_xxs", "crossvit_tiny_240"):  # "vit" in name only
+        with pytest.raises(UserError, match=f"{name} is not a timm VisionTransformer with a "
+                                            r"\[CLS\] token"):
+            make_arch(name, 3)
     with pytest.raises(UserError, match=r"--image-size 15 20 is not a whole number of tiny's 8 x 8 "
                                         r"pixel patches: use 16 24"):
         make_arch("tiny", 3, (15, 20))
