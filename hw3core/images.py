@@ -117,8 +117,10 @@ def decoded_bytes(path):
     """The bytes of ``path`` opened by open_rgb, read from its header alone; 0 if unreadable
     or over the pixel limit, as open_rgb refuses it."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
+        with warnings.catch_warnings():  # over the pixel limit: 0 below, open_rgb names it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
     except Exception:  # open_rgb names the file when it fails to read it
         return 0
     limit = Image.MAX_IMAGE_PIXELS

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import require_names_kept
-from hw3core.images import (ImageFileDataset, UnreadableImage, collate_skip, list_images,
-                            open_rgb)
+from hw3core.images import (ImageFileDataset, UnreadableImage, collate_skip, decoded_bytes,
+                            list_images, open_rgb)
 
 
 def test_list_images_keeps_images_only_sorted_by_name(tmp_path):
@@ -87,6 +87,12 @@ def test_pillows_limit_set_deliberately_decides_what_is_too_large(tmp_path, monk
     for name in ("over.png", "far_over.png"):
         with pytest.raises(UnreadableImage, match=f"{name}: more than 10,000 pixels, too large"):
             open_rgb(tmp_path / name)
+    # sized from their headers (the decode-once cache, the first-readable check) the same way
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert [decoded_bytes(tmp_path / name) for name in ("at_limit.png", "over.png",
+                                                            "far_over.png")] == [30_000, 0, 0]
+    assert warned == []  # no raw Pillow warning among the run's lines
 
 
 def test_dataset_skips_unreadable_and_warns(tmp_path, capsys):
