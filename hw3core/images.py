@@ -62,7 +62,8 @@ def require_outputs_apart(paths, out, suffix=".png"):
     out = Path(os.path.realpath(out))
     # an image's own folder, and what its file is: a folder of links to the images is common,
     # and a figure written through a link (files.atomic_path) replaces what it points to
-    folders = {Path(os.path.realpath(Path(path).parent)) for path in paths}
+    if out in {Path(os.path.realpath(Path(path).parent)) for path in paths}:
+        raise UserError(f"{out} holds the input images: write the figures to another folder")
     images = {os.path.realpath(path) for path in paths}
     seen = {}
     for path in map(Path, paths):
@@ -70,8 +71,6 @@ def require_outputs_apart(paths, out, suffix=".png"):
             raise UserError(f"{seen[path.stem]} and {path} would both be written as "
                             f"{path.stem}{suffix}: run them separately")
         seen[path.stem] = path
-        if out in folders:
-            raise UserError(f"{out} holds the input images: write the figures to another folder")
         written = out / f"{path.stem}{suffix}"
         if os.path.realpath(written) in images:
             raise UserError(f"{written} links to an input image, which its figure would "
