@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # keeps the encoder, whose maps localise better.
 DEMO_RECIPE = (*SCENE_RECIPE, "--enc-layers", "0")
 TRAINING_SIZE = {"cpu": (2000, 8), "cuda": (3000, 10)}  # (scenes, epochs)
-ENOUGH_IMAGES = 16_000  # training images seen (scenes x epochs) that learn the shapes: the CPU's
+ENOUGH_IMAGES = 16_000  # training images (scenes x epochs) that learn the shapes: a CPU's 2,000 x 8
 
 
 def main(argv=None):
