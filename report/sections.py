@@ -255,8 +255,9 @@ def captions(report, checkpoint, image_dir, limit):
                 "at a time, each from the image's features and the pieces before it, until it "
                 "predicts [SEP] or reaches the length limit. A word's map is the cross-attention "
                 f"of the query that produced it, in the last of the {layers} decoder layers, the "
-                f"mean over its {config['nheads']} heads; each cell is one cell of the backbone's "
-                f"feature map ({model.stride} x {model.stride} pixels of the resized image). "
+                f"mean over its {config['nheads']} heads: one weight per cell of the backbone's "
+                f"feature map ({model.stride} x {model.stride} pixels of the resized image), drawn "
+                "smoothly between the cells' centres. "
                 "The first panel is the image as the model saw it. Each panel's colours run from "
                 "its own lowest weight to its highest. The table gives, for each word, the share "
                 "of its attention on its single highest cell and on its three highest cells.")
