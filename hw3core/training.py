@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -463,6 +464,16 @@ class Every:
             return False
         self.next = now + self.seconds
         return True
+
+
+def step_past(scheduler):
+    """``scheduler.step()`` for a step whose batch held no readable image, which leaves the
+    optimizer (and a GradScaler, which would fail without gradients) alone: the schedule keeps
+    its place by step, which exact resumes rely on, and torch's warning about stepping it before
+    the optimizer says nothing then."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
 
 
 def warmup_cosine(optimizer, warmup_steps, total_steps):

@@ -16,8 +16,8 @@ from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
-                              require_new_run_folder, signals_during_backward, train_epochs,
-                              validation_loader, warmup_cosine, wrap_for_ranks)
+                              require_new_run_folder, signals_during_backward, step_past,
+                              train_epochs, validation_loader, warmup_cosine, wrap_for_ranks)
 from p1.data import (DecodedImages, LabelledImages, ScaleNormalize, discover, eval_resize,
                      train_transform)
 from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
@@ -73,6 +73,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
                     disable=not is_main_process(), dynamic_ncols=True)
     show = Every(1.0)
     optimizer.zero_grad(set_to_none=True)
+    computed = False  # gradients in this optimizer step, from a batch or the all-reduce
     for i, batch in enumerate(progress, start=sums.batches):
         if i % grad_accum == 0:
             step_seed(i // grad_accum)
@@ -90,19 +91,25 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
                 scaler.scale(loss / grad_accum).backward()
             sums.add(loss, len(inputs), len(inputs))
+            computed = True
         elif hasattr(model, "no_sync"):  # under torchrun the others wait for this process
             with sync:
                 join_the_gradient_all_reduce(model, lambda: model(placeholder))
+            computed = True
         if last_micro:
             with stop.committing():
-                if clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                if computed:
+                    if clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                else:
+                    step_past(scheduler)
                 sums.commit(i + 1)
+            computed = False
             stop.check(device)
             if show():
                 progress.set_postfix(loss=f"{sums.mean_loss():.4f}",

@@ -11,8 +11,8 @@ from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
-                              require_new_run_folder, train_epochs, validation_loader,
-                              warmup_cosine, wrap_for_ranks)
+                              require_new_run_folder, step_past, train_epochs,
+                              validation_loader, warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, tokenize_captions, train_transform)
 from p2.decode import check_decoding_options, encode_images, greedy_search
@@ -120,7 +120,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
                 scaler.update()
             if batch is not None:
                 sums.add(loss, (~padding[:, 1:]).sum(), len(pixels))
-            scheduler.step()
+            if stepped:
+                scheduler.step()
+            else:
+                step_past(scheduler)
             sums.commit(i + 1)
         stop.check(device)
         if show():

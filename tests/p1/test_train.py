@@ -366,3 +366,31 @@ def test_every_part_of_the_recipe_can_be_switched_off_for_the_seeds_recipe(tmp_p
         return seen
     assert rates(5, 0) == [0.02] * 15
     assert rates(4, 1) == pytest.approx([0.005, 0.01, 0.015] + [0.02] * 9)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_step_whose_batches_were_all_unreadable_leaves_the_weights_and_the_loss_scaler(
+        grad_accum):
+    import warnings
+
+    from hw3core.training import EpochSums, Interruptible
+    from p1.engine import train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # as --precision fp16 runs it on a GPU
+    readable = (torch.rand(2, 3, 4, 4), torch.tensor([0, 1]))
+    before = [p.detach().clone() for p in model.parameters()]
+    sums = EpochSums(torch.device("cpu"))
+    with warnings.catch_warnings(record=True) as warned, Interruptible() as stop:
+        warnings.simplefilter("always")
+        # the first optimizer step's batches all unreadable (collate_skip's None), then one read
+        train_one_epoch(model, [None] * grad_accum + [readable] * grad_accum, optimizer,
+                        scheduler, scaler, torch.device("cpu"), sums, stop, lambda step: None,
+                        precision="fp32", grad_accum=grad_accum, clip_grad=1.0)
+    assert [str(w.message) for w in warned] == []  # nor torch's on the schedule's order
+    assert scheduler.last_epoch == 2 and sums.batches == 2 * grad_accum
+    assert sums.images == 2 * grad_accum
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
