@@ -466,14 +466,26 @@ class Every:
         return True
 
 
-def step_past(scheduler):
-    """``scheduler.step()`` for a step whose batch held no readable image, which leaves the
-    optimizer (and a GradScaler, which would fail without gradients) alone: the schedule keeps
-    its place by step, which exact resumes rely on, and torch's warning about stepping it before
-    the optimizer says nothing then."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-        scheduler.step()
+def optimizer_step(model, optimizer, scheduler, scaler, clip_grad, computed=True):
+    """The end of an optimizer step: the gradients clipped to norm ``clip_grad`` (0 or None: not
+    clipped), the optimizer stepped through the loss scaler, then the schedule.
+
+    Without gradients (``computed`` False: every image of the step's batches was unreadable) the
+    optimizer and the scaler are left alone (an fp16 scaler fails without gradients), and the
+    schedule still steps: it keeps its place by step, which exact resumes rely on, and torch's
+    warning about stepping it before the optimizer says nothing then.
+    """
+    if not computed:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            scheduler.step()
+        return
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
 
 
 def warmup_cosine(optimizer, warmup_steps, total_steps):

@@ -16,7 +16,7 @@ from hw3core.images import ImageFileDataset, collate_skip
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
-                              require_new_run_folder, signals_during_backward, step_past,
+                              optimizer_step, require_new_run_folder, signals_during_backward,
                               train_epochs, validation_loader, warmup_cosine, wrap_for_ranks)
 from p1.data import (DecodedImages, LabelledImages, ScaleNormalize, discover, eval_resize,
                      train_transform)
@@ -98,16 +98,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
             computed = True
         if last_micro:
             with stop.committing():
-                if computed:
-                    if clip_grad:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                else:
-                    step_past(scheduler)
+                optimizer_step(model, optimizer, scheduler, scaler, clip_grad, computed)
+                optimizer.zero_grad(set_to_none=True)
                 sums.commit(i + 1)
             computed = False
             stop.check(device)

@@ -11,7 +11,7 @@ from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
-                              require_new_run_folder, step_past, train_epochs,
+                              optimizer_step, require_new_run_folder, train_epochs,
                               validation_loader, warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, tokenize_captions, train_transform)
@@ -110,20 +110,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
         elif hasattr(model, "no_sync"):  # under torchrun the others wait for this process
             optimizer.zero_grad(set_to_none=True)
             join_the_gradient_all_reduce(model, lambda: model(*placeholder, restricted=True))
-        stepped = batch is not None or hasattr(model, "no_sync")
         with stop.committing():
-            if stepped:
-                if clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
+            optimizer_step(model, optimizer, scheduler, scaler, clip_grad,
+                           computed=batch is not None or hasattr(model, "no_sync"))
             if batch is not None:
                 sums.add(loss, (~padding[:, 1:]).sum(), len(pixels))
-            if stepped:
-                scheduler.step()
-            else:
-                step_past(scheduler)
             sums.commit(i + 1)
         stop.check(device)
         if show():
