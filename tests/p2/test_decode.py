@@ -7,14 +7,15 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from hw3core.errors import UserError
 from PIL import ImageOps
 
 from p2.data import pad_batch, preprocess, resize_for_catr
-from p2.decode import (USES_KEPT, CudaGraphs, beam_search, caption_images, check_decoding_options,
-                       cuda_graphs, encode_images, greedy_search, greedy_search_static,
-                       reference_greedy)
+from p2.decode import (USES_KEPT, CudaGraphs, _StaticGreedy, beam_search, caption_images,
+                       check_decoding_options, cuda_graphs, encode_images, greedy_search,
+                       greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
 from tests.p2.p2_samples import SMALL_CONFIG, sample_photos, small_model
@@ -475,3 +476,30 @@ def test_the_counts_of_shapes_not_yet_recorded_stay_bounded(model):
     for size in range(USES_KEPT + 50):
         assert graphs.get(model, ("encoder", size), build=None, record_on_use=2) is None
     assert len(graphs.uses) == USES_KEPT and not graphs.entries
+
+
+@pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")
+def test_the_gpus_encoder_graph_and_decoder_step_keep_every_tensor_on_the_models_device(
+        mixed_images):
+    # CI has no GPU: on fake CUDA tensors (devices and shapes, no data) a tensor made on the
+    # host and met by the GPU's work raises here as it would there
+    model = small_model()
+    square, square_flipped = mixed_images[3:]
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.inference_mode():
+        for module in model.modules():
+            for tensors in (module._parameters, module._buffers):
+                for name, tensor in tensors.items():
+                    if tensor is not None:
+                        tensors[name] = type(tensor)(mode.from_tensor(tensor).cuda())
+        graphs = CudaGraphs(record=StandInRecorder())
+        batch = [mode.from_tensor(image).cuda() for image in (square, square_flipped)]
+        for _ in range(2):  # the second records the encoder's graph
+            encoded = encode_images(model, batch, graphs)
+        decoding = _StaticGreedy(model, encoded, 6, (0, -1))
+        decoding.load(encoded)
+        decoding.reset()
+        for _ in range(5):
+            decoding.step()
+        assert graphs.record.recorded == 1 and encoded.memory.is_cuda
+        assert all(t.is_cuda for t in (decoding.tokens, decoding.ended, decoding.rows,
+                                       decoding.state.position))
