@@ -44,7 +44,8 @@ def make_arch(name, num_classes, image_size=None):
         if name not in timm.list_models("*vit*") and name not in timm.list_models("*deit*"):
             raise UserError(f"unknown model {name!r}: use one of {sorted(PRESETS)} or a timm ViT name")
         vit_kwargs = None
-        model = _require_cls_vit(timm.create_model(name, pretrained=False), name)
+        with torch.device("meta"):  # its description only: no weights made or initialised
+            model = _require_cls_vit(timm.create_model(name, pretrained=False), name)
         image_size = as_pair(image_size or model.default_cfg["input_size"][1:])
         patch = model.patch_embed.patch_size
     if vit_kwargs is not None:
