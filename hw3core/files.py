@@ -110,8 +110,9 @@ def atomic_path(path):
 
 def remove_stale_temporaries(folder):
     """Remove the temporary files that atomic writes killed midway (kill -9, power loss) left in
-    ``folder``; the files they were to replace are intact."""
-    for stale in Path(folder).glob(".*.tmp"):
+    ``folder``; the files they were to replace are intact. Only names atomic_path makes go
+    (".{name}." + mkstemp's 8 random characters + ".tmp"): a user's own ".notes.tmp" stays."""
+    for stale in Path(folder).glob(".?*.????????.tmp"):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
 

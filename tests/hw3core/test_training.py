@@ -273,12 +273,16 @@ def test_a_second_signal_during_the_stops_checkpoint_write_leaves_it_to_finish(t
 
 
 def test_a_new_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
+    from hw3core.files import atomic_path
     from hw3core.training import start_run_folder
 
     (tmp_path / "last.pt").write_bytes(b"the previous, intact last.pt")
-    (tmp_path / ".last.pt.k2j4_x.tmp").write_bytes(b"half a checkpoint")  # kill -9 mid-write
+    (tmp_path / ".notes.tmp").write_text("the user's own")
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "last.pt") as tmp:
+        raise KeyboardInterrupt  # atomic_path removes its temporary; a kill -9 would not, so:
+    tmp.write_bytes(b"half a checkpoint")
     start_run_folder(tmp_path, argparse.Namespace(lr=0.1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "last.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "args.json", "last.pt"]
 
 
 def test_under_torchrun_a_process_stops_on_the_agreed_flag_alone(monkeypatch):
