@@ -165,10 +165,17 @@ def test_a_figure_has_the_caption_and_a_panel_per_generated_token(model, expecte
 
     drawn = {}
     save = hw3core.figures.save_figure
+    stride = small_model().stride  # the checkpoints' ResNet-18 to its last stage: 32 pixels
 
     def keep(fig, path, dpi=100):
         drawn[path.stem] = ([ax.get_title() for ax in fig.axes if ax.get_title()],
                             fig.get_suptitle())
+        for ax in fig.axes:
+            if len(ax.images) == 2:  # a map laid over the image: each cell on its own pixels
+                (rows, columns), extent = ax.images[1].get_array().shape, ax.images[1].get_extent()
+                assert tuple(extent) == (0, columns * stride, rows * stride, 0)
+                assert 0 <= extent[1] - ax.get_xlim()[1] < stride
+                assert 0 <= extent[2] - ax.get_ylim()[0] < stride
         save(fig, path, dpi)
     monkeypatch.setattr(hw3core.figures, "save_figure", keep)
     options = ["--checkpoint", str(checkpoints[model]), "--images", str(photo_dir),
@@ -223,6 +230,7 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
         assert len(overlays) == 8
         for ax, (_, heat) in zip(overlays, [p for p in panels if p and p[1] is not None]):
             assert ax.get_xlim() == (0, 70) and ax.get_ylim() == (40, 0)  # the overhang is cut
+            assert tuple(ax.images[1].get_extent()) == (0, 80, 48, 0)  # cells of 16 pixels
             assert ax.images[1].get_clim() == (heat.min(), heat.max())  # its own scale
         plain = [ax for ax in fig.axes if len(ax.images) == 1]
         assert [ax.get_title() for ax in plain] == ["<start>"]

@@ -351,3 +351,34 @@ def test_torchrun_processes_stay_in_lockstep_when_one_has_only_unreadable_images
     assert "broken.png" in run.stderr
     (metrics,) = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
     assert metrics["images"] == 8  # the readable ones, each once (the sampler pads to 10)
+
+
+def test_the_loss_scores_each_next_token_and_ignores_the_padding():
+    from p2.engine import caption_loss
+    from p2.tokenizer import PAD_ID
+
+    tokens = torch.tensor([[101, 7, 8, 102], [101, 9, 102, PAD_ID]])
+    # certain of every next token (positions 0..2 predict tokens 1..3), wrong at the padding
+    logits = torch.full((2, 3, 200), -30.0)
+    for row, ids in enumerate(tokens.tolist()):
+        for position, token in enumerate(ids[1:]):
+            logits[row, position, PAD_ID + 1 if token == PAD_ID else token] = 30.0
+    assert caption_loss(logits, tokens) < 1e-6
+    logits[0, 1] = 0.0  # one position without an opinion: log(200) nats over 5 tokens
+    assert caption_loss(logits, tokens).item() == pytest.approx(math.log(200) / 5, rel=1e-4)
+
+
+def test_validation_scores_a_caption_against_every_reference_of_its_image():
+    from p2.data import preprocess, tokenize_captions
+    from p2.decode import caption_images
+    from p2.engine import evaluate
+    from tests.p2.p2_samples import sample_photos, small_model
+
+    model, tokenizer = small_model(), CaptionTokenizer()
+    image = preprocess(sample_photos()["wide"], 299)
+    (said,) = caption_images(model, [image], max_len=6)
+    said = tokenizer.decode(said.tokens)
+    samples = [("wide.jpg", ["a cat lies on a sofa.", said])]
+    scores = evaluate(model, [[(image, 0)]], samples, tokenize_captions(samples, tokenizer, 6),
+                      tokenizer, torch.device("cpu"), max_len=6)
+    assert scores["val_examples"] == [said] and scores["val_exact"] == 1.0
