@@ -2,8 +2,11 @@
 import json
 import shutil
 
+import numpy as np
 from pypdf import PdfReader
 
+from p2.data import preprocess
+from p2.decode import caption_images
 from p2.model import save_captioner
 from report import build
 from tests.conftest import run_entry_point
@@ -21,16 +24,19 @@ def pdf_text(path):
 
 def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, shapes_data,
                                                                    tmp_path, capsys):
+    # the final run: its best epoch is not its last
     second = tmp_path / "second_run"
     shutil.copytree(trained_tiny, second)
     history = [json.loads(line) for line in (trained_tiny / "metrics.jsonl").read_text().splitlines()]
-    best = max(h["val_acc"] for h in history)
+    history = [dict(history[-1], epoch=epoch, val_acc=accuracy)
+               for epoch, accuracy in enumerate([0.5625, 0.8125, 0.4375], start=1)]
+    (second / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     save_captioner(small_model(end_bias=50.0), tmp_path / "p2.pt")
     (tmp_path / "photos").mkdir()
     sample_photos()["wide"].save(tmp_path / "photos" / "cat.png")
     image = sorted(shapes_data[1].glob("*.png"))[0]
     status, out, err = run_entry_point(build.main, [
-        "--out", tmp_path / "report.pdf", "--p1-runs", trained_tiny, second,
+        "--out", tmp_path / "report.pdf", "--p1-runs", trained_tiny, second, "--final", second,
         "--p1-images", image, "--p2-checkpoint", tmp_path / "p2.pt",
         "--p2-images", tmp_path / "photos", "--data-note", "fixture runs"], capsys)
     assert status == 0, err
@@ -38,14 +44,23 @@ def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, 
     for title in SECTIONS:
         assert title in text
     assert "Not run" not in text
-    assert f"Final result: {best:.2%} validation accuracy (run {trained_tiny.name}, best.pt)" in text
-    assert f"{history[-1]['val_acc']:.2%}" in text and "second_run" in text
+    assert "Final result: 81.25% validation accuracy (run second_run, best.pt)" in text
+    assert "second_run (final)" in text and "81.25% (epoch 2) 43.75% 3 of" in text
+    assert trained_tiny.name in text
     confusion = json.loads((trained_tiny / "best_confusion.json").read_text())
     right = confusion["counts"][0][0]
     assert f"From best_confusion.json: the validation images of epoch {confusion['epoch']}" in text
     assert f"{right / sum(confusion['counts'][0]):.1%}" in text
     assert "The true class is read from the file name" in text
-    assert "cat.png" in text and "highest cell" in text
+    # each word's share of its attention on its highest cells, in the last decoder layer
+    photo = preprocess(sample_photos()["wide"], 299)
+    shares = []
+    for layer in (-1, 0):
+        (result,) = caption_images(small_model(end_bias=50.0), [photo], attention_layer=layer)
+        heat = np.sort(result.attention[0].ravel())[::-1] / result.attention[0].sum()
+        shares.append(f"{heat[0]:.1%} {heat[:3].sum():.1%} {heat.size}")
+    assert shares[0] != shares[1]
+    assert "cat.png" in text and f"highest cell three highest cells cells <end> {shares[0]}" in text
     assert "sweep_learned.json" in text  # the repository's benchmark results
     assert len(reader.pages) >= 7 and f"({len(reader.pages)} pages)" in out
 
