@@ -116,3 +116,7 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
     lines = tables.RENDERERS["p2_decoding_parts"](cpu)
     assert "| backbone and encoder, one image, eagerly | 400.00 ms |" in lines
     assert not [line for line in lines if "replayed" in line or "against the eager" in line]
+
+
+def test_the_last_layer_is_the_highest_numbered_one():
+    assert tables.last_layer({"layer 9": {}, "rollout": {}, "layer 10": {}}) == "layer 10"

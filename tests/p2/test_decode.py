@@ -503,3 +503,15 @@ def test_the_gpus_encoder_graph_and_decoder_step_keep_every_tensor_on_the_models
         assert graphs.record.recorded == 1 and encoded.memory.is_cuda
         assert all(t.is_cuda for t in (decoding.tokens, decoding.ended, decoding.rows,
                                        decoding.state.position))
+
+
+def test_a_graph_recorded_in_training_mode_is_not_replayed_in_evaluation(images):
+    # a training-mode step draws dropout masks: replayed under eval() it would caption wrongly
+    model, recorder = small_model(), StandInRecorder()
+    graphs = CudaGraphs(record=recorder)
+    with torch.inference_mode():
+        encoded = encode_images(model, images[:1])
+        for training in (True, False, True):
+            model.train(training)
+            greedy_search_static(model, encoded, 5, (), graphs)
+    assert recorder.recorded == 2

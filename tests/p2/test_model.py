@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from hw3core.checkpoints import load_checkpoint
 from hw3core.errors import UserError
 from p2.data import pad_batch, preprocess
 from p2.decode import caption_images, encode_images, reference_greedy
@@ -75,6 +76,7 @@ def test_project_checkpoint_keeps_its_config(tmp_path):
     save_captioner(model, path)
     loaded, config = load_captioner(path)
     assert config == model.config and loaded.stride == 32
+    assert {"config", "model"} <= set(load_checkpoint(path))  # as the README gives it
 
 
 @pytest.mark.parametrize("content", ["text", "vit", "missing"])
