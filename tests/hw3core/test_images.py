@@ -36,6 +36,8 @@ def test_every_mode_opens_as_rgb(tmp_path, mode):
     assert rgb.shape == (8, 16, 3)
     # the full range survives: dark on the left, bright on the right, not clipped white
     assert rgb[:, 0].mean() < 60 and rgb[:, -1].mean() > 190
+    if mode != "1":  # and every level between (a palette's nearest), scaled, not clipped
+        np.testing.assert_allclose(rgb.mean((0, 2)) / 255, gray[0], atol=0.11)
 
 
 def test_a_float_images_missing_values_open_black_without_a_warning(tmp_path):
@@ -48,11 +50,19 @@ def test_a_float_images_missing_values_open_black_without_a_warning(tmp_path):
     assert (rgb[0, :3] == 0).all() and (rgb[1:] == 255).all()
 
 
-def test_transparent_pixels_become_white(tmp_path):
-    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    img.putpixel((0, 0), (0, 0, 255, 255))
-    img.save(tmp_path / "a.png")
-    rgb = np.asarray(open_rgb(tmp_path / "a.png"))
+@pytest.mark.parametrize("kind", ["alpha", "palette"])
+def test_transparent_pixels_become_white(tmp_path, kind):
+    if kind == "alpha":
+        img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+        img.putpixel((0, 0), (0, 0, 255, 255))
+        name, options = "a.png", {}
+    else:  # a GIF whose palette's red entry is the transparent one
+        img = Image.new("P", (4, 4), 1)
+        img.putpalette([0, 0, 255, 255, 0, 0])
+        img.putpixel((0, 0), 0)
+        name, options = "a.gif", {"transparency": 1}
+    img.save(tmp_path / name, **options)
+    rgb = np.asarray(open_rgb(tmp_path / name))
     assert tuple(rgb[0, 0]) == (0, 0, 255) and tuple(rgb[3, 3]) == (255, 255, 255)
 
 
