@@ -40,7 +40,7 @@ class EpochsOfTwoBatches:
         return 2
 
 
-def run_epochs(out, epochs, train_epoch, validate=None, dist_info=Distributed()):
+def run_epochs(out, epochs, train_epoch, validate=None, dist_info=Distributed(), resume=None):
     """train_epochs over a two-weight model, its epochs ``train_epoch``'s, into ``out``."""
     from hw3core.training import train_epochs
 
@@ -50,9 +50,9 @@ def run_epochs(out, epochs, train_epoch, validate=None, dist_info=Distributed())
         argparse.Namespace(out=str(out), epochs=epochs, seed=0), dist_info, torch.device("cpu"),
         EpochsOfTwoBatches(), optimizer,
         torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-        torch.amp.GradScaler("cpu", enabled=False), None, train_epoch=train_epoch,
+        torch.amp.GradScaler("cpu", enabled=False), resume, train_epoch=train_epoch,
         validate=validate, best=("val_acc", "{}"),
-        weights=lambda done, record: {"model": model.state_dict()},
+        weights=lambda done, record: {"model": model.state_dict(), "epoch": done},
         report_epoch=lambda record, improved: None,
         curves=[("loss", "loss", [("train_loss", "train")])])
 
@@ -357,3 +357,20 @@ def test_an_epoch_that_read_no_image_is_one_error_and_writes_no_checkpoint(unrea
         run_epochs(tmp_path, 2, train_epoch,
                    validate=lambda: {"val_images": 0, "val_acc": 0.0})
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
+
+
+def test_a_resumed_run_replaces_best_pt_only_with_a_better_epoch_than_all_before(tmp_path):
+    accuracies = iter([0.9, 0.5, 0.7, 0.95])
+
+    def train_epoch(e):
+        e.sums.add(torch.tensor(1.0), 1, 1)
+        e.sums.commit(1)
+
+    def validate():
+        return {"val_acc": next(accuracies), "val_images": 1}
+
+    run_epochs(tmp_path, 2, train_epoch, validate)
+    for epochs, best in ((3, 1), (4, 4)):  # the best epoch came before the resumed ones
+        run_epochs(tmp_path, epochs, train_epoch, validate,
+                   resume=load_checkpoint(tmp_path / "last.pt"))
+        assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best
