@@ -394,3 +394,14 @@ def test_a_step_whose_batches_were_all_unreadable_leaves_the_weights_and_the_los
     assert scheduler.last_epoch == 2 and sums.batches == 2 * grad_accum
     assert sums.images == 2 * grad_accum
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_with_grad_accum_the_schedule_ends_at_zero_after_the_epochs_last_short_step(shapes_data,
+                                                                                   tmp_path):
+    # 200 images in 7 batches: optimizer steps of 3, 3 and 1 batches; the cosine schedule
+    # counts 3 steps an epoch and ends at 0 only if the short step is taken too
+    val_dir = shapes_data[1]
+    fit(tiny_args(val_dir, val_dir, tmp_path / "run", "--grad-accum", 3, "--epochs", 2,
+                  "--warmup-epochs", 0))
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [h["lr"] for h in history] == pytest.approx([1e-3, 0.0], abs=1e-12)
