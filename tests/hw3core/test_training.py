@@ -67,6 +67,15 @@ def test_an_epoch_draws_the_same_batches_whatever_came_before():
     assert first != second and sorted(sum((b[0] for b in first), [])) == list(range(12))
 
 
+def test_the_seed_sets_the_order_of_the_items():
+    cpu = torch.device("cpu")
+
+    def order(seed):
+        loader = EpochLoader(NoisyItems(), 4, 0, None, cpu, Distributed(), seed=seed)
+        return [indices for indices, _ in batches(loader.epoch(0))]
+    assert order(3) == order(3) and order(3) != order(4)
+
+
 def test_items_do_not_depend_on_workers_or_the_callers_random_state():
     cpu = torch.device("cpu")
     runs = {}

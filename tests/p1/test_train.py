@@ -405,3 +405,13 @@ def test_with_grad_accum_the_schedule_ends_at_zero_after_the_epochs_last_short_s
                   "--warmup-epochs", 0))
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [h["lr"] for h in history] == pytest.approx([1e-3, 0.0], abs=1e-12)
+
+
+def test_the_seed_sets_a_random_start(shapes_data, tmp_path):
+    classes = [str(c) for c in range(4)]
+
+    def start(seed):
+        args = tiny_args(*shapes_data, tmp_path, "--seed", seed)
+        model = p1.engine._model_for_run(args, classes, None)[0]
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(start(0), start(0)) and not torch.equal(start(0), start(1))
