@@ -177,6 +177,8 @@ def test_bad_inputs_and_outputs_are_one_line_errors_with_no_output(entry, case, 
         expected = [checkpoint]
         if case == "newer format":
             expected.append("update the project")
+        elif case == "other problem's":
+            expected.append(f"is a Problem {other[1]} ")
     elif case == "output through a file":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "out"

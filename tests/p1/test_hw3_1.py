@@ -110,7 +110,7 @@ def test_bad_calls_fail_with_one_clear_line(case, tmp_path, trained_tiny, awkwar
     assert not out.exists()
 
 
-@pytest.mark.parametrize("arguments", [[], ["only_one"]])
+@pytest.mark.parametrize("arguments", [[], ["only_one"], ["one", "two", "three"]])
 def test_the_wrapper_wants_two_arguments(arguments):
     run = subprocess.run(["bash", str(ROOT / "hw3_1.sh"), *arguments], env=script_env(),
                          capture_output=True, text=True)

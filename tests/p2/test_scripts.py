@@ -192,7 +192,7 @@ def test_a_figure_has_the_caption_and_a_panel_per_generated_token(model, expecte
         assert caption.replace("\n", " ") == line["caption"]
 
 
-@pytest.mark.parametrize("arguments", [[], ["only_one"]])
+@pytest.mark.parametrize("arguments", [[], ["only_one"], ["one", "two", "three"]])
 def test_hw3_2_sh_wants_two_arguments(arguments):
     run = subprocess.run(["bash", str(ROOT / "hw3_2.sh"), *arguments], env=script_env(),
                          capture_output=True, text=True)
