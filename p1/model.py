@@ -198,14 +198,20 @@ def load_weights(model, state_dict, source, old_grid=None):
         state_dict.pop("head.bias", None)
         adapted.append(f"new head: {old} -> {own['head.weight'].shape[0]} classes")
     pos = state_dict.get("pos_embed")
-    if pos is not None and pos.shape != own["pos_embed"].shape:
-        prefix = model.num_prefix_tokens
-        if old_grid is None:
-            side = math.isqrt(pos.shape[1] - prefix)
-            old_grid = (side, side)
+    if pos is not None and old_grid is None and pos.shape != own["pos_embed"].shape:
+        # a bare state dict says nothing of its grid: square, as ViTs ship
+        cells = pos.shape[1] - model.num_prefix_tokens
+        side = math.isqrt(cells)
+        if side * side != cells:
+            raise UserError(f"{source}: its position table of {cells} cells is no square grid, "
+                            "and a bare state dict does not say which grid it is: start from a "
+                            "checkpoint of this project (p1/train.py's) instead")
+        old_grid = (side, side)
+    # by grid, not by shape: 3 x 12 positions are as many as 6 x 6, yet not the same
+    if pos is not None and old_grid is not None and tuple(old_grid) != grid_size(model):
         state_dict["pos_embed"] = resample_abs_pos_embed(
             pos, new_size=list(grid_size(model)), old_size=list(old_grid),
-            num_prefix_tokens=prefix)
+            num_prefix_tokens=model.num_prefix_tokens)
         adapted.append(f"position table resampled: {tuple(old_grid)} -> {grid_size(model)} grid")
     missing = [k for k in own if k not in state_dict and not k.startswith("head.")]
     unexpected = [k for k in state_dict if k not in own]

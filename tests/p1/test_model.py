@@ -3,10 +3,12 @@ import re
 import pytest
 import torch
 
+import p1.engine
 from hw3core.checkpoints import save_checkpoint
 from hw3core.errors import UserError
 from p1.model import (build_model, grid_size, infer_arch, load_classifier, load_weights,
                       make_arch, ppvit_to_timm, timm_to_ppvit)
+from tests.conftest import save_p1_checkpoint
 
 
 def test_ppvit_weights_give_the_same_logits(ppvit_file):
@@ -129,8 +131,6 @@ def test_nothing_downloads_when_building_or_loading_models(tmp_path, monkeypatch
     (lambda c: c["arch"]["vit_kwargs"].update(depth=1), "its arch and model do not make a ViT"),
     (lambda c: c["arch"].update(name=None, vit_kwargs=None), "its arch and model do not make a ViT")])
 def test_an_edited_or_incomplete_checkpoint_is_one_error_naming_it(edit, message, tmp_path):
-    from tests.conftest import save_p1_checkpoint
-
     save_p1_checkpoint(tmp_path / "p1.pt", (32, 32), class_names=("cat", "dog"))
     checkpoint = torch.load(tmp_path / "p1.pt", weights_only=True)
     edit(checkpoint)
@@ -138,3 +138,19 @@ def test_an_edited_or_incomplete_checkpoint_is_one_error_naming_it(edit, message
     with pytest.raises(UserError, match=re.escape(message)) as raised:
         load_classifier(tmp_path / "edited.pt")
     assert str(tmp_path / "edited.pt") in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_checkpoint_of_a_non_square_grid_starts_another_size_from_its_own_grid(tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
+    saved = save_p1_checkpoint(tmp_path / "wide.pt", (24, 96))  # 3 x 12 patches of 8 pixels
+    model = build_model(make_arch("tiny", 4, (48, 48)))
+    p1.engine._load_pretrained(model, tmp_path / "wide.pt")
+    expected = resample_abs_pos_embed(saved.pos_embed, new_size=[6, 6], old_size=[3, 12],
+                                      num_prefix_tokens=1)
+    assert torch.equal(model.pos_embed, expected)
+    # a bare state dict does not say its grid: 3 x 10 cells are refused, not read as 5 x 5 + 5
+    wider = save_p1_checkpoint(tmp_path / "wider.pt", (24, 80))
+    torch.save(wider.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(UserError, match="position table of 30 cells is no square grid"):
+        p1.engine._load_pretrained(model, tmp_path / "bare.pth")
