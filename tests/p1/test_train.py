@@ -415,3 +415,17 @@ def test_the_seed_sets_a_random_start(shapes_data, tmp_path):
         model = p1.engine._model_for_run(args, classes, None)[0]
         return torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.equal(start(0), start(0)) and not torch.equal(start(0), start(1))
+
+
+def test_weight_decay_spares_biases_norms_the_position_table_and_the_cls_token():
+    from p1.model import build_model, make_arch
+
+    model = build_model(make_arch("tiny", 3, (32, 32)))
+    names = {id(p): n for n, p in model.named_parameters()}
+    matrices = {n for n, p in model.named_parameters() if p.ndim >= 2} - {"pos_embed", "cls_token"}
+    for name in ("sgd", "adamw"):
+        decayed, spared = p1.engine.build_optimizer(model, name, 1e-3, 0.05).param_groups
+        assert decayed["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
+        assert {names[id(p)] for p in decayed["params"]} == matrices
+        assert {"pos_embed", "cls_token", "norm.weight", "head.bias"} <= {
+            names[id(p)] for p in spared["params"]}
