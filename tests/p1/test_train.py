@@ -172,6 +172,11 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_proce
     one = load_checkpoint(tmp_path / "one" / "last.pt")
     for key, value in one["model"].items():
         torch.testing.assert_close(last["model"][key], value, rtol=1e-4, atol=1e-5)
+
+    def images_per_class(run):
+        counts = json.loads((tmp_path / run / "best_confusion.json").read_text())["counts"]
+        return [sum(row) for row in counts]
+    assert images_per_class("two") == images_per_class("one")  # each image once, none twice
     assert last["val_acc"] == pytest.approx(one["val_acc"], abs=0.011)
     for got, want in zip(metrics, one["history"]):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
