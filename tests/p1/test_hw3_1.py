@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import (ROOT, env_without_torch, require_names_kept, run_entry_point,
-                            script_env)
+                            save_p1_checkpoint, script_env)
 from hw3core.images import list_images
 from hw3core.runtime import pick_device
 from p1 import inference
@@ -47,7 +47,7 @@ def test_csv_follows_the_contract(awkward_folder, trained_tiny, tmp_path):
     run = run_hw3_1(awkward_folder, out, trained_tiny / "best.pt")
     assert run.returncode == 0, run.stderr
     raw = out.read_bytes()
-    assert not raw.startswith(b"\xef\xbb\xbf")
+    assert not raw.startswith(b"\xef\xbb\xbf") and b"\r" not in raw  # no BOM, "\n" line ends
     lines = raw.decode("utf-8").splitlines()
     assert lines[0] == "filename,label"
     import csv
@@ -72,6 +72,17 @@ def test_csv_holds_the_models_prediction_for_every_image(shapes_data, trained_ti
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     assert rows == [[path.name, class_names[expected[path]]] for path in paths]
     assert len(rows) == 200 and len({label for _, label in rows}) > 1
+
+
+def test_labels_are_the_checkpoints_class_names(shapes_data, tmp_path, capsys):
+    # a run on class folders names its classes: the CSV gives the names, not the head's indices
+    save_p1_checkpoint(tmp_path / "named.pt", (32, 32), class_names=("cat", "dog", "fox"))
+    status, _, err = run_entry_point(inference.main, ["--images", shapes_data[1], "--out",
+                                                      tmp_path / "p.csv", "--checkpoint",
+                                                      tmp_path / "named.pt"], capsys)
+    assert status == 0, err
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert len(rows) == 200 and {row.split(",")[1] for row in rows} <= {"cat", "dog", "fox"}
 
 
 def test_bare_state_dict_predicts_model_class_ids(awkward_folder, tmp_path, capsys):
