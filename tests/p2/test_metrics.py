@@ -8,6 +8,7 @@ from p2.metrics import bleu4, cider, words
 
 def test_words_lower_cases_and_drops_punctuation():
     assert words("A man, riding a horse.") == ["a", "man", "riding", "a", "horse"]
+    assert words("2 dogs' 3rd ball") == ["2", "dogs", "3rd", "ball"]
 
 
 def test_bleu4_of_identical_captions_is_one():
@@ -27,6 +28,8 @@ def test_bleu4_brevity_penalty_uses_the_closest_reference():
     assert bleu4(["a b c d"], [["a b c d e f g h", "a b c d"]]) == pytest.approx(1.0)
     # against a single 8-word reference every precision is 1 and the penalty is exp(1 - 8/4)
     assert bleu4(["a b c d"], [["a b c d e f g h"]]) == pytest.approx(math.exp(-1))
+    # 4 words, references of 2 and 6 words, as close: the shorter one, so no penalty
+    assert bleu4(["a b c d"], [["a b", "a b c d x y"]]) == pytest.approx(1.0)
 
 
 def test_bleu4_without_a_matching_four_gram_is_zero():
@@ -57,3 +60,15 @@ def test_cider_length_damping():
     first = 10 * (0.5 * math.exp(-1 / 72)) / 4
     second = 10 * 1.0 / 4
     assert score == pytest.approx((first + second) / 2)
+
+
+def test_a_reference_given_twice_changes_no_score():
+    # COCO gives each image five references: n-gram counts are clipped at the most any one
+    # reference has, an n-gram's document frequency counts images, not captions, and CIDEr
+    # averages over the references
+    candidates = ["a dog and a dog run on the green grass", "a cat on a mat"]
+    once = [["a dog runs on the green grass"], ["the cat sits on a mat"]]
+    twice = [refs * 2 for refs in once]
+    for metric in (bleu4, cider):
+        assert metric(candidates, once) > 0
+        assert metric(candidates, twice) == pytest.approx(metric(candidates, once))
