@@ -9,8 +9,8 @@ from PIL import Image
 from hw3core.errors import UserError
 from hw3core.scenes import COLORS, SHAPES
 from p2.data import (CAPTION_WORDS, check_caption_words, describe, load_masks, make_scene_set,
-                     pad_tokens, read_caption_file)
-from p2.tokenizer import PAD_ID, CaptionTokenizer
+                     pad_tokens, read_caption_file, tokenize_captions)
+from p2.tokenizer import END_ID, PAD_ID, START_ID, CaptionTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,12 @@ def test_pad_tokens_masks_the_padding():
     assert tokens.tolist() == [[101, 5, 102], [101, 102, PAD_ID]]
     assert padding.tolist() == [[False, False, False], [False, False, True]]
     assert tokens.dtype == torch.long
+
+
+def test_training_captions_end_in_sep_within_max_len_positions():
+    # a caption of exactly --max-len positions keeps its [SEP]: the model learns to stop there
+    tokenizer = CaptionTokenizer()
+    short, long = "a red circle.", "a red circle to the left of a blue square."
+    (ids,) = tokenize_captions([("a.png", [short, long])], tokenizer, 6)
+    assert ids[0] == [START_ID, *tokenizer.encode(short)[1:-1], END_ID] and len(ids[0]) == 6
+    assert ids[1] == tokenizer.encode(long)[:6] and END_ID not in ids[1]
