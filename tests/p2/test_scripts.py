@@ -7,7 +7,10 @@ import pytest
 from PIL import Image
 
 from hw3core.cli import run_cli
+from hw3core.images import open_rgb
 from p2 import figures, inference, visualize
+from p2.data import preprocess
+from p2.decode import caption_images
 from p2.model import load_captioner, save_captioner
 from p2.tokenizer import END_ID, START_ID
 from tests.conftest import ROOT, env_without_torch, script_env
@@ -60,7 +63,7 @@ def test_visualize_saves_maps_per_head(photo_dir, checkpoints, tmp_path, monkeyp
     monkeypatch.setattr(figures, "caption_figure", caption_figure)
     visualize.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
                     "--out", str(tmp_path), "--max-len", "5", "--save-npy", "--heads", "all",
-                    "--layer", "0"])
+                    "--layer", "0", "--beam", "3"])
     layers = load_captioner(checkpoints["runs"])[1]["dec_layers"]
     assert sources == 3 * [f"cross-attention of decoder layer 0 (the first of {layers}, counted "
                            "from 0), the mean over its heads, then each head"]
@@ -68,6 +71,16 @@ def test_visualize_saves_maps_per_head(photo_dir, checkpoints, tmp_path, monkeyp
     # tall.png is resized to 87 x 299: a 10 x 3 grid of 32-pixel cells in the small model
     assert maps.dtype == np.float32 and maps.shape == (4, 4, 10, 3)
     np.testing.assert_allclose(maps.sum((2, 3)), 1.0, atol=1e-5)
+    # each head of the first decoder layer, in order, for the beam's caption, as the library
+    # gives them (the greedy caption is another)
+    model = load_captioner(checkpoints["runs"])[0]
+    tall = preprocess(open_rgb(photo_dir / "tall.png"), 299)
+    first, last, greedy = (
+        caption_images(model, [tall], max_len=5, beam=beam, attention_layer=layer,
+                       per_head=True)[0] for beam, layer in ((3, 0), (3, -1), (1, 0)))
+    np.testing.assert_allclose(maps, first.attention, atol=1e-6)
+    assert not np.allclose(first.attention, last.attention, atol=1e-3)
+    assert first.tokens != greedy.tokens
     assert (tmp_path / "tall.png").is_file() and not (tmp_path / "broken.png").exists()
 
 
@@ -84,6 +97,16 @@ def test_inference_writes_json_lines_in_name_order(photo_dir, checkpoints, tmp_p
     inference.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
                     "--out", str(out), "--max-len", "4", "--batch-size", "2", "--workers", "1"])
     assert out.read_text() == written  # the images read by a worker process
+    # --beam: the beam search's captions, here none of them the greedy one
+    inference.main(["--checkpoint", str(checkpoints["runs"]), "--images", str(photo_dir),
+                    "--out", str(out), "--max-len", "5", "--beam", "3"])
+    model = load_captioner(checkpoints["runs"])[0]
+    inputs = [preprocess(open_rgb(photo_dir / name), 299)
+              for name in ("square.jpg", "tall.png", "wide.jpg")]
+    beams, greedy = (caption_images(model, inputs, max_len=5, beam=beam) for beam in (3, 1))
+    assert [json.loads(line)["tokens"] for line in out.read_text().splitlines()] == [
+        found.tokens for found in beams]
+    assert all(b.tokens != g.tokens for b, g in zip(beams, greedy))
     inference.main(["--checkpoint", str(checkpoints["stops"]), "--images", str(photo_dir),
                     "--out", str(out)])
     assert {line["caption"] for line in map(json.loads, out.read_text().splitlines())} == {""}
