@@ -79,16 +79,22 @@ def test_project_checkpoint_keeps_its_config(tmp_path):
     assert {"config", "model"} <= set(load_checkpoint(path))  # as the README gives it
 
 
-@pytest.mark.parametrize("content", ["text", "vit", "missing"])
+@pytest.mark.parametrize("content", ["text", "vit", "missing", "shape"])
 def test_wrong_checkpoints_are_one_line_errors(tmp_path, content):
     path = tmp_path / "wrong.pth"
     if content == "text":
         path.write_text("not a checkpoint\n")
     elif content == "vit":
         torch.save({"cls_token": torch.zeros(1, 1, 8), "pos_embed": torch.zeros(1, 5, 8)}, path)
+    elif content == "shape":  # CATR's keys, one tensor cut short
+        state_dict = build_model().state_dict()
+        state_dict["mlp.layers.2.bias"] = state_dict["mlp.layers.2.bias"][:-1]
+        torch.save({"model": state_dict}, path)
     with pytest.raises(UserError) as err:
         load_captioner(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+    if content == "shape":
+        assert "1 tensors of the wrong shape, e.g. mlp.layers.2.bias: (30521,)" in str(err.value)
 
 
 def test_unknown_config_is_refused():
