@@ -9,8 +9,8 @@ from PIL import Image
 from tests.conftest import run_entry_point, save_p1_checkpoint
 from hw3core.images import open_rgb
 from p1 import figures, visualize
-from p1.attention import attention_rollout, cls_attention
-from p1.data import eval_transform, make_shapes_set
+from p1.attention import attention_rollout, cls_attention, position_similarity
+from p1.data import eval_resize, eval_transform, make_shapes_set
 from p1.model import load_classifier
 
 
@@ -90,10 +90,21 @@ def test_rollout_on_a_file_list(setup, run):
                                    attention_rollout(model, x)[0].numpy(), atol=1e-6)
 
 
-def test_posemb_figure(setup, run):
+def test_posemb_figure(setup, run, monkeypatch):
+    drawn = []
+    real_save = visualize.save_figure
+
+    def keep(fig, path, dpi=100):
+        drawn.append(fig.axes[0].images[0].get_array().filled(np.nan))
+        real_save(fig, path, dpi)
+    monkeypatch.setattr(visualize, "save_figure", keep)
     out = setup["root"] / "figs" / "posemb.png"
     result = run("posemb", "--checkpoint", setup["wide"], "--out", out)
     assert result.returncode == 0, result.stderr
+    # tile (r, c) at row r, column c of the 8 x 12 grid (test_mosaic_places_tile_r_c_at_...)
+    expected = figures.similarity_mosaic(position_similarity(load_classifier(setup["wide"])[0])
+                                         .numpy())
+    np.testing.assert_allclose(drawn[0], expected, atol=1e-6)
     with Image.open(out) as img:
         assert img.format == "PNG"
     result = run("posemb", "--checkpoint", setup["wide"], "--out", out.with_suffix(".jpg"))
@@ -102,13 +113,15 @@ def test_posemb_figure(setup, run):
     assert not out.with_suffix(".jpg").exists()
 
 
-@pytest.mark.parametrize("problem", ["missing checkpoint", "empty folder", "bad layer"])
+@pytest.mark.parametrize("problem", ["missing checkpoint", "empty folder", "bad layer",
+                                     "bad layer from the end"])
 def test_user_errors_are_one_line(setup, problem, run):
     empty = setup["root"] / "empty"
     empty.mkdir(exist_ok=True)
     checkpoint = setup["root"] / "nope.pt" if problem == "missing checkpoint" else setup["square"]
     images = empty if problem == "empty folder" else setup["root"] / "images"
-    extra = ["--layer", "9"] if problem == "bad layer" else []
+    extra = {"bad layer": ["--layer", "4"], "bad layer from the end": ["--layer", "-5"]}.get(
+        problem, [])  # the tiny preset's 4 blocks are 0 to 3, or -4 to -1
     result = run("attention", "--checkpoint", checkpoint, "--images", images,
                  "--out", setup["root"] / "unused", *extra)
     assert result.returncode == 2
@@ -135,19 +148,22 @@ def test_the_attention_figure_shows_the_input_its_map_on_its_own_scale_and_the_p
     real_save = visualize.save_figure
 
     def keep(fig, path, dpi=100):
-        drawn[path.stem] = fig
         ax_image, ax_map = fig.axes[:2]
         drawn[path.stem] = (ax_image.get_title(), ax_map.images[0].get_clim(),
-                            fig.get_suptitle())
+                            fig.get_suptitle(), ax_image.images[0].get_array(),
+                            ax_map.images[0].get_array())
         real_save(fig, path, dpi)
     monkeypatch.setattr(visualize, "save_figure", keep)
     first = sorted((setup["root"] / "images").glob("*.png"))[0]
     out = setup["root"] / "contents"
     assert run("attention", "--checkpoint", setup["wide"], "--images", first, "--out", out,
                "--save-npy").returncode == 0
-    title, clim, heading = drawn[first.stem]
+    title, clim, heading, shown, drawn_map = drawn[first.stem]
     assert title == "input as the model saw it\n(64 x 96 pixels)"
+    seen = eval_resize((64, 96))(open_rgb(first)).permute(1, 2, 0).numpy() / 255
+    np.testing.assert_allclose(shown, seen, atol=1e-6)  # its colours, not the normalised values
     heat = np.load(out / f"{first.stem}.npy")
+    np.testing.assert_array_equal(drawn_map, heat)  # the 8 x 12 map as saved, not transposed
     assert clim == pytest.approx((heat.min(), heat.max()))  # the map's own range
     model, x = library_input(setup["wide"], first)
     with torch.no_grad():
