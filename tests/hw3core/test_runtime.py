@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import hw3core.runtime as runtime
+from hw3core.errors import UserError
 from hw3core.runtime import share_cores
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
@@ -44,6 +45,8 @@ def test_workers_plus_threads_never_exceed_the_cores(cores, capsys, count, asked
 def test_processes_on_one_machine_split_its_cores(cores):
     cores(16)
     assert share_cores(None, GPU, processes=4) == 3 and torch.get_num_threads() == 1
+    cores(2)  # more processes than cores: each computes on one thread, without a worker
+    assert share_cores(None, GPU, processes=4) == 0 and torch.get_num_threads() == 1
 
 
 def test_a_thread_cap_set_at_start_is_kept(cores, monkeypatch):
@@ -143,3 +146,12 @@ def test_a_ddp_model_goes_before_its_process_group(monkeypatch, fails):
     finally:
         gc.enable()
     assert alive_at_destroy == [False]
+
+
+def test_each_process_of_a_node_takes_the_gpu_of_its_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU is touched here
+    second_node = runtime.Distributed(rank=9, world_size=16, local_rank=1, local_world_size=8)
+    assert runtime.pick_device("auto", second_node) == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device cuda asked for, but no CUDA GPU is visible"):
+        runtime.pick_device("cuda")
