@@ -54,13 +54,19 @@ def test_downloads_verifies_and_skips_present_files(server, tmp_path):
     assert stat.S_IMODE(catr.stat().st_mode) == 0o644  # as an ordinary file under umask 022
     digest = hashlib.sha256(catr.read_bytes()).hexdigest()
     assert f"{catr}: {catr.stat().st_size} bytes, sha256 {digest}" in run.stdout
-    check = download(dest, "--check")
+    check = download(dest, "--check")  # p1_vit.pt too, once present, without HW3_P1_URL
     assert check.returncode == 0 and f"sha256 {digest}" in check.stdout
+    assert str(dest / "p1_vit.pt") in check.stdout
+    empty = download(tmp_path / "nothing yet", "--check")
+    assert empty.returncode != 0 and f"missing {tmp_path / 'nothing yet' / 'catr_v3.pth'}" in (
+        empty.stderr)
     catr.write_bytes(catr.read_bytes()[:100])  # damaged after the download
     assert download(dest, "--check").returncode != 0
+    catr.write_bytes(b"")  # an empty file is no download: fetched again
     (served / "vit.pth").unlink()  # present files are not fetched again
     again = download(dest, **urls)
-    assert again.returncode == 0 and again.stdout.count("have ") == 3
+    assert again.returncode == 0 and again.stdout.count("have ") == 2
+    assert hashlib.sha256(catr.read_bytes()).hexdigest() == digest
 
 
 class Pickled:
