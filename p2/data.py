@@ -75,11 +75,15 @@ def read_caption_file(json_path, image_dir):
             and isinstance(content.get("annotations"), list)):
         raise UserError(f"{json_path} is not a COCO caption file (needs 'images' and "
                         "'annotations' lists)")
-    names = {}
+    names, repeated = {}, 0
     for i, entry in enumerate(content["images"]):
         if not (isinstance(entry, dict) and "id" in entry and isinstance(entry.get("file_name"), str)):
             raise UserError(f"{json_path}: images[{i}] needs an 'id' and a 'file_name'")
+        repeated += entry["id"] in names
         names[entry["id"]] = entry["file_name"]
+    if repeated:
+        warn_unreadable(f"{repeated} image id(s) listed twice in 'images' of {json_path}: "
+                        "the last file name of each is used")
     captions = {image_id: [] for image_id in names}
     unknown = 0
     for i, entry in enumerate(content["annotations"]):

@@ -71,16 +71,21 @@ def test_describe_orders_by_position():
 def test_read_caption_file_keeps_captioned_images_and_names_problems(tmp_path, capsys):
     Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 6)).save(tmp_path / "b.png")
+    Image.new("RGB", (8, 6)).save(tmp_path / "c.png")
     caption_file = tmp_path / "captions.json"
     caption_file.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"},
-                   {"id": 3, "file_name": "gone.png"}],
-        "annotations": [{"image_id": 1, "caption": "one"}, {"image_id": 1, "caption": "two"},
-                        {"image_id": 3, "caption": "three"}, {"image_id": 9, "caption": "x"}]}))
+        "images": [{"id": 7, "file_name": "c.png"}, {"id": 1, "file_name": "a.png"},
+                   {"id": 2, "file_name": "b.png"}, {"id": 3, "file_name": "gone.png"},
+                   {"id": 7, "file_name": "c.png"}],
+        "annotations": [{"image_id": 1, "caption": "one"}, {"image_id": 7, "caption": "seven"},
+                        {"image_id": 1, "caption": "two"}, {"image_id": 3, "caption": "three"},
+                        {"image_id": 9, "caption": "x"}]}))
     samples = read_caption_file(caption_file, tmp_path)
-    assert samples == [(tmp_path / "a.png", ["one", "two"])]
+    # the file's image order, each image with all its captions
+    assert samples == [(tmp_path / "c.png", ["seven"]), (tmp_path / "a.png", ["one", "two"])]
     err = capsys.readouterr().err
     assert "gone.png" in err and "image_id" in err and "no caption" in err
+    assert f"1 image id(s) listed twice in 'images' of {caption_file}" in err
 
 
 @pytest.mark.parametrize("content, message", [
@@ -111,3 +116,14 @@ def test_training_captions_end_in_sep_within_max_len_positions():
     (ids,) = tokenize_captions([("a.png", [short, long])], tokenizer, 6)
     assert ids[0] == [START_ID, *tokenizer.encode(short)[1:-1], END_ID] and len(ids[0]) == 6
     assert ids[1] == tokenizer.encode(long)[:6] and END_ID not in ids[1]
+
+
+def test_a_right_angle_rotation_keeps_every_pixel(monkeypatch):
+    from p2.data import RightAngleRotation
+
+    image = Image.fromarray(np.arange(8, dtype=np.uint8).reshape(2, 4))
+    for angle in (0, 90, 180, 270):
+        monkeypatch.setattr("random.choice", lambda options: angle)
+        turned = np.asarray(RightAngleRotation()(image))
+        assert turned.shape == ((2, 4) if angle in (0, 180) else (4, 2))
+        assert sorted(turned.ravel()) == list(range(8))
