@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -124,3 +127,18 @@ def test_decoding_once_uses_no_more_workers_than_shared_memory_holds_images(tmp_
                         lambda folder: types.SimpleNamespace(free=5 * 60_000))
     assert len(DecodedImages(samples, v2.ToImage(), None, cpu, workers=2).images) == 3
     assert capsys.readouterr().out == ""
+
+
+def test_the_shapes_sets_boxes_are_where_its_shapes_are(tmp_path):
+    # bench/p1_attention.py measures the maps against these boxes
+    from hw3core.scenes import COLORS
+    from p1.data import make_shapes_set
+
+    boxes = make_shapes_set(tmp_path, 12, image_size=64, seed=5)
+    assert json.loads((tmp_path / "boxes.json").read_text()) == boxes
+    for name, (x0, y0, x1, y1) in boxes.items():
+        pixels = np.asarray(Image.open(tmp_path / name)).astype(int)
+        colour = np.array(COLORS[list(COLORS)[int(name.split("_")[0])]])
+        assert np.abs(pixels[(y0 + y1) // 2, (x0 + x1) // 2] - colour).max() < 40, name
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+    assert any(box[0] != box[1] for box in boxes.values())  # a box given as (y, x) would fail
