@@ -88,17 +88,25 @@ def main(argv=None):
     val_exact = load_checkpoint(run / "best.pt")["val"]["val_exact"]
     print(f"Problem 2 demo: {right}/{len(truth)} held-out captions exactly right ({val_exact:.0%} "
           f"of the {args.val_scenes} validation captions); word maps in {figures}/")
-    if val_exact < 0.5:
-        epochs = max(args.epochs + 4, math.ceil(ENOUGH_IMAGES / args.train_scenes))
-        command = shlex.join([sys.executable, os.path.relpath(__file__), "--out", str(out),
-                              "--train-scenes", str(args.train_scenes),
-                              "--val-scenes", str(args.val_scenes),
-                              "--epochs", str(epochs), "--seed", str(args.seed)])
-        print(f"Only {val_exact:.0%} of the validation captions are exactly right: this run "
-              f"trained on {args.train_scenes * args.epochs:,} images, and the captioner learns "
-              f"the colours first, the shapes after about 8,000 to 12,000. Train longer "
-              f"({args.train_scenes * epochs:,} images): {command}")
+    advice = train_longer_advice(val_exact, args)
+    if advice:
+        print(advice)
 
+
+def train_longer_advice(val_exact, args):
+    """What to run when under half of the validation captions are exactly right (the shapes not
+    learnt yet), else None: at least 4 more epochs, and ENOUGH_IMAGES in all."""
+    if val_exact >= 0.5:
+        return None
+    epochs = max(args.epochs + 4, math.ceil(ENOUGH_IMAGES / args.train_scenes))
+    command = shlex.join([sys.executable, os.path.relpath(__file__), "--out", str(args.out),
+                          "--train-scenes", str(args.train_scenes),
+                          "--val-scenes", str(args.val_scenes),
+                          "--epochs", str(epochs), "--seed", str(args.seed)])
+    return (f"Only {val_exact:.0%} of the validation captions are exactly right: this run "
+            f"trained on {args.train_scenes * args.epochs:,} images, and the captioner learns "
+            f"the colours first, the shapes after about 8,000 to 12,000. Train longer "
+            f"({args.train_scenes * epochs:,} images): {command}")
 
 if __name__ == "__main__":
     run_cli(main)

@@ -628,7 +628,7 @@ def load_captioner(path):
                         f"{len(unexpected)} unexpected, e.g. {examples})")
     wrong = [k for k, v in state_dict.items() if v.shape != expected[k].shape]
     if wrong:
-        raise UserError(f"{path} does not match its CATR configuration ({len(wrong)} tensors of "
+        raise UserError(f"{path} does not match its CATR configuration ({len(wrong)} tensor(s) of "
                         f"the wrong shape, e.g. {wrong[0]}: {tuple(state_dict[wrong[0]].shape)} "
                         f"instead of {tuple(expected[wrong[0]].shape)})")
     model.load_state_dict(state_dict, strict=True)

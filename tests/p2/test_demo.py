@@ -26,3 +26,16 @@ def test_demo_trains_the_small_captioner_and_draws_held_out_scenes(tmp_path, cap
     assert config["backbone"] == "resnet18" and config["input_size"] == 128
     said = set(CaptionTokenizer().pieces(config["output_tokens"]))
     assert said - {"<end>"} <= set(CAPTION_WORDS)
+
+
+def test_the_advice_to_train_longer_comes_below_half_right_with_enough_images():
+    from types import SimpleNamespace
+
+    def advised(val_exact, scenes, epochs):
+        args = SimpleNamespace(out="demo_out", train_scenes=scenes, epochs=epochs,
+                               val_scenes=30, seed=0)
+        advice = demo.train_longer_advice(val_exact, args)
+        return advice and int(shlex.split(advice.rsplit(": ", 1)[1])[-3])
+    assert advised(0.5, 16, 1) is None
+    assert advised(0.49, 16, 1) == 1000  # 16,000 images
+    assert advised(0.3, 4000, 4) == 8  # enough images already: 4 epochs more

@@ -94,7 +94,7 @@ def test_wrong_checkpoints_are_one_line_errors(tmp_path, content):
         load_captioner(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     if content == "shape":
-        assert "1 tensors of the wrong shape, e.g. mlp.layers.2.bias: (30521,)" in str(err.value)
+        assert "1 tensor(s) of the wrong shape, e.g. mlp.layers.2.bias: (30521,)" in str(err.value)
 
 
 def test_unknown_config_is_refused():
