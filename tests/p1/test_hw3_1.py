@@ -9,6 +9,7 @@ from PIL import Image
 
 from tests.conftest import (ROOT, env_without_torch, require_names_kept, run_entry_point,
                             save_p1_checkpoint, script_env)
+from hw3core.checkpoints import load_checkpoint
 from hw3core.images import list_images
 from hw3core.runtime import pick_device
 from p1 import inference
@@ -72,6 +73,21 @@ def test_csv_holds_the_models_prediction_for_every_image(shapes_data, trained_ti
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     assert rows == [[path.name, class_names[expected[path]]] for path in paths]
     assert len(rows) == 200 and len({label for _, label in rows}) > 1
+    # as right as the run's validation on the same images (the same preprocessing): within two
+    # images, which another batching's floats may tip
+    right = sum(label == name.split("_")[0] for name, label in rows) / len(rows)
+    assert right == pytest.approx(load_checkpoint(trained_tiny / "best.pt")["val_acc"], abs=0.011)
+
+
+def test_prediction_goes_on_past_a_batch_of_unreadable_images(shapes_data, tmp_path):
+    good = sorted(shapes_data[1].glob("*.png"))[:2]
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    paths = [tmp_path / "a.png", tmp_path / "b.png", *good]
+    save_p1_checkpoint(tmp_path / "p1.pt", (32, 32))
+    model, preprocess, _ = load_classifier(tmp_path / "p1.pt")
+    found = predict_files(model, preprocess, paths, pick_device("cpu"), batch_size=2, workers=0)
+    assert sorted(found) == good
 
 
 def test_labels_are_the_checkpoints_class_names(shapes_data, tmp_path, capsys):

@@ -264,6 +264,7 @@ def test_fine_tuning_defaults_are_as_the_readme_states(tmp_path, monkeypatch):
         "B_16_imagenet1k", 10, 32, 1.0)
     assert (args.label_smoothing, args.augment, args.drop_path, args.clip_grad) == (
         0.1, "randaugment", 0.1, 1.0)
+    assert args.crop and args.flip  # random resized crops and flips
     model = torch.nn.Linear(2, 2)
     assert p1.engine.build_optimizer(model, "sgd", 1e-3, 0.0).defaults["momentum"] == 0.9
 
