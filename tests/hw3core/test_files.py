@@ -86,3 +86,13 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_file_and_no_temporary(tmp_pa
     with pytest.raises(UserError, match="cannot write .*pred.csv: No space left on device"):
         write_text_atomic(path, "new\n")
     assert path.read_text() == "old\n" and leftovers(tmp_path) == []
+
+
+def test_a_character_device_is_refused_before_any_write():
+    from pathlib import Path
+
+    from hw3core.files import _destination
+
+    # only looked at: /dev/null is never opened, here or by the code under test
+    with pytest.raises(UserError, match="cannot write /dev/null: not a regular file"):
+        _destination(Path("/dev/null"))

@@ -136,3 +136,17 @@ def test_figures_never_go_where_they_would_replace_or_join_the_images(tmp_path):
         require_outputs_apart([links / "x.png"], figures)
     with pytest.raises(UserError, match="would both be written as x.png"):
         require_outputs_apart([links / "x.png", tmp_path / "x.jpg"], tmp_path / "new")
+
+
+def test_figures_are_refused_among_the_images_named_by_relative_paths(tmp_path, monkeypatch):
+    from hw3core.errors import UserError
+    from hw3core.images import require_outputs_apart
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.jpg").write_bytes(b"")
+    (tmp_path / "also").symlink_to(tmp_path / "data")
+    for out in ("data", "./data/", str(tmp_path / "data"), "also"):
+        with pytest.raises(UserError, match="holds the input images"):
+            require_outputs_apart(["data/x.jpg"], out)
+    require_outputs_apart(["data/x.jpg"], "figures")
