@@ -44,6 +44,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def runs_and_final(p1_runs, final=None):
+    """(the run folders, the final one): ``final``, or the first run; a final run that is not
+    among the runs (however its path is spelt) comes first."""
+    runs = [Path(run) for run in p1_runs]
+    if final is None:
+        return runs, runs[0] if runs else None
+    same = [run for run in runs if run.resolve() == Path(final).resolve()]
+    return (runs, same[0]) if same else ([Path(final), *runs], Path(final))
+
+
 def main(argv=None):
     args = parse_args(argv)
     from hw3core.files import require_writable_file
@@ -53,10 +63,7 @@ def main(argv=None):
     # a word piece in a script the font lacks is drawn as a box; a warning per glyph adds nothing
     warnings.filterwarnings("ignore", message="Glyph .* missing from font")
     require_writable_file(args.out)
-    runs = [Path(run) for run in args.p1_runs]
-    final = Path(args.final) if args.final else (runs[0] if runs else None)
-    if final is not None and final not in runs:
-        runs.insert(0, final)
+    runs, final = runs_and_final(args.p1_runs, args.final)
     checkpoint = args.p1_checkpoint or (str(final / "best.pt") if final else None)
     report = Report(args.title, args.data_note, inputs=[
         ("Problem 1 runs", ", ".join(map(str, runs)) or "none"),

@@ -36,7 +36,8 @@ def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, 
     sample_photos()["wide"].save(tmp_path / "photos" / "cat.png")
     image = sorted(shapes_data[1].glob("*.png"))[0]
     status, out, err = run_entry_point(build.main, [
-        "--out", tmp_path / "report.pdf", "--p1-runs", trained_tiny, second, "--final", second,
+        "--out", tmp_path / "report.pdf", "--p1-runs", trained_tiny, second,
+        "--final", tmp_path / "photos" / ".." / "second_run",  # the same run, spelt otherwise
         "--p1-images", image, "--p2-checkpoint", tmp_path / "p2.pt",
         "--p2-images", tmp_path / "photos", "--data-note", "fixture runs"], capsys)
     assert status == 0, err
@@ -45,7 +46,11 @@ def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, 
         assert title in text
     assert "Not run" not in text
     assert "Final result: 81.25% validation accuracy (run second_run, best.pt)" in text
-    assert "second_run (final)" in text and "81.25% (epoch 2) 43.75% 3 of" in text
+    assert text.count("second_run (final)") == 1 and "81.25% (epoch 2) 43.75% 3 of" in text
+    # the inputs page: each run once, the final run's checkpoint drawing the P1 figures
+    assert f"Problem 1 runs {trained_tiny}, {second} final run {second} " in text
+    assert f"Problem 1 checkpoint {second / 'best.pt'}" in text
+    assert f"Problem 2 images {tmp_path / 'photos'}" in text
     assert trained_tiny.name in text
     confusion = json.loads((trained_tiny / "best_confusion.json").read_text())
     right = confusion["counts"][0][0]
@@ -118,3 +123,12 @@ def test_per_class_figures_say_when_they_are_not_from_best_pts_epoch(tmp_path):
         report = TextOnly()
         _per_class(report, tmp_path)
         assert says in report.texts[0]
+
+
+def test_the_final_run_is_the_first_unless_named_and_is_listed_once(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert build.runs_and_final([first, second]) == ([first, second], first)
+    assert build.runs_and_final([first, second], tmp_path / "a" / ".." / "b") == (
+        [first, second], second)
+    assert build.runs_and_final([first], second) == ([second, first], second)
+    assert build.runs_and_final([]) == ([], None)
