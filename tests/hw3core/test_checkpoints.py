@@ -39,9 +39,9 @@ def test_checkpoints_are_written_in_the_background_as_they_were_when_handed_over
     writer.write([(tmp_path / "best.pt", {"w": weights}),
                   (tmp_path / "last.pt", {"w": weights, "history": history}),
                   (tmp_path / "metrics.jsonl", "one line\n")])
-    handed_over.set()
-    weights += 1  # the next steps update weights and history in place
+    weights += 1  # the next steps update weights and history in place, before the write
     history.append({"epoch": 2})
+    handed_over.set()
     writer.wait()
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["w"], torch.zeros(3))
     last = load_checkpoint(tmp_path / "last.pt")
