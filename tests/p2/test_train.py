@@ -230,6 +230,7 @@ def test_catrs_recipe_is_the_default_and_small_is_as_described(tmp_path):
     assert (args.lr, args.lr_backbone, args.weight_decay, args.clip_grad) == (1e-4, 1e-5, 1e-4, 0.1)
     assert (args.schedule, args.lr_drop, args.epochs, args.batch_size) == ("step", 20, 30, 32)
     assert (args.rotate, args.color_jitter, args.hflip) == (True, True, False)
+    assert (args.max_len, args.warmup) == (128, 50)  # CATR's caption buffer; --help's warm-up
     steps = [type(step).__name__ for step in train_transform(299).transforms]
     assert "RightAngleRotation" in steps and "ColorJitter" in steps
     assert "RandomHorizontalFlip" not in steps
