@@ -108,5 +108,6 @@ def train_longer_advice(val_exact, args):
             f"the colours first, the shapes after about 8,000 to 12,000. Train longer "
             f"({args.train_scenes * epochs:,} images): {command}")
 
+
 if __name__ == "__main__":
     run_cli(main)

@@ -76,7 +76,8 @@ def test_csv_holds_the_models_prediction_for_every_image(shapes_data, trained_ti
     # as right as the run's validation on the same images (the same preprocessing): within two
     # images, which another batching's floats may tip
     right = sum(label == name.split("_")[0] for name, label in rows) / len(rows)
-    assert right == pytest.approx(load_checkpoint(trained_tiny / "best.pt")["val_acc"], abs=0.011)
+    validated = load_checkpoint(trained_tiny / "best.pt")["val_acc"]
+    assert right == pytest.approx(validated, abs=0.011)
 
 
 def test_prediction_goes_on_past_a_batch_of_unreadable_images(shapes_data, tmp_path):
