@@ -103,6 +103,9 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
                  "fp32": {"identical": 8, "captions": 8, "max_row_difference": 2.9e-8},
                  "bf16": {"identical": 7, "captions": 8, "max_row_difference": None}}}
     lines = tables.RENDERERS["p2_decoding_parts"](parts)
+    assert lines[2:5] == ["| batched captioning, 20 tokens, batch 64 | 2500.0 images/s |",
+                          "| the same, with the last layer's word maps | 2100.0 images/s |",
+                          "| one image at a time | 90.0 images/s |"]
     assert "| one decoder step (static cache, CUDA graph), batch 1 | 0.410 ms |" in lines
     assert "| backbone and encoder, one image, replayed as a CUDA graph | 6.50 ms |" in lines
     assert ("| end test of the static search, batch 1 | 0.052 ms per asking; cheapest interval "
