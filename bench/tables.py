@@ -158,7 +158,7 @@ def p1_position_similarity(data):
 
 def p2_speed(data):
     return table(["tokens", "CATR loop (s/image)", "project (s/image)", "speed-up",
-                  "project decoder only, cached (s)", "decoder only, prefix re-run (s)"],
+                  "eager decoder only, cached (s)", "decoder only, prefix re-run (s)"],
                  [[r["tokens"],
                    "skipped" if r["catr_loop_s"] is None else f"{r['catr_loop_s']:.2f}",
                    f"{r['project_s']:.3f}",
