@@ -14,6 +14,8 @@ def test_cell_geometry_gives_overlap_centre_and_distance_of_each_cell():
 
 def test_cell_geometry_keeps_height_and_width_apart_for_non_square_cells():
     # cells 10 high and 20 wide; the box spans x 25..45, y 5..15: columns 1 and 2, rows 0 and 1
-    area, inside, _ = cell_geometry((2, 3), (10, 20), (25, 5, 45, 15))
+    area, inside, distance = cell_geometry((2, 3), (10, 20), (25, 5, 45, 15))
     np.testing.assert_array_equal(area, [[0, 75, 25], [0, 75, 25]])
     np.testing.assert_array_equal(inside, [[False, True, False], [False, False, False]])
+    # centres at y 5, 15 and x 10, 30, 50: 15 px left of the box, inside it, 5 px right of it
+    np.testing.assert_allclose(distance, [[15, 0, 5], [15, 0, 5]])
