@@ -129,8 +129,7 @@ def decoded_bytes(path):
 def require_some_readable(paths, where):
     """Before a run: a UserError unless one of ``paths`` (images in ``where``) opens, read from
     its header; the first that does ends the check."""
-    if not any(map(decoded_bytes, paths)):
-        raise UserError(f"none of the {len(paths)} image files in {where} could be read")
+    require_some_read(any(map(decoded_bytes, paths)), paths, where)
 
 
 def require_some_read(count, paths, where):

@@ -88,14 +88,14 @@ class SideStreamBatches:
     stream waits for the batch on the GPU, not the host.
     """
 
-    def __init__(self, loader, device, side):
-        self.loader, self.device, self.side = loader, device, side
+    def __init__(self, loader, side):
+        self.loader, self.side = loader, side
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
-        current, side = torch.cuda.current_stream(self.device), self.side
+        current, side = torch.cuda.current_stream(self.side.device), self.side
         side.wait_stream(current)  # the images went to the GPU on the current stream
         batches = iter(self.loader)
         end = object()
@@ -121,10 +121,7 @@ class EpochLoader:
 
     def __init__(self, dataset, batch_size, workers, collate_fn, device, dist_info, seed,
                  pin_memory=None, items_on_device=False):
-        self.dataset, self.batch_size, self.device = dataset, batch_size, device
-        # one for the run: streams come from a pool of 32 in turn, which NCCL draws from too
-        self.side_stream = (torch.cuda.Stream(device) if items_on_device and device.type == "cuda"
-                            else None)
+        self.dataset, self.batch_size = dataset, batch_size
         self.sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
                                           shuffle=True, seed=seed)
         self.keys = _EpochKeys(self.sampler)
@@ -134,6 +131,9 @@ class EpochLoader:
                                  pin_memory=device.type == "cuda" if pin_memory is None
                                  else pin_memory, persistent_workers=workers > 0,
                                  generator=torch.Generator())
+        # one stream for the run: streams come from a pool of 32 in turn, which NCCL draws from too
+        self.batches = (SideStreamBatches(self.loader, torch.cuda.Stream(device))
+                        if items_on_device and device.type == "cuda" else self.loader)
 
     def __len__(self):
         """Batches in a whole epoch."""
@@ -152,9 +152,7 @@ class EpochLoader:
         self.sampler.set_epoch(epoch)
         self.keys.epoch = epoch
         self.keys.skip = skip_batches * self.batch_size
-        if self.side_stream is None:
-            return self.loader
-        return SideStreamBatches(self.loader, self.device, self.side_stream)
+        return self.batches
 
 
 def seed_generators(seed, *key, devices="all"):
@@ -466,7 +464,7 @@ class Every:
         return True
 
 
-def optimizer_step(model, optimizer, scheduler, scaler, clip_grad, computed=True):
+def optimizer_step(model, optimizer, scheduler, scaler, clip_grad, computed):
     """The end of an optimizer step: the gradients clipped to norm ``clip_grad`` (0 or None: not
     clipped), the optimizer stepped through the loss scaler, then the schedule.
 

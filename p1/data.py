@@ -16,9 +16,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from hw3core.errors import UserError
-from hw3core.images import (ImageFileDataset, decoded_bytes, is_image_file, list_images,
-                            require_some_readable, warn_unreadable)
-from hw3core.runtime import fit_shared_memory
+from hw3core.images import (ImageFileDataset, is_image_file, list_images, require_some_readable,
+                            warn_unreadable)
 from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
 
 COURSE_NAME = re.compile(r"(\d+)_.+")
@@ -168,8 +167,9 @@ class LabelledImages(ImageFileDataset):
 
 class DecodedImages(torch.utils.data.Dataset):
     """What LabelledImages gives (the class index as a tensor on ``device``), from images
-    decoded once: each readable file of ``samples`` is decoded (``workers`` processes, as many
-    as shared memory holds) and passed through ``prepare`` (e.g. eval_resize) once, and kept as
+    decoded once: each readable file of ``samples`` is decoded (by ``workers`` processes, each
+    handing its images over through shared memory: the caller fits them to it) and passed
+    through ``prepare`` (e.g. eval_resize) once, and kept as
     a uint8 tensor on ``device`` (in RAM where the cache would take more than a quarter of the
     GPU's free memory). Each access runs ``transform`` (if any) there, in the calling process.
 
@@ -181,8 +181,6 @@ class DecodedImages(torch.utils.data.Dataset):
 
     def __init__(self, samples, prepare, transform, device, workers=0):
         paths = [path for path, _ in samples]
-        # a worker hands each image, decoded, over through shared memory
-        workers = fit_shared_memory(workers, max(map(decoded_bytes, paths), default=0))
         decoded = DataLoader(ImageFileDataset(paths, prepare), batch_size=None,
                              num_workers=workers)
         self.images = [None] * len(samples)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from hw3core.checkpoints import check_format, format_tag, load_checkpoint, unwrap_state_dict
 from hw3core.errors import UserError
-from hw3core.images import ImageFileDataset, collate_skip
+from hw3core.images import ImageFileDataset, collate_skip, decoded_bytes
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
@@ -221,9 +221,13 @@ def build_loaders(args, preprocess, train_samples, val_samples, workers, device,
     if cache in ("on", "ram"):
         # the workers that augment in RAM are forked after the decoding: they share its pages
         where = device if cache == "on" else torch.device("cpu")
-        train_set = DecodedImages(train_samples, v2.ToImage(), augment, where, workers)
-        val_set = DecodedImages(val_samples, eval_resize(size), None, where,
-                                workers) if val_samples else None
+        # the decoding workers hand over one image at a time: a training image at its own size,
+        # a validation image resized
+        largest = max((decoded_bytes(path) for path, _ in train_samples), default=0)
+        train_set = DecodedImages(train_samples, v2.ToImage(), augment, where, fit_shared_memory(
+            workers, largest, dist_info.local_world_size))
+        val_set = DecodedImages(val_samples, eval_resize(size), None, where, fit_shared_memory(
+            workers, 3 * math.prod(size), dist_info.local_world_size)) if val_samples else None
         workers, pin_memory = (0, False) if cache == "on" else (workers, None)
     else:
         train_set = LabelledImages(train_samples, augment)

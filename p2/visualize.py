@@ -76,7 +76,7 @@ def main(argv=None):
     require_outputs_apart(paths, args.out)
     out = require_writable_folder(args.out)
     from hw3core.runtime import pick_device, share_cores, usable_cores
-    from p2.decode import caption_folder
+    from p2.decode import caption_folder, check_decoding_options
     from p2.figures import maps_source
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
@@ -93,8 +93,9 @@ def main(argv=None):
     try:
         model, tokenizer = load_for_captioning(args)
         per_head = args.heads == "all"
-        layers = model.config["dec_layers"]  # a --layer out of range is refused before any figure
-        source = maps_source(args.layer % layers, layers, model.config["nheads"], per_head)
+        # a --layer out of range is refused before any image is read
+        layer = check_decoding_options(model.config, args.max_len, args.beam, args.layer)
+        source = maps_source(layer, model.config["dec_layers"], model.config["nheads"], per_head)
         done, pending = [], []
         for path, image, result in caption_folder(
                 model, paths, args.batch_size, readers, beam=args.beam,

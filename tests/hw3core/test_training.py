@@ -98,8 +98,8 @@ def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monke
     log, current = [], ["main"]
 
     class Stream:
-        def __init__(self, name):
-            self.name = name
+        def __init__(self, name, device):
+            self.name, self.device = name, device
 
         def wait_stream(self, other):
             log.append(f"{self.name} waits for {other.name}")
@@ -124,11 +124,11 @@ def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monke
         log.append(f"batch {indices} made on {current[-1]}")
         return CudaTensor(indices), torch.tensor(indices)  # images on the GPU, labels not
 
-    main = Stream("main")
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: main)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: Stream("side"))
+    gpu = torch.device("cuda", 1)
+    main = Stream("main", gpu)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: {gpu: main}[device])
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: Stream("side", device))
     monkeypatch.setattr(torch.cuda, "stream", on)
-    gpu = torch.device("cuda")
     loader = EpochLoader(NoisyItems(), 6, 0, collate, gpu, Distributed(), seed=0, pin_memory=False,
                          items_on_device=True)
     loader.sampler.shuffle = False

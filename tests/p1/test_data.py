@@ -106,27 +106,38 @@ def test_decoding_once_uses_no_more_workers_than_shared_memory_holds_images(tmp_
     import types
 
     import torch
-    from torchvision.transforms import v2
 
     import hw3core.runtime as runtime
-    from p1.data import DecodedImages
+    from hw3core.runtime import Distributed
+    from p1.engine import build_loaders
+    from p1.train import parse_args
 
-    cpu = torch.device("cpu")
     samples = [(tmp_path / f"0_{i}.png", 0) for i in range(3)]
     for (path, _), size in zip(samples, [(40, 30), (200, 100), (50, 50)]):
         Image.new("RGB", size, (200, 30, 30)).save(path)
-    # a worker hands over up to two decoded images and one is in use: room for two of the
-    # largest (60,000 bytes) holds no worker, room for five holds two
-    monkeypatch.setattr(runtime.shutil, "disk_usage",
-                        lambda folder: types.SimpleNamespace(free=2 * 60_000))
-    decoded = DecodedImages(samples, v2.ToImage(), None, cpu, workers=2)
-    assert "room for the batches of 0 data loader worker(s), not 2" in capsys.readouterr().out
-    assert [tuple(image.shape) for image in decoded.images] == [(3, 30, 40), (3, 100, 200),
-                                                                (3, 50, 50)]
-    monkeypatch.setattr(runtime.shutil, "disk_usage",
-                        lambda folder: types.SimpleNamespace(free=5 * 60_000))
-    assert len(DecodedImages(samples, v2.ToImage(), None, cpu, workers=2).images) == 3
-    assert capsys.readouterr().out == ""
+    args = parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path / "run"),
+                       "--pretrained", "none", "--image-cache", "ram", "--batch-size", "2"])
+    preprocess = {"image_size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
+
+    def build(free, processes=1):
+        monkeypatch.setattr(runtime.shutil, "disk_usage",
+                            lambda folder: types.SimpleNamespace(free=free))
+        train, val = build_loaders(args, preprocess, samples, samples, 2, torch.device("cpu"),
+                                   Distributed(local_world_size=processes))
+        assert [tuple(image.shape) for image in train.dataset.images] == [
+            (3, 30, 40), (3, 100, 200), (3, 50, 50)]
+        assert [tuple(image.shape) for image in val.dataset.dataset.images] == [(3, 32, 32)] * 3
+        return [line for line in capsys.readouterr().out.splitlines() if "room for" in line]
+
+    # a worker hands over up to two decoded images and one is in use: room for two training
+    # images at their own size (the largest 60,000 bytes) holds no worker; the validation
+    # images are handed over resized (3,072 bytes), and room for two holds both workers
+    notes = build(2 * 60_000)
+    assert len(notes) == 1 and "room for the batches of 0 data loader worker(s), not 2" in notes[0]
+    assert build(5 * 60_000) == []
+    # torchrun's processes on one machine share it
+    notes = build(5 * 60_000, processes=2)
+    assert len(notes) == 1 and "of 0 data loader worker(s), not 2" in notes[0]
 
 
 def test_the_shapes_sets_boxes_are_where_its_shapes_are(tmp_path):

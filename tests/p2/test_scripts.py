@@ -133,6 +133,20 @@ def test_bad_inputs_are_one_line_errors(main, case, checkpoints, tmp_path, capsy
     assert message.startswith("error: ") and message.count("\n") == 1
 
 
+def test_a_layer_the_model_lacks_is_refused_before_any_image_is_read(photo_dir, checkpoints,
+                                                                    tmp_path, capsys):
+    layers = load_captioner(checkpoints["stops"])[1]["dec_layers"]
+    argv = ["--checkpoint", str(checkpoints["stops"]), "--images", str(photo_dir),
+            "--out", str(tmp_path / "out"), "--layer", str(layers)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(visualize.main, argv)
+    assert exit_info.value.code == 2
+    # the one line, and no warning about broken.jpg: the images were not read
+    assert capsys.readouterr().err == (f"error: --layer must be between {-layers} and "
+                                       f"{layers - 1}, not {layers}\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_images_that_would_share_a_figure_are_refused(checkpoints, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
