@@ -56,12 +56,15 @@ run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept
     echo "== $name"
     # progress bars end their updates in \r, not \n: split them, so that dropping the bars
     # keeps a failure's line printed after one
-    timeout "$limit" "$@" 2> >(tr '\r' '\n' | grep -v "it/s" >&2) | tee "$out/$name.md"
+    # -k: a step that a TERM does not end (a fine-tune saves its checkpoint first) is killed
+    timeout -k 10 "$limit" "$@" 2> >(tr '\r' '\n' | grep -v "it/s" >&2) | tee "$out/$name.md"
     rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || status=1
     return "$rc"
 }
-run jobs 270 "$PYTHON" -m bench.jobs --device cuda --out "$out/jobs_cuda.json"
+# jobs ends by the script's 285th second: the time the lines above took (torch imported twice,
+# on a fresh machine) comes off its 270 s, not off the steps after it
+run jobs $((285 - SECONDS)) "$PYTHON" -m bench.jobs --device cuda --out "$out/jobs_cuda.json"
 started=$SECONDS
 if ! run p2_speed 120 "$PYTHON" -m bench.p2_speed --device cuda --out "$out/p2_speed_cuda.json"; then
     # CATR's masked attention has never run on cuDNN's attention, which torch may pick first on

@@ -190,7 +190,7 @@ def main():
     batch = args.batch or (64 if device.type == "cuda" else 8)
     images = [image] * batch
     if device.type == "cuda":  # the batch's encoder graph is recorded at its second use
-        caption_images(model, images, max_len=3)
+        caption_images(model, images, max_len=21)
     batched = timed(lambda: caption_images(model, images, max_len=21), repeats)
     with_maps = timed(lambda: caption_images(model, images, max_len=21, attention_layer=-1),
                       repeats)
