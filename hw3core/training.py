@@ -151,7 +151,8 @@ class EpochLoader:
         """The loader over ``epoch``'s batches, from batch ``skip_batches`` on."""
         self.sampler.set_epoch(epoch)
         self.keys.epoch = epoch
-        self.keys.skip = skip_batches * self.batch_size
+        # all of them after a signal during validation: the last batch may be short
+        self.keys.skip = min(skip_batches * self.batch_size, len(self.sampler))
         return self.batches
 
 

@@ -199,6 +199,12 @@ def test_skipped_batches_leave_the_rest_of_the_epoch_as_it_was():
     whole = batches(loader.epoch(2))
     assert batches(loader.epoch(2, skip_batches=2)) == whole[2:]
     assert len(loader) == 3 and len(loader.epoch(2, skip_batches=1)) == 2
+    # a resume after a signal during validation skips a whole epoch, its last batch short
+    short = EpochLoader(NoisyItems(), 5, 0, None, cpu, Distributed(), seed=3)
+    whole = batches(short.epoch(2))
+    assert batches(short.epoch(2, skip_batches=2)) == whole[2:] and len(whole[2][0]) == 2
+    assert len(short) == 3 and len(short.epoch(2, skip_batches=3)) == 0
+    assert batches(short.epoch(2, skip_batches=3)) == []
 
 
 def test_warmup_rises_linearly_to_the_peak_then_follows_the_cosine_to_zero():
