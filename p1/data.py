@@ -36,12 +36,17 @@ def discover(folder, class_names=None):
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
                         and any(is_image_file(p) and p.exists() for p in d.iterdir()))
     labelled = []
+    loose = list_images(folder)
+    if class_dirs and loose:  # which layout was meant is a guess either way
+        raise UserError(f"{folder} holds both images ({loose[0].name}, ...) and class folders "
+                        f"({class_dirs[0].name}/, ...): keep {{label}}_{{id}}.jpg files or one "
+                        "subfolder per class, not both")
     if class_dirs:
         for d in class_dirs:
             labelled += [(p, d.name) for p in list_images(d)]
         order = str  # folder names sort as they are
     else:
-        for path in list_images(folder):
+        for path in loose:
             match = COURSE_NAME.fullmatch(path.name)
             if match:
                 labelled.append((path, str(int(match.group(1)))))
@@ -53,6 +58,9 @@ def discover(folder, class_names=None):
                         "or one subfolder per class)")
     if class_names is None:
         class_names = sorted({name for _, name in labelled}, key=order)
+        if len(class_names) < 2:
+            raise UserError(f"all the images in {folder} are of one class ({class_names[0]!r}): "
+                            "a classifier is trained on two or more")
     index = {name: i for i, name in enumerate(class_names)}
     unknown = [(p, name) for p, name in labelled if name not in index]
     if unknown:

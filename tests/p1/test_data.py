@@ -55,6 +55,21 @@ def test_no_images_is_a_clear_error(tmp_path):
         discover(tmp_path / "missing")
 
 
+def test_a_guess_between_layouts_or_a_single_class_is_refused(tmp_path):
+    # a stray subfolder beside course-named images would make its one image the only class
+    for name in ("0_1.jpg", "1_2.jpg", "old/0_1.jpg"):
+        _img(tmp_path / "mixed" / name)
+    with pytest.raises(UserError, match=r"holds both images \(0_1.jpg, ...\) and class "
+                                        r"folders \(old/, ...\)"):
+        discover(tmp_path / "mixed")
+    for name in ("3_1.jpg", "3_2.jpg"):
+        _img(tmp_path / "one" / name)
+    with pytest.raises(UserError, match=r"of one class \('3'\): a classifier is trained on two"):
+        discover(tmp_path / "one")
+    # a validation set may hold fewer classes than the training set
+    assert discover(tmp_path / "one", ["3", "5"])[0][0][1] == 0
+
+
 def test_images_decoded_once_draw_the_augmentations_the_workers_draw(tmp_path, capsys):
     import numpy as np
     import torch
