@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from .checkpoints import CheckpointWriter, check_format, load_checkpoint, save_epoch
 from .errors import Interrupted, UserError
 from .figures import plot_history
-from .files import remove_stale_temporaries, write_text_atomic
+from .files import remove_stale_temporaries, require_writable_folder, write_text_atomic
 from .runtime import describe_device, print0, sum_over_ranks
 
 
@@ -515,22 +515,70 @@ def validation_loader(dataset, batch_size, workers, collate, device, dist_info, 
                       pin_memory=device.type == "cuda" if pin_memory is None else pin_memory)
 
 
-def load_resume(path, format_name):
-    """The last.pt that --resume names, checked to be ``format_name``'s and to hold a run state."""
-    resume = load_checkpoint(path)
-    check_format(resume, format_name, path)
-    if not isinstance(resume, dict) or "optimizer" not in resume:
-        raise UserError(f"{path} is not a last.pt checkpoint (no optimizer state)")
+# where a run's files are and how it runs, not what it computes: a resumed run may name other
+# ones (the data moved, another machine); --pretrained and --init name weights it does not load
+RESUME_MAY_CHANGE = {"resume", "out", "train_dir", "train_json", "workers", "device",
+                     "image_cache", "compile", "pretrained", "init"}
+
+
+def open_run(args, format_name):
+    """Check a training run's --out and --resume before any work; return the last.pt that
+    --resume names (None without it).
+
+    The last.pt must be ``format_name``'s, hold a run state, have epochs left and have been run
+    with the options given now, RESUME_MAY_CHANGE aside: its optimizer and schedule go on as
+    they were, so another --lr would be recorded in args.json and not used, and another
+    --batch-size would break the exact resume. Options left out (None) take the run's values,
+    except a validation set: given or left out, it is a change. --out must be a folder (created
+    here) that holds no other run: its checkpoints would replace the other's (best.pt too,
+    however well the new run scores).
+    """
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(args.resume)
+        check_format(resume, format_name, args.resume)
+        if not isinstance(resume, dict) or "optimizer" not in resume:
+            raise UserError(f"{args.resume} is not a last.pt checkpoint (no optimizer state)")
+        _take_the_runs_options(resume, args)
+        if resume["epoch"] >= args.epochs:
+            raise UserError(f"{args.resume} has finished its {args.epochs} epochs: nothing is "
+                            "left to resume")
+    last = Path(args.out) / "last.pt"
+    if last.is_file() and not (args.resume and Path(args.resume).resolve() == last.resolve()):
+        raise UserError(f"{args.out} holds another run ({last}): add --resume {last} to go on "
+                        "with it, or give another --out")
+    require_writable_folder(args.out)
     return resume
 
 
-def require_new_run_folder(out, resume):
-    """Refuse a run into a folder that holds another run's last.pt, unless it resumes that run:
-    its checkpoints would replace the other's (best.pt too, however well the new run scores)."""
-    last = Path(out) / "last.pt"
-    if last.is_file() and not (resume and Path(resume).resolve() == last.resolve()):
-        raise UserError(f"{out} holds another run ({last}): add --resume {last} to go on with "
-                        "it, or give another --out")
+def _take_the_runs_options(resume, args):
+    def flag(key, value):
+        name = key.replace("_", "-")
+        if value is None:
+            return f"no --{name}"
+        if isinstance(value, bool):  # the switches are --name and --no-name
+            return f"--{name}" if value else f"--no-{name}"
+        return f"--{name} " + (" ".join(map(str, value)) if isinstance(value, (list, tuple))
+                               else str(value))
+
+    changed = []
+    for key, was in resume.get("args", {}).items():
+        now = getattr(args, key, was)
+        if key in ("val_dir", "val_json"):  # the data may move; its validation stays
+            if (was is None) != (now is None):
+                changed.append((key, was, now))
+        elif key in RESUME_MAY_CHANGE or was == now:
+            continue
+        elif now is None:  # left out
+            setattr(args, key, was)
+        else:
+            changed.append((key, was, now))
+    if changed:
+        key, was, now = changed[0]
+        more = f" (and {len(changed) - 1} more option(s))" if len(changed) > 1 else ""
+        raise UserError(f"{args.resume} was run with {flag(key, was)}; this command gives "
+                        f"{flag(key, now)}{more}: resume it with its own options (its run's "
+                        "args.json), or give another --out for a new run")
 
 
 def replace_run(run):

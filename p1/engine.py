@@ -15,9 +15,9 @@ from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_skip, decoded_bytes
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
-                              optimizer_step, require_new_run_folder, signals_during_backward,
-                              train_epochs, validation_loader, warmup_cosine, wrap_for_ranks)
+from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, open_run,
+                              optimizer_step, signals_during_backward, train_epochs,
+                              validation_loader, warmup_cosine, wrap_for_ranks)
 from p1.data import (DecodedImages, LabelledImages, ScaleNormalize, discover, eval_resize,
                      train_transform)
 from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
@@ -144,9 +144,8 @@ def fit(args):
 
 def _fit(args, dist_info):
     device = pick_device(args.device, dist_info)
-    require_new_run_folder(args.out, args.resume)
+    resume = open_run(args, "hw3-p1-vit")
     workers = share_cores(args.workers, device, dist_info.local_world_size)
-    resume = load_resume(args.resume, "hw3-p1-vit") if args.resume else None
     train_samples, class_names = discover(args.train_dir)
     val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
     model, arch, preprocess = _model_for_run(args, class_names, resume)

@@ -43,7 +43,7 @@ def parse_args(argv=None):
                        "Default: for B_16_imagenet1k, the file hw3_download.sh writes")
     model.add_argument("--image-size", type=at_least(1), nargs="+", metavar=("H", "W"),
                        help="input size (one value: square); default: the model's")
-    model.add_argument("--freeze-backbone", action="store_true",
+    model.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=False,
                        help="train the classification head only (fixed feature extractor)")
     model.add_argument("--drop-path", type=at_least(0.0, float, below=1.0), default=0.1, help="stochastic depth rate (%(default)s)")
     optim = p.add_argument_group("optimisation")

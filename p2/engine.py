@@ -10,9 +10,9 @@ from hw3core.errors import UserError
 from hw3core.images import collate_list
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, load_resume,
-                              optimizer_step, require_new_run_folder, train_epochs,
-                              validation_loader, warmup_cosine, wrap_for_ranks)
+from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, open_run,
+                              optimizer_step, train_epochs, validation_loader, warmup_cosine,
+                              wrap_for_ranks)
 from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
                      pad_tokens, read_caption_file, tokenize_captions, train_transform)
 from p2.decode import check_decoding_options, encode_images, greedy_search
@@ -200,9 +200,8 @@ def fit(args):
 
 def _fit(args, dist_info):
     device = pick_device(args.device, dist_info)
-    require_new_run_folder(args.out, args.resume)
+    resume = open_run(args, "hw3-p2-catr")
     workers = share_cores(args.workers, device, dist_info.local_world_size)
-    resume = load_resume(args.resume, "hw3-p2-catr") if args.resume else None
     if not args.init:  # before tokenising a whole caption file; --init's config: below
         check_decoding_options(make_config(resume["config"]) if resume
                                else config_from_args(args), args.max_len)

@@ -253,7 +253,42 @@ def test_resume_refuses_a_file_that_is_not_last_pt_and_other_classes(shapes_data
         path.unlink()  # classes 0 and 1 only
     with pytest.raises(UserError, match="trained on other classes"):
         fit(tiny_args(tmp_path / "two", tmp_path / "two", tmp_path / "run", "--resume",
-                      str(trained_tiny / "last.pt")))
+                      cut_short(trained_tiny / "last.pt", tmp_path / "cut.pt")))
+
+
+def cut_short(last, path):
+    """``last`` (a finished run's last.pt) as if its run had stopped after its first epoch."""
+    checkpoint = load_checkpoint(last)
+    checkpoint.update(epoch=1, history=checkpoint["history"][:1])
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_resume_goes_on_with_the_runs_options_and_needs_epochs_left(shapes_data, trained_tiny,
+                                                                      tmp_path):
+    train, val = shapes_data
+    last, cut = trained_tiny / "last.pt", cut_short(trained_tiny / "last.pt", tmp_path / "cut.pt")
+    # the optimizer state would keep the run's rate while args.json recorded this one
+    with pytest.raises(UserError, match=f"{cut} was run with --lr 0.002; this command gives --lr "
+                                        r"0.5: resume it with its own options"):
+        fit(tiny_args(train, val, tmp_path / "a", "--resume", cut, "--lr", "0.5"))
+    with pytest.raises(UserError, match=r"with --batch-size 32; this command gives --batch-size "
+                                        r"16 \(and 1 more option\(s\)\)"):
+        fit(tiny_args(train, val, tmp_path / "a", "--resume", cut, "--batch-size", "16",
+                      "--no-flip"))
+    with pytest.raises(UserError, match=f"with --val-dir {val}; this command gives no --val-dir"):
+        fit(parse_args([a for a in map(str, tiny_argv(train, val, tmp_path / "a", "--resume",
+                                                      cut)) if a not in ("--val-dir", str(val))]))
+    with pytest.raises(UserError, match=f"{last} has finished its 3 epochs: nothing is left"):
+        fit(tiny_args(train, val, tmp_path / "a", "--resume", last))
+    # a mistyped --resume is named, not taken for a run that --out already holds
+    with pytest.raises(UserError, match="checkpoint not found: .*nope.pt"):
+        fit(tiny_args(train, val, trained_tiny, "--resume", trained_tiny / "nope.pt"))
+    assert not (tmp_path / "a").exists()
+    # where the data and the run's files are, and how it runs, may change; so may the start
+    fit(tiny_args(train, val, tmp_path / "b", "--resume", cut, "--pretrained", "none",
+                  "--workers", "1", "--image-cache", "ram"))
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 3
 
 
 def test_fine_tuning_defaults_are_as_the_readme_states(tmp_path, monkeypatch):

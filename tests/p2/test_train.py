@@ -204,9 +204,18 @@ def test_training_captions_a_restricted_model_cannot_say_are_refused(scenes, tmp
                    "--epochs", "1", architecture=[]))
     history = load_checkpoint(tmp_path / "again" / "last.pt")["history"]
     assert math.isfinite(history[0]["train_loss"])
-    with pytest.raises(UserError, match="another output vocabulary"):
+    last = tmp_path / "again" / "last.pt"
+    with pytest.raises(UserError, match=f"{last} was run with --output-vocab captions; this "
+                                        "command gives --output-vocab full: resume it with"):
         fit(train_args(scenes, tmp_path / "again", *start, "--output-vocab", "full",
-                       "--resume", str(tmp_path / "again" / "last.pt"), architecture=[]))
+                       "--epochs", "1", "--resume", str(last), architecture=[]))
+    # the same option on captions that moved and changed: another vocabulary
+    checkpoint = load_checkpoint(last)
+    checkpoint.update(epoch=0, history=[])
+    torch.save(checkpoint, tmp_path / "cut.pt")
+    with pytest.raises(UserError, match="that run has another output vocabulary"):
+        fit(train_args(scenes, tmp_path / "third", *start[:2], "--output-vocab", "captions",
+                       "--epochs", "1", "--resume", str(tmp_path / "cut.pt"), architecture=[]))
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "-1"),
