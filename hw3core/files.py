@@ -64,9 +64,9 @@ def _destination(path):
     """Where a write of ``path`` lands: through symbolic links, whose target the new file
     replaces (renamed onto the link, it would replace the link), and only a regular file or a
     new one."""
-    path = Path(path)
-    if path.is_dir():
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():  # a trailing / means a folder
         raise UserError(f"{path} is a folder: give the path of the file to write")
+    path = Path(path)
     if path.exists() and not path.is_file():
         raise UserError(f"cannot write {path}: not a regular file (a device or a pipe); "
                         "give the path of a file")

@@ -55,6 +55,14 @@ def require_images(folder):
     return paths
 
 
+def require_not_an_input(out, paths):
+    """A UserError when the file ``out`` is (or links to) one of the input images ``paths``,
+    which writing it would replace."""
+    if os.path.realpath(out) in {os.path.realpath(path) for path in paths}:
+        raise UserError(f"{out} is one of the input images, which the output would replace: "
+                        "give another path")
+
+
 def require_outputs_apart(paths, out, suffix=".png"):
     """A UserError unless each of ``paths`` gets its own OUT/<stem><suffix>, away from the images:
     not when two share a stem (x.jpg and x.png), nor when OUT holds an input image, where a

@@ -33,10 +33,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from hw3core.files import require_writable_file, write_text_atomic
-    from hw3core.images import report_written, require_images, require_some_read
+    from hw3core.images import (report_written, require_images, require_not_an_input,
+                                require_some_read)
 
     # before seconds of importing torch, and minutes of prediction
     paths = require_images(args.images)
+    require_not_an_input(args.out, paths)
     require_writable_file(args.out)
     from hw3core.runtime import pick_device
     from p1.engine import predict_files

@@ -35,6 +35,10 @@ def test_a_folder_given_as_the_file_is_one_line(tmp_path):
         require_writable_file(tmp_path)
     with pytest.raises(UserError, match="is a folder"):
         write_text_atomic(tmp_path, "x")
+    # a folder yet to be made, by its trailing slash: not a file named as the folder
+    with pytest.raises(UserError, match="new/ is a folder: give the path of the file"):
+        require_writable_file(f"{tmp_path}/new/")
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_path_through_a_file_is_one_line(tmp_path):

@@ -158,14 +158,21 @@ def test_the_wrapper_passes_errors_through_as_status_2_before_importing_torch(tm
     assert run.stderr == f"error: not found: {tmp_path / 'nope'}\n"
 
 
-@pytest.mark.parametrize("destination", ["an existing folder", "a path through a file"])
+@pytest.mark.parametrize("destination", ["an existing folder", "a path through a file",
+                                         "a new folder", "one of the images"])
 def test_an_unwritable_csv_path_is_refused_before_any_work(destination, awkward_folder,
                                                           trained_tiny, tmp_path, capsys,
                                                           monkeypatch):
+    from hw3core.images import list_images
+
     out = tmp_path
     if destination == "a path through a file":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "pred.csv"
+    elif destination == "a new folder":
+        out = f"{tmp_path}/new/"
+    elif destination == "one of the images":
+        out = list_images(awkward_folder)[0]
 
     def no_model(*args):
         raise AssertionError("the model was loaded before the destination was checked")
@@ -174,6 +181,9 @@ def test_an_unwritable_csv_path_is_refused_before_any_work(destination, awkward_
                                                       "--checkpoint", trained_tiny / "best.pt"],
                                      capsys)
     assert status == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    if destination == "one of the images":
+        assert err == (f"error: {out} is one of the input images, which the output would "
+                       "replace: give another path\n")
 
 
 def test_an_empty_checkpoint_variable_means_the_default_checkpoint(monkeypatch):

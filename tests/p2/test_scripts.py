@@ -147,6 +147,19 @@ def test_a_layer_the_model_lacks_is_refused_before_any_image_is_read(photo_dir, 
     assert not (tmp_path / "out").exists()
 
 
+def test_captions_are_not_written_over_an_input_image(photo_dir, checkpoints, tmp_path, capsys):
+    image = tmp_path / "wide.jpg"
+    image.write_bytes((photo_dir / "wide.jpg").read_bytes())
+    argv = ["--checkpoint", str(checkpoints["stops"]), "--images", str(tmp_path), "--out",
+            str(image)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(inference.main, argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: {image} is one of the input images, which the "
+                                       "output would replace: give another path\n")
+    assert image.read_bytes() == (photo_dir / "wide.jpg").read_bytes()
+
+
 def test_images_that_would_share_a_figure_are_refused(checkpoints, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
