@@ -391,6 +391,30 @@ def signals_during_backward(modules):
         module.register_full_backward_pre_hook(lambda module, grad_output: None)
 
 
+class BatchNormStatistics:
+    """The running statistics of ``model``'s batch norms that learn them, as they were at the
+    last completed step (``commit``). A training forward pass updates them, so a step that a
+    signal abandons would leave its batch counted in the last.pt written then, and the resumed
+    run would count that batch again; ``restore`` takes it out. Without such layers (a ViT,
+    CATR's frozen batch norm) both do nothing."""
+
+    def __init__(self, model):
+        self.live = [buffer for module in model.modules()
+                     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                     and module.track_running_stats
+                     for buffer in (module.running_mean, module.running_var,
+                                    module.num_batches_tracked)]
+        self.kept = [buffer.clone() for buffer in self.live]
+
+    def commit(self):
+        if self.live:
+            torch._foreach_copy_(self.kept, self.live)
+
+    def restore(self):
+        if self.live:
+            torch._foreach_copy_(self.live, self.kept)
+
+
 class EpochSums:
     """An epoch's training sums, kept on the device (no host sync per step), and a copy of them
     at each completed optimizer step (``commit``): what last.pt keeps when a signal cuts the

@@ -102,14 +102,25 @@ def test_a_signal_during_validation_keeps_the_trained_epoch_and_resume_ends_the_
             == pytest.approx([h["train_loss"] for h in straight["history"]], rel=1e-9))
 
 
-def test_a_signal_mid_epoch_with_the_cosine_schedule_resumes_exactly(scenes, tmp_path,
+@pytest.mark.parametrize("moment", ["as a step begins", "after its forward pass"])
+def test_a_signal_mid_epoch_with_the_cosine_schedule_resumes_exactly(moment, scenes, tmp_path,
                                                                       monkeypatch, capsys):
     from tests.p1.test_train import signal_at
 
     # data workers: tests/p1/test_train.py's mid-epoch test
     argv = train_args_list(scenes, tmp_path / "cut", *TINY, "--batch-size", "2",
                            "--schedule", "cosine", "--warmup", "3", "--epochs", "1")
-    signal_at(monkeypatch, epoch=0, step=2)
+    if moment == "as a step begins":
+        signal_at(monkeypatch, epoch=0, step=2)
+    else:  # the small config's batch norm has counted the abandoned step's batch by then
+        real_loss, calls = p2.engine.caption_loss, []
+
+        def loss_then_signal(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_loss(*args, **kwargs)
+        monkeypatch.setattr(p2.engine, "caption_loss", loss_then_signal)
     assert run_entry_point(p2_train.main, argv, capsys)[0] == 128 + signal.SIGTERM
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["in_epoch"]["batches"] == 2
     monkeypatch.undo()
