@@ -41,10 +41,17 @@ ARCHITECTURE_OPTIONS = ("backbone", "dilation", "backbone_layer", "backbone_norm
 
 
 def config_from_args(args):
-    """The model configuration that --config and the architecture options describe."""
+    """The configuration of a model from random weights that --config and the architecture
+    options describe. CATR's frozen batch norm is refused unless asked for: at its initial values
+    it is the identity, and a backbone trained from scratch without it rarely learns."""
     overrides = dict(CONFIGS[args.config or "catr"])
     overrides.update({name: getattr(args, name) for name in (*ARCHITECTURE_OPTIONS, "dropout")
                       if getattr(args, name) is not None})
+    if overrides.get("backbone_norm", "frozen") == "frozen" and args.backbone_norm is None:
+        raise UserError("no weights to start from: give --init checkpoints/catr_v3.pth (bash "
+                        "hw3_download.sh writes it) to fine-tune CATR, or --config small or "
+                        "--backbone-norm batch to train from random weights (CATR's frozen batch "
+                        "norm would not learn)")
     return make_config(overrides)
 
 

@@ -34,7 +34,8 @@ def parse_args(argv=None):
                       "less one, nor than /dev/shm has room for)")
     model = p.add_argument_group("model (a new run; --init and --resume bring their own)")
     model.add_argument("--init", help="released CATR checkpoint, bare state dict or checkpoint "
-                       "of this project to start from; default: random weights")
+                       "of this project to start from; without it, random weights (with "
+                       "--config small or --backbone-norm)")
     model.add_argument("--config", choices=tuple(CONFIGS),
                        help="catr: CATR's own (default); small: ResNet-18 to layer2 with batch "
                        "norm, 128-pixel input, width 128, 2+3 layers")

@@ -268,8 +268,12 @@ def test_captioner_training_goes_on_past_bad_images_and_refuses_bad_starts(
                                          capsys)
         one_line_error(status, err, checkpoints / message)
     status, _, err = run_entry_point(p2.train.main, [data[0], tmp_path / "absent.json",
-                                                     *data[2:]], capsys)
+                                                     *data[2:], *architecture], capsys)
     one_line_error(status, err, "absent.json")
+    # neither weights nor a configuration that learns from random ones: CATR's frozen batch norm
+    status, _, err = run_entry_point(p2.train.main, data, capsys)
+    one_line_error(status, err, "no weights to start from: give --init checkpoints/catr_v3.pth")
+    assert "--backbone-norm batch" in err and not (tmp_path / "again").exists()
     content["images"] = [entry for entry in content["images"]
                          if entry["file_name"] in ("fake.jpg", "bomb.png")]
     kept = {entry["id"] for entry in content["images"]}
