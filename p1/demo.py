@@ -6,6 +6,7 @@ user would, and prints the accuracy of the CSV it wrote.
 """
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def main(argv=None):
 
     out = Path(args.out)
     print(f"1/3 writing synthetic images to {out / 'shapes'}", flush=True)
+    shutil.rmtree(out / "shapes", ignore_errors=True)  # a previous demo's images would stay
     make_shapes_set(out / "shapes" / "train", args.train_images, seed=1)
     make_shapes_set(out / "shapes" / "val", 400, seed=2, start_id=1_000_000)
     print("2/3 fine-tuning the tiny ViT preset", flush=True)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ def main(argv=None):
     out = Path(args.out)
     scenes = out / "scenes"
     print(f"1/3 writing synthetic scenes to {scenes}", flush=True)
+    shutil.rmtree(scenes, ignore_errors=True)  # a previous demo's scenes would stay
     make_scene_set(scenes / "train", args.train_scenes, seed=1)
     make_scene_set(scenes / "val", args.val_scenes, seed=2, start_id=args.train_scenes)
     make_scene_set(scenes / "heldout", args.show, seed=3,

@@ -3,6 +3,8 @@ import os
 import shlex
 import sys
 
+from PIL import Image
+
 from hw3core.checkpoints import load_checkpoint
 from p2 import demo
 from p2.data import CAPTION_WORDS
@@ -10,6 +12,9 @@ from p2.tokenizer import CaptionTokenizer
 
 
 def test_demo_trains_the_small_captioner_and_draws_held_out_scenes(tmp_path, capsys):
+    # a previous demo's held-out scene, which hw3_2.sh would caption again
+    (tmp_path / "scenes" / "heldout" / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(tmp_path / "scenes" / "heldout" / "images" / "scene_9.png")
     demo.main(["--out", str(tmp_path), "--epochs", "1", "--train-scenes", "16", "--show", "1",
                "--val-scenes", "6", "--seed", "3"])
     figures = sorted(p.name for p in (tmp_path / "p2_figures").glob("*.png"))
