@@ -30,10 +30,15 @@ def run_cli(main, argv=None):
         sys.exit(130)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the whole usage first: 20 lines for train.py
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser(doc):
     """An ArgumentParser described by the first paragraph of a script's docstring ``doc``, on one
-    line: a first sentence may run over several."""
-    return argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    line (a first sentence may run over several), that says a bad command line in one line."""
+    return _OneLineErrors(description=" ".join(doc.split("\n\n")[0].split()))
 
 
 def at_least(minimum, kind=int, below=None, most=None):

@@ -28,14 +28,19 @@ def test_at_least_refuses_with_the_reason(number, text, message):
         number(text)
 
 
-def test_a_parser_turns_it_into_one_line_and_status_2(capsys):
-    parser = argparse.ArgumentParser(prog="train.py")
-    parser.add_argument("--epochs", type=at_least(1))
-    with pytest.raises(SystemExit) as exit_info:
-        parser.parse_args(["--epochs", "0"])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == \
-        "train.py: error: argument --epochs: must be at least 1, not 0"
+def test_a_parser_turns_it_into_one_line_and_status_2(capsys, monkeypatch):
+    from hw3core.cli import parser
+
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    script = parser("Train a model.")
+    script.add_argument("--epochs", type=at_least(1))
+    for argv, message in ((["--epochs", "0"], "argument --epochs: must be at least 1, not 0"),
+                          (["--lr", "3"], "unrecognized arguments: --lr 3")):
+        with pytest.raises(SystemExit) as exit_info:
+            script.parse_args(argv)
+        assert exit_info.value.code == 2
+        # the one line alone, not argparse's usage before it
+        assert capsys.readouterr().err == f"train.py: error: {message} (see train.py --help)\n"
 
 
 def test_device_options_are_the_same_everywhere_and_refuse_unknown_names(capsys):
