@@ -56,7 +56,8 @@ def plot_position_similarity(similarity, title):
 # --- attention maps -----------------------------------------------------------------------------
 
 def _panel_width(image):
-    return 4.0 * image.shape[1] / image.shape[0]
+    """Inches for a panel of ``image`` 4 inches high; never narrower than its title's line."""
+    return max(4.0 * image.shape[1] / image.shape[0], 2.8)
 
 
 def plot_single_map(image, heat, map_title, heading):
@@ -64,7 +65,7 @@ def plot_single_map(image, heat, map_title, heading):
     panel = _panel_width(image)
     fig, (ax_image, ax_map, ax_overlay) = plt.subplots(
         1, 3, figsize=(3 * panel + 1.2, 4.8), layout="constrained")
-    show_image(ax_image, image, f"input as the model saw it\n({height} x {width} pixels)")
+    show_image(ax_image, image, f"input as the model saw it\n({height} high, {width} wide)")
     # The map's own range: attention is often nearly uniform, and a scale from 0 would hide
     # where it is highest. The colour bar gives the actual weights.
     vmin, vmax = float(heat.min()), float(heat.max())
@@ -88,7 +89,7 @@ def plot_on_original(original, heat, map_title, heading):
     fig, (ax_photo, ax_map) = plt.subplots(1, 2, figsize=(2 * panel + 1.2, 4.6),
                                            layout="constrained")
     show_image(ax_photo, original,
-               f"original ({original.shape[0]} x {original.shape[1]} pixels)")
+               f"original ({original.shape[0]} high, {original.shape[1]} wide)")
     artist = overlay_heatmap(ax_map, original, heat, title=map_title, cmap=MAP_CMAP,
                              vmin=float(heat.min()), vmax=float(heat.max()),
                              interpolation="nearest")
@@ -109,7 +110,7 @@ def plot_head_maps(image, heads_maps, map_title, heading):
     fig, axes = plt.subplots(rows, cols, figsize=(cols * panel + 1.2, rows * 3.0 + 1.0),
                              layout="constrained", squeeze=False)
     axes = axes.ravel()
-    show_image(axes[0], image, f"input as the model saw it\n({height} x {width} pixels)")
+    show_image(axes[0], image, f"input as the model saw it\n({height} high, {width} wide)")
     vmin, vmax = float(heads_maps.min()), float(heads_maps.max())
     for ax, (title, heat) in zip(axes[1:], panels):
         artist = ax.imshow(heat, cmap=MAP_CMAP, vmin=vmin, vmax=vmax, interpolation="nearest",

@@ -159,7 +159,7 @@ def test_the_attention_figure_shows_the_input_its_map_on_its_own_scale_and_the_p
     assert run("attention", "--checkpoint", setup["wide"], "--images", first, "--out", out,
                "--save-npy").returncode == 0
     title, clim, heading, shown, drawn_map = drawn[first.stem]
-    assert title == "input as the model saw it\n(64 x 96 pixels)"
+    assert title == "input as the model saw it\n(64 high, 96 wide)"
     seen = eval_resize((64, 96))(open_rgb(first)).permute(1, 2, 0).numpy() / 255
     np.testing.assert_allclose(shown, seen, atol=1e-6)  # its colours, not the normalised values
     heat = np.load(out / f"{first.stem}.npy")
