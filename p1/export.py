@@ -26,8 +26,13 @@ def main(argv=None):
     if args.format == "ppvit":
         state_dict = timm_to_ppvit(state_dict)
     save_checkpoint(state_dict, args.out)
-    print(f"wrote {args.out}: {args.format} keys, {len(class_names)} classes, "
-          f"input {model.patch_embed.img_size}", file=sys.stderr)
+    size = tuple(model.patch_embed.img_size)
+    print(f"wrote {args.out}: {args.format} keys, {len(class_names)} classes, input {size}",
+          file=sys.stderr)
+    if size[0] != size[1]:
+        print(f"note: a bare state dict does not record a non-square input: load it with "
+              f"image_size={size}; this project's scripts read {args.checkpoint} instead",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -171,7 +171,9 @@ def infer_arch(state_dict, name="inferred"):
     depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
     side = math.isqrt(tokens - 1)
     if side * side != tokens - 1:
-        raise UserError(f"cannot infer the input size from {tokens - 1} position rows")
+        raise UserError(f"cannot infer the input size from {tokens - 1} position rows: a bare "
+                        "state dict does not record a non-square grid; give the train.py "
+                        "checkpoint it was exported from")
     image_size = [side * patch[0], side * patch[1]]
     vit_kwargs = dict(img_size=image_size, patch_size=list(patch), embed_dim=dim, depth=depth,
                       num_heads=max(1, dim // 64), mlp_ratio=hidden / dim)

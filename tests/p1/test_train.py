@@ -194,6 +194,26 @@ def test_a_b16_checkpoint_exports_back_to_pytorch_pretrained_vit(tmp_path):
         torch.testing.assert_close(theirs.eval()(x), ours(x), rtol=1e-4, atol=1e-5)
 
 
+def test_a_non_square_export_says_how_to_load_it(tmp_path, capsys):
+    from p1.model import load_classifier
+
+    ours = save_p1_checkpoint(tmp_path / "best.pt", (32, 48), ("a", "b"),
+                              model_name="B_16_imagenet1k").eval()
+    export.main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "v.pth")])
+    assert ("note: a bare state dict does not record a non-square input: load it with "
+            f"image_size=(32, 48); this project's scripts read {tmp_path / 'best.pt'} instead"
+            in capsys.readouterr().err)
+    theirs = pytorch_pretrained_vit.ViT("B_16_imagenet1k", pretrained=False, num_classes=2,
+                                        image_size=(32, 48))
+    theirs.load_state_dict(torch.load(tmp_path / "v.pth", weights_only=True))
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.eval()(x), ours(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="does not record a non-square grid; give the train.py "
+                                        "checkpoint it was exported from"):
+        load_classifier(tmp_path / "v.pth")
+
+
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"),
                                          ("--grad-accum", "0"), ("--lr", "-1"), ("--workers", "-1")])
 def test_numbers_out_of_range_are_one_line_errors(flag, value, tmp_path, capsys):
