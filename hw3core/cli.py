@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 
 from .errors import Interrupted, UserError
 from .files import no_empty_folders_left_on_failure
@@ -72,3 +73,10 @@ def add_device_options(parser, precision=False):
     if precision:
         parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
                             default="auto", help="auto: bf16 autocast on CUDA, fp32 on a CPU")
+
+
+def require_default_checkpoint(path, default, how_to_get_it):
+    """A UserError saying ``how_to_get_it`` when ``path`` is the script's ``default`` checkpoint
+    and is not there yet (before any slow import)."""
+    if Path(path) == Path(default) and not Path(path).exists():
+        raise UserError(f"checkpoint not found: {path}: {how_to_get_it}")

@@ -11,7 +11,8 @@ import io
 import os
 from pathlib import Path
 
-from hw3core.cli import add_device_options, at_least, parser, run_cli
+from hw3core.cli import (add_device_options, at_least, parser, require_default_checkpoint,
+                         run_cli)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "p1_vit.pt"
 
@@ -38,6 +39,8 @@ def main(argv=None):
 
     # before seconds of importing torch, and minutes of prediction
     paths = require_images(args.images)
+    require_default_checkpoint(args.checkpoint, DEFAULT_CHECKPOINT, "copy a run's best.pt there "
+                               "(README: Fine-tune), or give --checkpoint (or HW3_P1_CKPT)")
     require_not_an_input(args.out, paths)
     require_writable_file(args.out)
     from hw3core.runtime import pick_device

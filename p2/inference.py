@@ -10,14 +10,15 @@ import json
 import os
 from pathlib import Path
 
-from hw3core.cli import add_device_options, at_least, parser, run_cli
+from hw3core.cli import (add_device_options, at_least, parser, require_default_checkpoint,
+                         run_cli)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "catr_v3.pth"
 
 
 def add_captioning_args(p):
     """The options inference.py and visualize.py share."""
-    p.add_argument("--checkpoint", default=os.environ.get("HW3_P2_CKPT", str(DEFAULT_CHECKPOINT)),
+    p.add_argument("--checkpoint", default=os.environ.get("HW3_P2_CKPT") or str(DEFAULT_CHECKPOINT),
                    help="released CATR checkpoint, bare state dict or project checkpoint "
                    "(default: $HW3_P2_CKPT, else checkpoints/catr_v3.pth)")
     p.add_argument("--images", required=True, help="folder of images (other files are ignored)")
@@ -44,6 +45,12 @@ def load_for_captioning(args):
     return model.to(pick_device(args.device)), CaptionTokenizer()
 
 
+def require_checkpoint(args):
+    """The default checkpoint missing is said with how to get it, before torch is imported."""
+    require_default_checkpoint(args.checkpoint, DEFAULT_CHECKPOINT, "bash hw3_download.sh "
+                               "downloads it, or give --checkpoint (or HW3_P2_CKPT)")
+
+
 def parse_args(argv=None):
     p = parser(__doc__)
     add_captioning_args(p)
@@ -59,6 +66,7 @@ def main(argv=None):
 
     # before seconds of importing torch, and the captioning
     paths = require_images(args.images)
+    require_checkpoint(args)
     require_not_an_input(args.out, paths)
     require_writable_file(args.out)
     from p2.decode import caption_folder

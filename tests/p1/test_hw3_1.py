@@ -186,7 +186,15 @@ def test_an_unwritable_csv_path_is_refused_before_any_work(destination, awkward_
                        "replace: give another path\n")
 
 
-def test_an_empty_checkpoint_variable_means_the_default_checkpoint(monkeypatch):
+def test_an_empty_checkpoint_variable_means_the_default_checkpoint(monkeypatch, tmp_path,
+                                                                  awkward_folder, capsys):
     monkeypatch.setenv("HW3_P1_CKPT", "")  # as `HW3_P1_CKPT= bash hw3_1.sh ...` sets it
     args = inference.parse_args(["--images", "i", "--out", "o.csv"])
     assert args.checkpoint == str(inference.DEFAULT_CHECKPOINT)
+    # not there yet: said with how to make it
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "p1_vit.pt")
+    status, _, err = run_entry_point(inference.main, ["--images", awkward_folder, "--out",
+                                                      tmp_path / "o.csv"], capsys)
+    assert status == 2 and err == (f"error: checkpoint not found: {tmp_path / 'p1_vit.pt'}: copy "
+                                   "a run's best.pt there (README: Fine-tune), or give "
+                                   "--checkpoint (or HW3_P1_CKPT)\n")

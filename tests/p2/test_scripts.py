@@ -160,6 +160,19 @@ def test_captions_are_not_written_over_an_input_image(photo_dir, checkpoints, tm
     assert image.read_bytes() == (photo_dir / "wide.jpg").read_bytes()
 
 
+@pytest.mark.parametrize("main", [inference.main, visualize.main])
+def test_the_missing_default_checkpoint_is_said_with_how_to_get_it(main, photo_dir, tmp_path,
+                                                                   capsys, monkeypatch):
+    monkeypatch.setenv("HW3_P2_CKPT", "")  # as `HW3_P2_CKPT= bash hw3_2.sh ...` sets it: unset
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "catr_v3.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--images", str(photo_dir), "--out", str(tmp_path / "out.x")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: checkpoint not found: {tmp_path / 'catr_v3.pth'}: "
+                                       "bash hw3_download.sh downloads it, or give --checkpoint "
+                                       "(or HW3_P2_CKPT)\n")
+
+
 def test_images_that_would_share_a_figure_are_refused(checkpoints, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
