@@ -1,5 +1,7 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
+import sys
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_
 from p2.decode import check_decoding_options, encode_images, greedy_search
 from p2.metrics import bleu4, cider, words
 from p2.model import build_model, load_captioner, make_config
-from p2.tokenizer import PAD_ID, START_ID, CaptionTokenizer
+from p2.tokenizer import END_ID, PAD_ID, START_ID, CaptionTokenizer
 
 # Starting points for --config; options such as --hidden-dim change them further. "small" trains
 # from scratch on a CPU: ResNet-18 cut after layer2 (stride 8, so that a word's map can single out
@@ -224,6 +226,12 @@ def _fit(args, dist_info):
     val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
     train_ids = tokenize_captions(train_samples, tokenizer, args.max_len)
     val_ids = tokenize_captions(val_samples, tokenizer, args.max_len)
+    # a caption cut short loses its [SEP]: the model learns to stop from the others only
+    cut = sum(END_ID not in ids for captions in train_ids for ids in captions)
+    if cut:
+        print0(f"warning: {args.train_json}: {cut} of {sum(map(len, train_ids))} captions are "
+               f"longer than --max-len {args.max_len} positions and were cut, losing their end; "
+               "raise --max-len to train on them whole", file=sys.stderr)
     model, config = _model_for_run(args, resume, caption_vocabulary(train_ids))
     if args.init:
         check_decoding_options(config, args.max_len)

@@ -136,6 +136,20 @@ def test_a_signal_mid_epoch_with_the_cosine_schedule_resumes_exactly(moment, sce
     assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in expected["history"]]
 
 
+def test_captions_cut_by_max_len_are_counted_in_a_warning(scenes, tmp_path, capsys):
+    argv = train_args_list(scenes, tmp_path / "run", *TINY, "--epochs", "1")
+    argv[argv.index("--max-len") + 1] = "4"  # [CLS] and 3 pieces: every scene caption is longer
+    status, _, err = run_entry_point(p2_train.main, argv, capsys)
+    assert status == 0, err
+    captions = json.loads((scenes / "train" / "captions.json").read_text())["annotations"]
+    assert (f"warning: {scenes / 'train' / 'captions.json'}: {len(captions)} of {len(captions)} "
+            "captions are longer than --max-len 4 positions and were cut, losing their end; "
+            "raise --max-len to train on them whole") in err
+    # the longest take 19 positions: at --max-len 19 they fit, and nothing is said
+    argv[argv.index("--max-len") + 1], argv[argv.index("--out") + 1] = "19", tmp_path / "whole"
+    assert "were cut" not in run_entry_point(p2_train.main, argv, capsys)[2]
+
+
 def test_training_from_init_then_captioning_with_inference(scenes, straight_run, tmp_path):
     start = tmp_path / "start.pt"
     best = load_checkpoint(straight_run / "best.pt")
