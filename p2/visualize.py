@@ -79,6 +79,7 @@ def main(argv=None):
     from hw3core.runtime import pick_device, share_cores, usable_cores
     from p2.decode import caption_folder, check_decoding_options
     from p2.figures import maps_source
+    from p2.tokenizer import END_ID
 
     # a word piece in a script the font lacks is drawn as boxes; one warning per glyph adds nothing
     warnings.filterwarnings("ignore", message="Glyph .* missing from font")
@@ -101,7 +102,10 @@ def main(argv=None):
         for path, image, result in caption_folder(
                 model, paths, args.batch_size, readers, beam=args.beam,
                 max_len=args.max_len, attention_layer=args.layer, per_head=per_head):
-            job = (path, out, image, tokenizer.decode(result.tokens),
+            caption = tokenizer.decode(result.tokens)
+            if result.tokens[-1] != END_ID:  # no <end> panel either: say why the caption stops
+                caption += f" ... (cut at --max-len {args.max_len})"
+            job = (path, out, image, caption,
                    tokenizer.pieces(result.tokens[1:]), result.attention, per_head,
                    model.stride, source, args.save_npy)
             if pool is None:
