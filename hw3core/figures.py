@@ -53,15 +53,16 @@ def save_figure(fig, path, dpi=100):
 def plot_history(history, path, panels):
     """Per-epoch metrics from ``history`` (one dict per epoch) as one PNG.
 
-    ``panels`` is [(title, y label, [(metric key, legend label), ...]), ...]; a metric the history
-    does not have (no validation set) is left out.
+    ``panels`` is [(title, y label, [(metric key, legend label), ...]), ...]; a metric is drawn
+    at the epochs that have it (none without a validation set).
     """
-    epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (title, ylabel, lines) in zip(axes[0], panels):
         for key, label in lines:
-            if key in history[0]:
-                ax.plot(epochs, [h[key] for h in history], "o-", label=label)
+            having = [h for h in history if key in h]
+            if having:
+                ax.plot([h["epoch"] for h in having], [h[key] for h in having], "o-",
+                        label=label)
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
