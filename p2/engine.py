@@ -226,16 +226,17 @@ def _fit(args, dist_info):
     val_samples = read_caption_file(args.val_json, args.val_dir) if args.val_json else []
     train_ids = tokenize_captions(train_samples, tokenizer, args.max_len)
     val_ids = tokenize_captions(val_samples, tokenizer, args.max_len)
-    # a caption cut short loses its [SEP]: the model learns to stop from the others only
+    model, config = _model_for_run(args, resume, caption_vocabulary(train_ids))
+    if args.init:
+        check_decoding_options(config, args.max_len)
+    _check_output_vocab(args, config, train_ids, val_ids, tokenizer)
+    # said after every refusal: a caption cut short loses its [SEP], and the model learns to
+    # stop from the others only
     cut = sum(END_ID not in ids for captions in train_ids for ids in captions)
     if cut:
         print0(f"warning: {args.train_json}: {cut} of {sum(map(len, train_ids))} captions are "
                f"longer than --max-len {args.max_len} positions and were cut, losing their end; "
                "raise --max-len to train on them whole", file=sys.stderr)
-    model, config = _model_for_run(args, resume, caption_vocabulary(train_ids))
-    if args.init:
-        check_decoding_options(config, args.max_len)
-    _check_output_vocab(args, config, train_ids, val_ids, tokenizer)
     model.to(device)
     train_loader, val_loader = build_loaders(args, config, train_samples, train_ids,
                                              val_samples, workers, device, dist_info)
