@@ -177,9 +177,9 @@ class DecodedImages(torch.utils.data.Dataset):
     """What LabelledImages gives (the class index as a tensor on ``device``), from images
     decoded once: each readable file of ``samples`` is decoded (by ``workers`` processes, each
     handing its images over through shared memory: the caller fits them to it) and passed
-    through ``prepare`` (e.g. eval_resize) once, and kept as
-    a uint8 tensor on ``device`` (in RAM where the cache would take more than a quarter of the
-    GPU's free memory). Each access runs ``transform`` (if any) there, in the calling process.
+    through ``prepare`` (e.g. eval_resize) once, and kept as a uint8 tensor on ``device`` (in
+    RAM where the cache would take more than a quarter of the GPU's free memory). Each access
+    runs ``transform`` (if any) there, in the calling process.
 
     On a GPU this takes JPEG decoding out of every epoch and the augmentation off the CPU. The
     images keep their own sizes, so each one draws its own crop, flip and augmentation from the
