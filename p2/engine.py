@@ -98,9 +98,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, s
     """Teacher-forced training over ``loader``, the rest of an epoch after the ``sums.batches``
     already done, adding to ``sums`` (EpochSums; the loss per caption token). ``step_seed(step)``
     seeds each step's random draws; ``stop`` (Interruptible) may raise StopRequested, leaving
-    ``sums`` and the batch norms' statistics as at the last completed step. ``output_tokens``: the bare model's, if
-    restricted. ``placeholder``: (pixels, mask, tokens, padding) of one image and caption for the
-    steps where this process, under torchrun, has no readable image
+    ``sums`` and the batch norms' statistics as at the last completed step. ``output_tokens``:
+    the bare model's, if restricted. ``placeholder``: (pixels, mask, tokens, padding) of one
+    image and caption for the steps where this process, under torchrun, has no readable image
     (join_the_gradient_all_reduce)."""
     model.train()
     progress = tqdm(loader, desc=desc, initial=sums.batches, total=sums.batches + len(loader),

@@ -18,7 +18,8 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "catr
 
 def add_captioning_args(p):
     """The options inference.py and visualize.py share."""
-    p.add_argument("--checkpoint", default=os.environ.get("HW3_P2_CKPT") or str(DEFAULT_CHECKPOINT),
+    p.add_argument("--checkpoint",  # an empty HW3_P2_CKPT is unset, as in hw3_2.sh's ${:-}
+                   default=os.environ.get("HW3_P2_CKPT") or str(DEFAULT_CHECKPOINT),
                    help="released CATR checkpoint, bare state dict or project checkpoint "
                    "(default: $HW3_P2_CKPT, else checkpoints/catr_v3.pth)")
     p.add_argument("--images", required=True, help="folder of images (other files are ignored)")
