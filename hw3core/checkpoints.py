@@ -61,7 +61,11 @@ def load_checkpoint(path, mmap=False):
         else:
             reason = ("a load that runs no code refuses it: "
                       + (lines[at].split(marker, 1)[1].strip() or (lines[at + 1:] or [""])[0]))
-        raise UserError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
+        # torch's messages run on with advice about its own internals: their first sentence
+        reason = reason.split(". ", 1)[0].rstrip(".")
+        if len(reason) > 200:
+            reason = reason[:200].rsplit(" ", 1)[0] + " ..."
+        raise UserError(f"{path} is not a readable checkpoint ({reason})") from None
 
 
 # What each problem's checkpoints hold; the number after the slash changes when what they hold

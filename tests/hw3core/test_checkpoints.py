@@ -145,11 +145,16 @@ class Sneaky:
     (b"", r"is not a checkpoint \(neither a torch file nor a pickle\): it is empty"),
     (b"hello", r"is not a checkpoint \(neither a torch file nor a pickle\)$"),
     (pickle.dumps(Sneaky()), r"not a readable checkpoint \(a load that runs no code refuses it: "
-                             r"Unsupported operand \d+\)")])
+                             r"Unsupported operand \d+\)"),
+    # torch's first sentence, whole, not its advice cut off at a length
+    ("truncated", r"is not a readable checkpoint \(PytorchStreamReader failed [^.]*\)$")])
 def test_bad_checkpoints_give_one_line_errors(tmp_path, content, message, capsys):
     path = tmp_path / "c.pt"
     if content == "folder":
         path.mkdir()
+    elif content == "truncated":
+        torch.save({"w": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:2000])
     elif content is not None:
         path.write_bytes(content)
     with warnings.catch_warnings(record=True) as warned, \
