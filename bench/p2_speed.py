@@ -227,5 +227,6 @@ def main():
         "full-size CATR with random weights, one 299 x 224 image; batched images/s; one decoder "
         "step", device=device, **result)
 
+
 if __name__ == "__main__":
     main()

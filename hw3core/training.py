@@ -76,9 +76,9 @@ class _EpochKeys(torch.utils.data.Sampler):
 
 
 class SideStreamBatches:
-    """The batches of ``loader``, whose items are made on ``device``'s GPU in this process
-    (DecodedImages there), each batch made on the CUDA stream ``side``; the batches are
-    sequences of tensors, or None.
+    """The batches of ``loader``, whose items are made on the GPU in this process (DecodedImages
+    there), each batch made on the CUDA stream ``side`` (its GPU's); the batches are sequences
+    of tensors, or None.
 
     A copy from host memory that blocks waits for all the work queued on its stream, and
     torchvision's affine, rotate and sharpness make their parameters' tensors so, at every image.
