@@ -540,9 +540,12 @@ def validation_loader(dataset, batch_size, workers, collate, device, dist_info, 
 
 
 # where a run's files are and how it runs, not what it computes: a resumed run may name other
-# ones (the data moved, another machine); --pretrained and --init name weights it does not load
+# ones (the data moved, another machine)
 RESUME_MAY_CHANGE = {"resume", "out", "train_dir", "train_json", "workers", "device",
-                     "image_cache", "compile", "pretrained", "init"}
+                     "image_cache", "compile"}
+# the weights a run started from: a resumed run loads its last.pt instead, and its args.json
+# keeps the run's record of them (the report names them), whatever the command says
+STARTING_WEIGHTS = {"pretrained", "init"}
 
 
 def open_run(args, format_name):
@@ -550,10 +553,10 @@ def open_run(args, format_name):
     --resume names (None without it).
 
     The last.pt must be ``format_name``'s, hold a run state, have epochs left and have been run
-    with the options given now, RESUME_MAY_CHANGE aside: its optimizer and schedule go on as
-    they were, so another --lr would be recorded in args.json and not used, and another
-    --batch-size would break the exact resume. Options left out (None) take the run's values,
-    except a validation set: given or left out, it is a change. --out must be a folder (created
+    with the options given now, RESUME_MAY_CHANGE and STARTING_WEIGHTS aside: its optimizer and
+    schedule go on as they were, so another --lr would be recorded in args.json and not used,
+    and another --batch-size would break the exact resume. Options left out (None) take the
+    run's values, except a validation set: given or left out, it is a change. --out must be a folder (created
     here) that holds no other run: its checkpoints would replace the other's (best.pt too,
     however well the new run scores).
     """
@@ -591,6 +594,8 @@ def _take_the_runs_options(resume, args):
         if key in ("val_dir", "val_json"):  # the data may move; its validation stays
             if (was is None) != (now is None):
                 changed.append((key, was, now))
+        elif key in STARTING_WEIGHTS:
+            setattr(args, key, was)
         elif key in RESUME_MAY_CHANGE or was == now:
             continue
         elif now is None:  # left out

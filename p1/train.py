@@ -93,8 +93,11 @@ def resolve_start(args):
 
     Training from random weights by accident (a forgotten --pretrained) gives a model at chance
     after hours: without --pretrained, B_16_imagenet1k starts from the file hw3_download.sh
-    writes when it is there, and anything else stops with one line saying what to do.
+    writes when it is there, and anything else stops with one line saying what to do. A resumed
+    run goes on from its last.pt with its own recipe (open_run), needing neither.
     """
+    if args.resume:
+        return args
     if args.pretrained is None:
         downloaded = Path(os.environ.get("HW3_CKPT_DIR", ROOT / "checkpoints")) / f"{args.model}.pth"
         if args.model != "B_16_imagenet1k":

@@ -305,10 +305,25 @@ def test_a_resume_goes_on_with_the_runs_options_and_needs_epochs_left(shapes_dat
     with pytest.raises(UserError, match="checkpoint not found: .*nope.pt"):
         fit(tiny_args(train, val, trained_tiny, "--resume", trained_tiny / "nope.pt"))
     assert not (tmp_path / "a").exists()
-    # where the data and the run's files are, and how it runs, may change; so may the start
-    fit(tiny_args(train, val, tmp_path / "b", "--resume", cut, "--pretrained", "none",
-                  "--workers", "1", "--image-cache", "ram"))
+    # where the data and the run's files are, and how it runs, may change
+    fit(tiny_args(train, val, tmp_path / "b", "--resume", cut, "--workers", "1",
+                  "--image-cache", "ram"))
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 3
+
+
+def test_a_resume_needs_no_starting_weights_and_records_the_runs(shapes_data, trained_tiny,
+                                                                 tmp_path, monkeypatch):
+    monkeypatch.setenv("HW3_CKPT_DIR", str(tmp_path / "no_downloads"))
+    cut = cut_short(trained_tiny / "last.pt", tmp_path / "cut.pt")
+    recipe = ("--pretrained", "--optimizer", "--lr", "--weight-decay")
+    argv = [str(a) for a in tiny_argv(*shapes_data, tmp_path / "run", "--resume", cut)]
+    for option in recipe:  # the command without them, as if the user had typed it anew
+        del argv[argv.index(option):argv.index(option) + 2]
+    fit(parse_args(argv))
+    recorded = json.loads((tmp_path / "run" / "args.json").read_text())
+    assert (recorded["pretrained"], recorded["optimizer"], recorded["lr"],
+            recorded["weight_decay"]) == (None, "adamw", 2e-3, 0.05)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
 
 
 def test_fine_tuning_defaults_are_as_the_readme_states(tmp_path, monkeypatch):
