@@ -84,6 +84,13 @@ def cls_patch_attention(attention, num_prefix_tokens, grid):
     return attention[..., 0, num_prefix_tokens:].reshape(*attention.shape[:-2], rows, cols)
 
 
+def attended_tokens(model):
+    """How many tokens a query attends over, prefix tokens included: attention spread evenly
+    gives each patch 1 / this, the level at which a map singles nothing out."""
+    rows, cols = grid_size(model)
+    return model.num_prefix_tokens + rows * cols
+
+
 @torch.no_grad()
 def cls_attention(model, images, layer=-1, with_logits=False):
     """Attention of [CLS] (query) to every patch (keys) in block ``layer``: (B, heads, rows, cols).

@@ -60,7 +60,21 @@ def _panel_width(image):
     return max(4.0 * image.shape[1] / image.shape[0], 2.8)
 
 
-def plot_single_map(image, heat, map_title, heading):
+def _attention_colorbar(fig, artist, ax, tokens, **kwargs):
+    """The colour bar of a map drawn in its own range, with evenly spread attention (1 /
+    ``tokens``) marked where it falls inside: however flat, a map in its own range runs from
+    blue to red, and the mark shows whether its red stands out at all."""
+    bar = fig.colorbar(artist, ax=ax, label=f"attention weight (dashed: 1/{tokens}, spread evenly)",
+                       **kwargs)
+    low, high = artist.get_clim()
+    if low <= 1 / tokens <= high:
+        # black dashes on white: seen on every colour of the map
+        bar.ax.axhline(1 / tokens, color="white", linewidth=3)
+        bar.ax.axhline(1 / tokens, color="black", linestyle=(0, (3, 2)), linewidth=1.5)
+    return bar
+
+
+def plot_single_map(image, heat, map_title, heading, tokens):
     height, width = image.shape[:2]
     panel = _panel_width(image)
     fig, (ax_image, ax_map, ax_overlay) = plt.subplots(
@@ -73,14 +87,14 @@ def plot_single_map(image, heat, map_title, heading):
                            extent=(0, width, height, 0))
     ax_map.set_axis_off()
     ax_map.set_title(map_title)
-    fig.colorbar(artist, ax=ax_map, shrink=0.8, label="attention weight")
+    _attention_colorbar(fig, artist, ax_map, tokens, shrink=0.8)
     overlay_heatmap(ax_overlay, image, heat, title="the map over the input", cmap=MAP_CMAP,
                     vmin=vmin, vmax=vmax)
     fig.suptitle(heading, fontsize="x-large")
     return fig
 
 
-def plot_on_original(original, heat, map_title, heading):
+def plot_on_original(original, heat, map_title, heading, tokens):
     """The photo at its own aspect ratio on the left; on the right the map over it, one cell per
     patch. The model's input is a plain resize of the photo, so patch (r, c) covers the same
     share of the photo: the cells are stretched with it and their edges fall on the patches'."""
@@ -93,12 +107,12 @@ def plot_on_original(original, heat, map_title, heading):
     artist = overlay_heatmap(ax_map, original, heat, title=map_title, cmap=MAP_CMAP,
                              vmin=float(heat.min()), vmax=float(heat.max()),
                              interpolation="nearest")
-    fig.colorbar(artist, ax=ax_map, shrink=0.8, label="attention weight")
+    _attention_colorbar(fig, artist, ax_map, tokens, shrink=0.8)
     fig.suptitle(heading, fontsize="large")
     return fig
 
 
-def plot_head_maps(image, heads_maps, map_title, heading):
+def plot_head_maps(image, heads_maps, map_title, heading, tokens):
     """The image, the mean over heads and each head's map, on one shared colour scale (so heads
     compare); heads count from 0, as the rows of --save-npy's array and p2's figures do."""
     height, width = image.shape[:2]
@@ -119,6 +133,6 @@ def plot_head_maps(image, heads_maps, map_title, heading):
         ax.set_axis_off()
     for ax in axes[len(panels) + 1:]:
         ax.set_visible(False)
-    fig.colorbar(artist, ax=list(axes), shrink=0.6, label="attention weight")
+    _attention_colorbar(fig, artist, list(axes), tokens, shrink=0.6)
     fig.suptitle(f"{heading}\n{map_title.replace(chr(10), ', ')}", fontsize="x-large")
     return fig

@@ -17,7 +17,7 @@ from hw3core.files import require_writable_file, require_writable_folder, save_n
 from hw3core.images import (ImageFileDataset, collate_skip, or_skip, report_written,
                             require_images, require_outputs_apart, require_some_read)
 from hw3core.runtime import pick_device
-from p1.attention import (attention_rollout, block_index, cls_attention,
+from p1.attention import (attended_tokens, attention_rollout, block_index, cls_attention,
                           position_similarity)
 from p1.data import eval_transform
 from p1.figures import plot_head_maps, plot_position_similarity, plot_single_map
@@ -99,12 +99,13 @@ def run_attention(args):
         preprocess["image_size"], preprocess["mean"], preprocess["std"]))
     loader = torch.utils.data.DataLoader(dataset, args.batch_size, collate_fn=collate_skip)
     map_title = describe_map(args, block, depth, model.blocks[block].attn.num_heads)
+    tokens = attended_tokens(model)
 
     def write(path, image, heat, prob):
         predicted = int(prob.argmax())
         heading = f"{path.name}: predicted class {class_names[predicted]} ({prob[predicted]:.1%})"
         plot = plot_head_maps if heat.ndim == 3 else plot_single_map
-        save_figure(plot(image, heat, map_title, heading), out / f"{path.stem}.png")
+        save_figure(plot(image, heat, map_title, heading, tokens), out / f"{path.stem}.png")
         if args.save_npy:
             save_npy(heat, out / f"{path.stem}.npy")
         return True  # or_skip gives None when this fails

@@ -193,7 +193,7 @@ def attention(report, checkpoint, images):
     import torch
 
     from hw3core.images import UnreadableImage, open_rgb
-    from p1.attention import cls_attention
+    from p1.attention import attended_tokens, cls_attention
     from p1.data import eval_transform
     from p1.model import grid_size, load_classifier
     from p1.figures import plot_on_original
@@ -204,13 +204,15 @@ def attention(report, checkpoint, images):
     height, width = preprocess["image_size"]
     rows, cols = grid_size(model)
     heads = model.blocks[-1].attn.num_heads
+    tokens = attended_tokens(model)
     report.text(f"Each map is the softmax attention of the [CLS] query over the {rows} x {cols} "
                 f"patch keys in the last of the {len(model.blocks)} blocks, the mean of its "
                 f"{heads} heads. The model sees the photo resized to {height} x {width} pixels, "
                 "so each patch covers the same share of the photo, and the cells are drawn "
                 "stretched to the photo's own shape. The colour scale runs from the map's "
-                "lowest weight to its highest. The true class is read from the file name "
-                "({label}_{id}).")
+                f"lowest weight to its highest; its dashed line marks 1/{tokens}, attention "
+                f"spread evenly over the {tokens} tokens. The true class is read from the file "
+                "name ({label}_{id}).")
     for path in map(Path, images):
         try:
             photo = open_rgb(path)
@@ -226,7 +228,7 @@ def attention(report, checkpoint, images):
         heading = (f"{path.name}: predicted class {class_names[predicted]} "
                    f"({probability[predicted]:.1%}), true class {true}")
         report.figure(plot_on_original(np.asarray(photo), maps[0].mean(0).numpy(),
-                                       "last layer's [CLS] attention", heading),
+                                       "last layer's [CLS] attention", heading, tokens),
                       max_height=6.6 * cm)
     report.discussion("What does the model attend to in each image? Where the prediction is "
                       "wrong, does the map show why?")

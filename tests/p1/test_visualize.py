@@ -174,10 +174,33 @@ def test_the_attention_figure_shows_the_input_its_map_on_its_own_scale_and_the_p
                        f"({probability[predicted]:.1%})")
 
 
+def test_the_colour_bar_marks_evenly_spread_attention_where_the_map_reaches_it():
+    image = np.zeros((32, 48, 3), dtype=np.uint8)
+    for low, marked in ((0.05, True), (0.1, False)):  # 1/12 = 0.083 inside the range, or below it
+        heat = np.linspace(low, 0.2, 6, dtype=np.float32).reshape(2, 3)
+        fig = figures.plot_single_map(image, heat, "map", "heading", tokens=12)
+        try:
+            bar = fig.axes[-1]
+            assert bar.get_ylabel() == "attention weight (dashed: 1/12, spread evenly)"
+            levels = [line.get_ydata()[0] for line in bar.lines]  # a white line, dashes on it
+            assert levels == ([pytest.approx(1 / 12)] * 2 if marked else [])
+        finally:
+            figures.plt.close(fig)
+
+
+def test_attended_tokens_count_the_prefix_tokens_and_every_patch():
+    from p1.attention import attended_tokens
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=(32, 48), patch_size=8, embed_dim=16, depth=1,
+                              num_heads=2, reg_tokens=2)
+    assert attended_tokens(model) == 3 + 4 * 6  # [CLS], 2 registers, a 4 x 6 grid
+
+
 def test_the_reports_figure_lays_the_map_on_the_photo_at_its_own_shape():
     photo = np.zeros((120, 300, 3), dtype=np.uint8)
     heat = np.arange(12, dtype=np.float32).reshape(3, 4)
-    fig = figures.plot_on_original(photo, heat, "map", "heading")
+    fig = figures.plot_on_original(photo, heat, "map", "heading", tokens=13)
     try:
         ax_photo, ax_map = fig.axes[:2]
         assert ax_photo.images[0].get_array().shape[:2] == (120, 300)  # not resized to a square

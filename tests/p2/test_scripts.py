@@ -66,7 +66,8 @@ def test_visualize_saves_maps_per_head(photo_dir, checkpoints, tmp_path, monkeyp
                     "--layer", "0", "--beam", "3"])
     layers = load_captioner(checkpoints["runs"])[1]["dec_layers"]
     assert sources == 3 * [f"cross-attention of decoder layer 0 (the first of {layers}, counted "
-                           "from 0), the mean over its heads, then each head"]
+                           "from 0), the mean over its heads, then each head; each map on its "
+                           "own colour scale"]
     maps = np.load(tmp_path / "tall.npy")
     # tall.png is resized to 87 x 299: a 10 x 3 grid of 32-pixel cells in the small model
     assert maps.dtype == np.float32 and maps.shape == (4, 4, 10, 3)
@@ -285,7 +286,7 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
         "<end> (mean)", "<end> h0", "<end> h1", "<end> h2"]
     source = figures.maps_source(5, 6, 8, per_head=False)
     assert source == ("cross-attention of decoder layer 5 (the last of 6, counted from 0), the "
-                      "mean over its 8 heads")
+                      "mean over its 8 heads; each map on its own colour scale")
     assert figures.maps_source(2, 6, 8, per_head=False).startswith("cross-attention of decoder "
                                                                     "layer 2 (of 6, counted")
     fig = figures.draw_caption_figure(image, "A cat.", panels, columns, stride=16, source=source)
