@@ -153,8 +153,9 @@ def report_written(count, paths, what, destination):
           + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""), file=sys.stderr)
 
 
-def warn_unreadable(message):
-    print(f"warning: skipping {message}", file=sys.stderr, flush=True)
+def warn(message):
+    """One ``warning: ...`` line on stderr, at once: the run goes on."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def or_skip(path, work):
@@ -167,7 +168,7 @@ def or_skip(path, work):
         raise
     except Exception as err:  # a folder run goes on past anything one image does
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        warn_unreadable(f"{path}: {type(err).__name__}" + (f": {reason}" if reason else ""))
+        warn(f"skipping {path}: {type(err).__name__}" + (f": {reason}" if reason else ""))
         return None
 
 
@@ -191,7 +192,7 @@ class ImageFileDataset:
         try:
             image = open_rgb(self.paths[index])
         except UnreadableImage as err:
-            warn_unreadable(err)
+            warn(f"skipping {err}")
             return None
         return self.transform(image), index
 

@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from hw3core.errors import UserError
 from hw3core.images import (ImageFileDataset, is_image_file, list_images, require_some_readable,
-                            warn_unreadable)
+                            warn)
 from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
 
 COURSE_NAME = re.compile(r"(\d+)_.+")
@@ -51,7 +51,7 @@ def discover(folder, class_names=None):
             if match:
                 labelled.append((path, str(int(match.group(1)))))
             else:
-                warn_unreadable(f"{path}: name is not {{label}}_{{id}}.ext")
+                warn(f"skipping {path}: name is not {{label}}_{{id}}.ext")
         order = int
     if not labelled:
         raise UserError(f"no labelled images in {folder} (expected {{label}}_{{id}}.jpg files "

@@ -17,8 +17,7 @@ from torchvision import transforms
 
 from hw3core.errors import UserError
 from hw3core.files import write_text_atomic
-from hw3core.images import (UnreadableImage, open_rgb, require_some_readable,
-                            warn_unreadable)
+from hw3core.images import ImageFileDataset, require_some_readable, warn
 from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
 from p2.tokenizer import END_ID, PAD_ID
 
@@ -82,8 +81,8 @@ def read_caption_file(json_path, image_dir):
         repeated += entry["id"] in names
         names[entry["id"]] = entry["file_name"]
     if repeated:
-        warn_unreadable(f"{repeated} image id(s) listed twice in 'images' of {json_path}: "
-                        "the last file name of each is used")
+        warn(f"{repeated} image id(s) listed twice in 'images' of {json_path}: the last file "
+             "name of each is used")
     captions = {image_id: [] for image_id in names}
     unknown = 0
     for i, entry in enumerate(content["annotations"]):
@@ -95,17 +94,17 @@ def read_caption_file(json_path, image_dir):
         else:
             unknown += 1
     if unknown:
-        warn_unreadable(f"{unknown} caption(s) in {json_path} whose image_id is not in 'images'")
+        warn(f"skipping {unknown} caption(s) in {json_path} whose image_id is not in 'images'")
     uncaptioned = sum(not texts for texts in captions.values())
     if uncaptioned:
-        warn_unreadable(f"{uncaptioned} image(s) of {json_path} that have no caption")
+        warn(f"skipping {uncaptioned} image(s) of {json_path} that have no caption")
     samples = []
     for image_id, texts in captions.items():
         path = image_dir / names[image_id]
         if not texts:
             continue
         if not path.is_file():
-            warn_unreadable(f"{path}: listed in {json_path} but not found")
+            warn(f"skipping {path}: listed in {json_path} but not found")
             continue
         samples.append((path, texts))
     if not samples:
@@ -146,26 +145,18 @@ def tokenize_captions(samples, tokenizer, max_len):
     return [[tokenizer.encode(text)[:max_len] for text in texts] for _, texts in samples]
 
 
-class CaptionPairs(torch.utils.data.Dataset):
+class CaptionPairs(ImageFileDataset):
     """One item per caption, as CATR trains: (image tensor, token ids), None if unreadable.
     ``token_ids``: tokenize_captions(samples, ...)."""
 
     def __init__(self, samples, token_ids, transform):
-        self.pairs = [(path, ids) for (path, _), captions in zip(samples, token_ids)
-                      for ids in captions]
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.pairs)
+        pairs = [(path, ids) for (path, _), captions in zip(samples, token_ids) for ids in captions]
+        super().__init__([path for path, _ in pairs], transform)
+        self.token_ids = [ids for _, ids in pairs]
 
     def __getitem__(self, index):
-        path, ids = self.pairs[index]
-        try:
-            image = open_rgb(path)
-        except UnreadableImage as err:
-            warn_unreadable(err)
-            return None
-        return self.transform(image), ids
+        item = super().__getitem__(index)
+        return None if item is None else (item[0], self.token_ids[index])
 
 
 def caption_vocabulary(token_ids):
@@ -199,24 +190,6 @@ def collate_pairs(batch):
         return None
     images, pixel_mask = pad_batch([image for image, _ in batch])
     return (images, pixel_mask, *pad_tokens([tokens for _, tokens in batch]))
-
-
-class ReferenceImages(torch.utils.data.Dataset):
-    """Evaluation images: (preprocessed tensor, index into ``samples``), None if unreadable."""
-
-    def __init__(self, samples, side):
-        self.samples = samples
-        self.side = side
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, index):
-        try:
-            return preprocess(open_rgb(self.samples[index][0]), self.side), index
-        except UnreadableImage as err:
-            warn_unreadable(err)
-            return None
 
 
 # ---------------------------------------------------------------------------------------------

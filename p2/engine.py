@@ -1,6 +1,7 @@
 """Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
 and the whole run (fit) with resumable checkpoints."""
 import sys
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -9,14 +10,14 @@ from tqdm import tqdm
 
 from hw3core.checkpoints import format_tag
 from hw3core.errors import UserError
-from hw3core.images import collate_list
+from hw3core.images import ImageFileDataset, collate_list
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (BatchNormStatistics, EpochLoader, Every, StopRequested,
                               join_the_gradient_all_reduce, open_run, optimizer_step,
                               train_epochs, validation_loader, warmup_cosine, wrap_for_ranks)
-from p2.data import (CaptionPairs, ReferenceImages, caption_vocabulary, collate_pairs,
-                     pad_tokens, read_caption_file, tokenize_captions, train_transform)
+from p2.data import (CaptionPairs, caption_vocabulary, collate_pairs, pad_tokens, preprocess,
+                     read_caption_file, tokenize_captions, train_transform)
 from p2.decode import check_decoding_options, encode_images, greedy_search
 from p2.metrics import bleu4, cider, words
 from p2.model import build_model, load_captioner, make_config
@@ -292,7 +293,8 @@ def build_loaders(args, config, train_samples, train_ids, val_samples, workers, 
     train_loader = EpochLoader(CaptionPairs(train_samples, train_ids, train_transform(
         side, args.rotate, args.color_jitter, args.hflip)),
         args.batch_size, workers, collate_pairs, device, dist_info, args.seed)
-    val_loader = validation_loader(ReferenceImages(val_samples, side),
+    val_loader = validation_loader(ImageFileDataset([path for path, _ in val_samples],
+                                                    partial(preprocess, side=side)),
                                    args.batch_size, workers, collate_list, device,
                                    dist_info) if val_samples else None
     return train_loader, val_loader
