@@ -9,5 +9,4 @@ if [ "$#" -ne 2 ]; then
 fi
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/venv.sh"  # the interpreter: $PYTHON, else .venv beside this script, else python3
-exec "$(hw3_python)" "$here/p2/visualize.py" --images "$1" --out "$2" \
-    --checkpoint "${HW3_P2_CKPT:-$here/checkpoints/catr_v3.pth}"
+exec "$(hw3_python)" "$here/p2/visualize.py" --images "$1" --out "$2"

@@ -11,7 +11,7 @@ the image, each map cell on the pixels it was computed from; the last panel is <
 """
 
 from hw3core.cli import at_least, parser, run_cli
-from p2.inference import add_captioning_args, load_for_captioning, require_checkpoint
+from p2.cli import add_captioning_args, load_for_captioning, require_checkpoint
 
 # torch, matplotlib and what needs them (p2.figures too) are imported inside the functions that
 # use them, not here: --help and argument errors then answer at once instead of after seconds.

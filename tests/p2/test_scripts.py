@@ -8,6 +8,7 @@ from PIL import Image
 
 from hw3core.cli import run_cli
 from hw3core.images import open_rgb
+import p2.cli
 from p2 import figures, inference, visualize
 from p2.data import preprocess
 from p2.decode import caption_images
@@ -165,7 +166,7 @@ def test_captions_are_not_written_over_an_input_image(photo_dir, checkpoints, tm
 def test_the_missing_default_checkpoint_is_said_with_how_to_get_it(main, photo_dir, tmp_path,
                                                                    capsys, monkeypatch):
     monkeypatch.setenv("HW3_P2_CKPT", "")  # as `HW3_P2_CKPT= bash hw3_2.sh ...` sets it: unset
-    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "catr_v3.pth")
+    monkeypatch.setattr(p2.cli, "DEFAULT_CHECKPOINT", tmp_path / "catr_v3.pth")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--images", str(photo_dir), "--out", str(tmp_path / "out.x")])
     assert exit_info.value.code == 2
