@@ -63,8 +63,8 @@ def require_not_an_input(out, paths):
                         "give another path")
 
 
-def require_outputs_apart(paths, out, suffix=".png"):
-    """A UserError unless each of ``paths`` gets its own OUT/<stem><suffix>, away from the images:
+def require_outputs_apart(paths, out):
+    """A UserError unless each of ``paths`` gets its own OUT/<stem>.png, away from the images:
     not when two share a stem (x.jpg and x.png), nor when OUT holds an input image, where a
     figure could replace one (x.png) and would be read as an input by the next run."""
     out = Path(os.path.realpath(out))
@@ -77,9 +77,9 @@ def require_outputs_apart(paths, out, suffix=".png"):
     for path in map(Path, paths):
         if path.stem in seen:
             raise UserError(f"{seen[path.stem]} and {path} would both be written as "
-                            f"{path.stem}{suffix}: run them separately")
+                            f"{path.stem}.png: run them separately")
         seen[path.stem] = path
-        written = out / f"{path.stem}{suffix}"
+        written = out / f"{path.stem}.png"
         if os.path.realpath(written) in images:
             raise UserError(f"{written} links to an input image, which its figure would "
                             "replace: write the figures to another folder")

@@ -67,17 +67,6 @@ def _walk(model, images, indices, visit):
     return model.forward_head(model.norm(x)), grid
 
 
-def forward_with_attention(model, images, layers=(-1,)):
-    """(logits, {block index: attention (B, heads, N, N)}) for the blocks in ``layers``.
-
-    N counts every token: the prefix tokens first, then the patches row by row.
-    """
-    indices = {block_index(model, layer) for layer in layers}
-    attentions = {}
-    logits, _ = _walk(model, images, indices, attentions.__setitem__)
-    return logits, attentions
-
-
 def cls_patch_attention(attention, num_prefix_tokens, grid):
     """The [CLS] row's patch columns of attention (..., N, N), as (..., rows, columns)."""
     rows, cols = grid

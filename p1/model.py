@@ -155,7 +155,7 @@ def timm_to_ppvit(state_dict):
     return out
 
 
-def infer_arch(state_dict, name="inferred"):
+def infer_arch(state_dict):
     """Rebuild the architecture of a bare timm-key ViT state dict from its tensor shapes.
 
     Shapes do not record the number of heads; ViTs use 64-dimensional heads, so dim / 64 is taken.
@@ -177,7 +177,7 @@ def infer_arch(state_dict, name="inferred"):
     image_size = [side * patch[0], side * patch[1]]
     vit_kwargs = dict(img_size=image_size, patch_size=list(patch), embed_dim=dim, depth=depth,
                       num_heads=max(1, dim // 64), mlp_ratio=hidden / dim)
-    return {"name": name, "num_classes": num_classes, "image_size": image_size,
+    return {"name": "inferred", "num_classes": num_classes, "image_size": image_size,
             "vit_kwargs": vit_kwargs}
 
 

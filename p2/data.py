@@ -238,8 +238,7 @@ def make_scene(rng, size=SCENE_SIZE, max_objects=3, min_frac=0.35, max_frac=0.6)
     return render_scene(size, objects, rng)
 
 
-def make_scene_set(out_dir, count, seed=0, start_id=0, size=SCENE_SIZE, max_objects=3,
-                   masks=False):
+def make_scene_set(out_dir, count, seed=0, start_id=0, size=SCENE_SIZE, masks=False):
     """Write ``count`` synthetic scenes with their captions and boxes, and masks if asked.
 
     out_dir/images/scene_<id>.png   the images (only images: hw3_2.sh can caption the folder)
@@ -261,7 +260,7 @@ def make_scene_set(out_dir, count, seed=0, start_id=0, size=SCENE_SIZE, max_obje
     for i in range(count):
         image_id = start_id + i
         name = f"scene_{image_id:06d}.png"
-        image, objects = make_scene(rng, size, max_objects)
+        image, objects = make_scene(rng, size)
         image.save(out_dir / "images" / name)
         if masks:
             labels = np.zeros((size[1], size[0]), dtype=np.uint8)
