@@ -80,3 +80,12 @@ def require_default_checkpoint(path, default, how_to_get_it):
     and is not there yet (before any slow import)."""
     if Path(path) == Path(default) and not Path(path).exists():
         raise UserError(f"checkpoint not found: {path}: {how_to_get_it}")
+
+
+def layer_option(layer, count, what):
+    """--layer ``layer`` of ``count`` ``what`` (0 the first, negative values from the end, as
+    Python indexes), counted from the first; a UserError names the range."""
+    if not -count <= layer < count:
+        raise UserError(f"--layer {layer}: the model has {count} {what}, 0 to {count - 1} (or "
+                        f"-{count} to -1 from the end)")
+    return layer % count

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import torch
 
-from hw3core.cli import add_device_options, at_least, parser, run_cli
+from hw3core.cli import add_device_options, at_least, layer_option, parser, run_cli
 from hw3core.errors import UserError
 from hw3core.figures import save_figure
 from hw3core.files import require_writable_file, require_writable_folder, save_npy
 from hw3core.images import (ImageFileDataset, collate_skip, or_skip, report_written,
                             require_images, require_outputs_apart, require_some_read)
 from hw3core.runtime import pick_device
-from p1.attention import (attended_tokens, attention_rollout, block_index, cls_attention,
-                          position_similarity)
+from p1.attention import attended_tokens, attention_rollout, cls_attention, position_similarity
 from p1.data import eval_transform
 from p1.figures import plot_head_maps, plot_position_similarity, plot_single_map
 from p1.model import load_classifier
@@ -57,17 +56,6 @@ def collect_images(specs, out):
     return paths
 
 
-def as_block_index(layer, model):
-    """--layer (0 the first block, negative from the end, as p2/visualize.py counts) as a
-    block index."""
-    depth = len(model.blocks)
-    try:
-        return block_index(model, layer)
-    except ValueError:
-        raise UserError(f"--layer {layer}: the model has {depth} blocks, 0 to {depth - 1} "
-                        f"(or -{depth} to -1 from the end)") from None
-
-
 def describe_map(args, block, depth, heads):
     if args.method == "rollout":
         return f"attention rollout over all {depth} layers\n[CLS] row, patch columns"
@@ -92,7 +80,7 @@ def run_attention(args):
     out = require_writable_folder(args.out)
     model, preprocess, class_names = load_classifier(args.checkpoint)
     depth = len(model.blocks)
-    block = as_block_index(-1 if args.layer is None else args.layer, model)
+    block = layer_option(-1 if args.layer is None else args.layer, depth, "blocks")
     device = pick_device(args.device)
     model.to(device).eval()
     dataset = ImageFileDataset(paths, eval_transform(

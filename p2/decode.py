@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hw3core.cli import layer_option
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_list, or_skip
 from hw3core.runtime import autocast, share_cores
@@ -41,10 +42,7 @@ def check_decoding_options(config, max_len, beam=1, layer=None):
         raise UserError(f"--beam must be at least 1, not {beam}")
     if layer is None:
         return None
-    layers = config["dec_layers"]
-    if not -layers <= layer < layers:
-        raise UserError(f"--layer must be between {-layers} and {layers - 1}, not {layer}")
-    return layer % layers
+    return layer_option(layer, config["dec_layers"], "decoder layers")
 
 
 def encode_images(model, images, graphs=None):

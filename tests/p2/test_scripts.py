@@ -144,8 +144,9 @@ def test_a_layer_the_model_lacks_is_refused_before_any_image_is_read(photo_dir, 
         run_cli(visualize.main, argv)
     assert exit_info.value.code == 2
     # the one line, and no warning about broken.jpg: the images were not read
-    assert capsys.readouterr().err == (f"error: --layer must be between {-layers} and "
-                                       f"{layers - 1}, not {layers}\n")
+    assert capsys.readouterr().err == (f"error: --layer {layers}: the model has {layers} decoder "
+                                       f"layers, 0 to {layers - 1} (or -{layers} to -1 from the "
+                                       "end)\n")
     assert not (tmp_path / "out").exists()
 
 
