@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from bench.measure import cell_geometry, machine, write_result
+from bench.tables import P1_TARGET_POINTING, RENDERERS
 from hw3core.cli import parser
 from hw3core.images import ImageFileDataset, collate_skip, list_images
 from hw3core.training import replace_run
@@ -34,7 +35,6 @@ from p1.engine import fit
 from p1.model import build_model, load_classifier
 from p1.train import parse_args as parse_train_args
 
-TARGET_POINTING = 0.8
 
 
 def score_map(heat, image_size, box):
@@ -58,7 +58,7 @@ def similarity_by_distance(model):
     sim = sim.reshape(rows * cols, rows * cols)
     r, c = np.divmod(np.arange(rows * cols), cols)
     dr, dc = np.abs(r[:, None] - r[None, :]), np.abs(c[:, None] - c[None, :])
-    distances = {"Chebyshev": np.maximum(dr, dc), "Euclidean": np.rint(np.hypot(dr, dc))}
+    distances = {"Chebyshev": np.maximum(dr, dc), "Euclidean (rounded)": np.rint(np.hypot(dr, dc))}
     return {name: {int(d): float(sim[dist == d].mean()) for d in np.unique(dist) if d > 0}
             for name, dist in distances.items()}
 
@@ -168,47 +168,29 @@ def run(args, work):
           "cell's centre lies inside the box. Chance = the same rule for a uniformly random "
           "cell. Mass ratio = share of the map's mass inside the box / box's share of the "
           "image (1 = no preference).\n")
-    print("| map ([CLS] query, patch keys) | pointing, overlap | chance | pointing, centre "
-          "| chance | mass ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for kind, m in means.items():
-        label = f"{kind} (last), mean of heads" if kind == f"layer {depth}" else (
-            "rollout (all layers)" if kind == "rollout" else f"{kind}, mean of heads")
-        print(f"| {label} | {m['hit']:.3f} | {m['hit_chance']:.3f} | {m['centre_hit']:.3f} "
-              f"| {m['centre_chance']:.3f} | {m['mass_ratio']:.2f} |")
-    last = means[f"layer {depth}"]["hit"]
-    verdict = "met" if last >= TARGET_POINTING else "NOT met"
-    print(f"\nTarget: last-layer pointing (overlap rule) >= {TARGET_POINTING}: {verdict} "
+    result = Path(__file__).parent / "results" / "p1_attention.json"
+    write_result(result,
+                 "tiny ViT on synthetic shapes: pointing and mass ratio of the [CLS] maps, "
+                 "trained against untrained and shuffled-label baselines, and the position "
+                 "embeddings' similarity by grid distance",
+                 images={"train": args.train, "heldout": args.heldout, "side": image_side},
+                 epochs=args.epochs, seed=args.seed, train_seconds=round(train_seconds, 1),
+                 models={name: {"accuracy": acc, "maps": kind_means}
+                         for name, (kind_means, acc) in baselines.items()},
+                 position_similarity={metric: {"trained": trained_sim[metric],
+                                               "at initialisation": initial_sim[metric]}
+                                      for metric in trained_sim})
+    data = json.loads(result.read_text())  # the tables are the recorded data's, as RESULTS.md's
+    print("\n".join(RENDERERS["p1_attention_layers"](data)))
+    last = data["models"]["trained"]["maps"][f"layer {depth}"]["hit"]
+    verdict = "met" if last >= P1_TARGET_POINTING else "NOT met"
+    print(f"\nTarget: last-layer pointing (overlap rule) >= {P1_TARGET_POINTING}: {verdict} "
           f"({last:.3f}).\n")
-    last_layer = f"layer {depth}"
     print("What training adds: the last layer's map (mean of heads) of three models of the same "
           "network on the same held-out images\n")
-    print("| model | classification accuracy | pointing, overlap | chance | pointing, centre | "
-          "chance | mass ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, (kind_means, acc) in baselines.items():
-        m = kind_means[last_layer]
-        print(f"| {name} | {acc:.3f} | {m['hit']:.3f} | {m['hit_chance']:.3f} | "
-              f"{m['centre_hit']:.3f} | {m['centre_chance']:.3f} | {m['mass_ratio']:.2f} |")
-    print()
-    write_result(Path(__file__).parent / "results" / "p1_attention.json",
-                 "tiny ViT on synthetic shapes: pointing and mass ratio of the [CLS] maps, "
-                 "trained against untrained and shuffled-label baselines",
-                 images={"train": args.train, "heldout": args.heldout, "side": image_side},
-                 epochs=args.epochs, seed=args.seed,
-                 models={name: {"accuracy": acc, "maps": kind_means}
-                         for name, (kind_means, acc) in baselines.items()})
-    print("Position embeddings: mean cosine similarity of patch pairs at each grid distance\n")
-    print("| distance | Chebyshev, trained | Chebyshev, at init | Euclidean (rounded), trained "
-          "| Euclidean, at init |")
-    print("| --- | --- | --- | --- | --- |")
-    for d in sorted(set(trained_sim["Chebyshev"]) | set(trained_sim["Euclidean"])):
-        cells = []
-        for name in ("Chebyshev", "Euclidean"):
-            for sims in (trained_sim, initial_sim):
-                value = sims[name].get(d)
-                cells.append("" if value is None else f"{value:.3f}")
-        print(f"| {d} | " + " | ".join(cells) + " |")
+    print("\n".join(RENDERERS["p1_attention_baselines"](data)))
+    print("\nPosition embeddings: mean cosine similarity of patch pairs at each grid distance\n")
+    print("\n".join(RENDERERS["p1_position_similarity"](data)))
 
 
 if __name__ == "__main__":

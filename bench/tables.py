@@ -148,10 +148,14 @@ def p1_attention_baselines(data):
 
 
 def p1_position_similarity(data):
+    """A row per distance metric and model state, a column per distance (the metrics reach
+    different distances: a cell is left empty where one has none)."""
     sims = data["position_similarity"]
-    distances = list(next(iter(next(iter(sims.values())).values())))
+    distances = sorted({d for states in sims.values() for by_distance in states.values()
+                        for d in by_distance}, key=int)
     return table(["distance", *distances],
-                 [[f"{metric}, {state}", *(f"{v:.3f}" for v in by_distance.values())]
+                 [[f"{metric}, {state}",
+                   *(f"{by_distance[d]:.3f}" if d in by_distance else "" for d in distances)]
                   for metric, states in sims.items() for state, by_distance in states.items()],
                  "l" * (1 + len(distances)))
 
