@@ -16,7 +16,8 @@
 # Each step is bounded by a timeout; a step that fails or runs out leaves the others' results,
 # and within bench/jobs.py and bench/p1_speed.py a job or variant that fails is tabled as such,
 # the rest measured. p2_speed, if it fails, runs again without cuDNN's attention (below).
-# Results go to OUT_DIR (default bench/out): the printed tables (*.md) and the JSON files to copy
+# Results go to OUT_DIR (default bench/out): the printed tables (*.md), each step's stderr
+# without progress bars (*.err: the reason of a failure) and the JSON files to copy
 # into bench/results/; RESULTS.md then marks a table for each (kinds jobs, jobs_loaders,
 # p2_speed, p2_decoding_parts, p1_speed: bench/tables.py) and python -m bench.tables fills them.
 # The GPU machine's Python already has torch, torchvision, timm, tokenizers, tqdm, matplotlib
@@ -46,18 +47,25 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 # DataLoader workers pass batches through /dev/shm (about 2 GB at 15 workers): a container's
 # 64 MB default would kill them, and this line would say why
-# (the loaders fit their workers to /dev/shm; torch.compile's Triton builds with a C compiler)
+# (the loaders fit their workers to /dev/shm; torch.compile's Triton builds its launchers as
+# Python extensions, with a C compiler and Python.h)
 { nproc; df -h /dev/shm | tail -n 1; "$PYTHON" -c "import torch; print(torch.__version__)"
-  command -v gcc cc clang || echo "no C compiler"; } | tee -a "$out/gpu.txt"
+  command -v gcc cc clang || echo "no C compiler"
+  "$PYTHON" -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h')
+print(h if os.path.exists(h) else 'no Python.h: torch.compile cannot build Triton launchers')"
+} | tee -a "$out/gpu.txt"
 status=0
 run() {  # run NAME SECONDS COMMAND...: one measurement, bounded, its table kept; its status
     local name=$1 limit=$2 rc
     shift 2
     echo "== $name"
     # progress bars end their updates in \r, not \n: split them, so that dropping the bars
-    # keeps a failure's line printed after one
+    # keeps a failure's line printed after one; stderr is kept in NAME.err too (a traceback
+    # beyond the last screenful would be lost), line by line (a killed step loses none)
     # -k: a step that a TERM does not end (a fine-tune saves its checkpoint first) is killed
-    timeout -k 10 "$limit" "$@" 2> >(tr '\r' '\n' | grep -v "it/s" >&2) | tee "$out/$name.md"
+    timeout -k 10 "$limit" "$@" \
+        2> >(sed -u 's/\r/\n/g' | grep --line-buffered -v "it/s" | tee "$out/$name.err" >&2) \
+        | tee "$out/$name.md"
     rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || status=1
     return "$rc"

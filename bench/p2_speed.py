@@ -154,13 +154,26 @@ def main():
         model.mlp.layers[-1].bias[END_ID] = -1e4  # captions run to max_len
     photo = Image.fromarray(data.astronaut()).crop((0, 64, 512, 448))  # 4:3, like most COCO
     image = preprocess(photo, model.config["input_size"])
-    check = None
+    out = args.out or RESULTS / f"p2_speed_{device.type}.json"
+    result = dict(threads=torch.get_num_threads(),
+                  decoder_path=("static cache, CUDA graph" if device.type == "cuda"
+                                else "static cache, no graph"),
+                  caption_steps=CAPTION_STEPS, graphs_against_eager=None, rows=[])
+
+    def save(complete=False):
+        # after each part: a run stopped by its time limit keeps what it measured
+        write_result(out, "caption decoding: seconds per image of the project's decoder against "
+                     "CATR's loop, full-size CATR with random weights, one 299 x 224 image; "
+                     "batched images/s; one decoder step", device=device, quiet=not complete,
+                     complete=complete, **result)
+
     if device.type == "cuda":
         photos = [Image.fromarray(p).convert("RGB").resize((512, 384)) for p in
                   (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())]
         photos += [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in photos]
-        check = graphs_against_eager(
+        result["graphs_against_eager"] = graphs_against_eager(
             model, [preprocess(p, model.config["input_size"]).to(device) for p in photos], device)
+        save()
     # warm up both procedures: on a GPU the first call's kernel selection takes seconds
     caption_images(model, [image], max_len=3)
     reference_greedy(model, image, max_len=3)
@@ -175,7 +188,6 @@ def main():
         # run twice.
         return median_seconds(fn, repeats, device, warmup=warmup)
 
-    rows = []
     for tokens in (20, 127):
         project = timed(lambda: caption_images(model, [image], max_len=tokens + 1), repeats)
         if args.quick and tokens == 127:
@@ -183,9 +195,14 @@ def main():
         else:
             reference = timed(lambda: reference_greedy(model, image, max_len=tokens + 1), 1,
                               warmup=False)
-        cached = timed(lambda: decoder_only(model, encoded, tokens, True), repeats)
-        uncached = timed(lambda: decoder_only(model, encoded, tokens, False), repeats)
-        rows.append((tokens, reference, project, cached, uncached))
+        result["rows"].append({
+            "tokens": tokens, "catr_loop_s": reference, "project_s": project,
+            "speed_up": reference / project if reference is not None else None,
+            "decoder_cached_s": timed(lambda: decoder_only(model, encoded, tokens, True),
+                                      repeats),
+            "decoder_prefix_rerun_s": timed(lambda: decoder_only(model, encoded, tokens, False),
+                                            repeats)})
+        save()
 
     batch = args.batch or (64 if device.type == "cuda" else 8)
     images = [image] * batch
@@ -196,36 +213,25 @@ def main():
                       repeats)
     single = timed(lambda: [caption_images(model, [im], max_len=21) for im in images[:4]],
                    repeats) / 4
+    result["batched"] = {"tokens": 20, "batch": batch, "images_per_s": batch / batched,
+                         "with_maps_images_per_s": batch / with_maps,
+                         "one_at_a_time_images_per_s": 1 / single}
+    save()
     step_ms = {b: decoder_step_ms(model, encoded, b, 32, device) for b in (1, batch)}
+    result["decoder_step_ms"] = {str(b): ms for b, ms in step_ms.items()}
+    save()
     # on a CPU caption_images decodes eagerly, without the end test
-    checks = ({b: ended_check(model, encoded, b, device, ms) for b, ms in step_ms.items()}
-              if device.type == "cuda" else {})
-    encode_ms = {"eager": encoder_ms(model, on_device, device),
-                 "graph": (encoder_ms(model, on_device, device, CudaGraphs())
-                           if device.type == "cuda" else None)}
-
-    path = "static cache, CUDA graph" if device.type == "cuda" else "static cache, no graph"
-    result = dict(
-        threads=torch.get_num_threads(), decoder_path=path,
-        rows=[{"tokens": tokens, "catr_loop_s": reference, "project_s": project,
-               "speed_up": reference / project if reference is not None else None,
-               "decoder_cached_s": cached, "decoder_prefix_rerun_s": uncached}
-              for tokens, reference, project, cached, uncached in rows],
-        batched={"tokens": 20, "batch": batch, "images_per_s": batch / batched,
-                 "with_maps_images_per_s": batch / with_maps,
-                 "one_at_a_time_images_per_s": 1 / single},
-        decoder_step_ms={str(b): ms for b, ms in step_ms.items()},
-        ended_check={str(b): c for b, c in checks.items()}, caption_steps=CAPTION_STEPS,
-        encoder_ms=encode_ms, graphs_against_eager=check)
+    result["ended_check"] = {str(b): ended_check(model, encoded, b, device, ms)
+                             for b, ms in step_ms.items()} if device.type == "cuda" else {}
+    save()
+    result["encoder_ms"] = {"eager": encoder_ms(model, on_device, device),
+                            "graph": (encoder_ms(model, on_device, device, CudaGraphs())
+                                      if device.type == "cuda" else None)}
     print(f"Machine: {machine(device)}; full-size CATR (ResNet-101), "
           f"random weights, one 299 x 224 image\n")
     print("\n".join(p2_speed_table(result)) + "\n")
     print("\n".join(p2_decoding_parts_table(result)))
-    write_result(
-        args.out or RESULTS / f"p2_speed_{device.type}.json",
-        "caption decoding: seconds per image of the project's decoder against CATR's loop, "
-        "full-size CATR with random weights, one 299 x 224 image; batched images/s; one decoder "
-        "step", device=device, **result)
+    save(complete=True)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,14 @@ def test_the_gpu_runs_jobs_and_decoding_parts_render_with_their_targets_and_chec
 
 def test_the_last_layer_is_the_highest_numbered_one():
     assert tables.last_layer({"layer 9": {}, "rollout": {}, "layer 10": {}}) == "layer 10"
+
+
+def test_a_p2_speed_result_cut_short_after_its_rows_still_renders():
+    # bench/p2_speed.py saves after each part: a time limit may stop it before the batched rates
+    partial = {"decoder_path": "static cache, CUDA graph", "graphs_against_eager": None,
+               "rows": [{"tokens": 20, "catr_loop_s": 1.0, "project_s": 0.05, "speed_up": 20.0,
+                         "decoder_cached_s": 0.04, "decoder_prefix_rerun_s": 0.08}]}
+    assert tables.RENDERERS["p2_speed"](partial)[2] == (
+        "| 20 | 1.00 | 0.050 | **20.0x** | 0.040 | 0.080 |")
+    assert tables.RENDERERS["p2_decoding_parts"](partial) == ["| measure | value |",
+                                                             "| --- | ---: |"]
