@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
 
 from .checkpoints import CheckpointWriter, check_format, load_checkpoint, save_epoch
 from .errors import Interrupted, UserError
 from .figures import plot_history
 from .files import remove_stale_temporaries, require_writable_folder, write_text_atomic
-from .runtime import describe_device, print0, sum_over_ranks
+from .runtime import describe_device, is_main_process, print0, sum_over_ranks
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -509,6 +510,60 @@ def optimizer_step(model, optimizer, scheduler, scaler, clip_grad, computed):
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+
+
+def train_steps(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed, *,
+                loss_of, placeholder_forward, grad_accum=1, clip_grad=0.0, desc="train"):
+    """Train over ``loader``, the rest of an epoch after the ``sums.batches`` already done, an
+    optimizer step every ``grad_accum`` batches, adding to ``sums`` (EpochSums).
+
+    ``loss_of(batch)`` runs the forward pass of a readable batch and returns (loss, what the
+    loss is averaged over, images). ``step_seed(step)`` seeds each optimizer step's random
+    draws. ``stop`` (Interruptible) may raise StopRequested, leaving ``sums`` and the batch
+    norms' statistics as at the last completed optimizer step. ``placeholder_forward()``: a
+    forward pass of one made-up input, for the batches where this process, under torchrun, has
+    no readable image (join_the_gradient_all_reduce).
+    """
+    model.train()
+    total = sums.batches + len(loader)
+    progress = tqdm(loader, desc=desc, initial=sums.batches, total=total,
+                    disable=not is_main_process(), dynamic_ncols=True)
+    show = Every(1.0)
+    statistics = BatchNormStatistics(model)
+    optimizer.zero_grad(set_to_none=True)
+    computed = False  # gradients in this optimizer step, from a batch or the all-reduce
+    try:
+        for i, batch in enumerate(progress, start=sums.batches):
+            if i % grad_accum == 0:
+                step_seed(i // grad_accum)
+            last_micro = (i + 1) % grad_accum == 0 or i + 1 == total
+            # DDP all-reduces the gradients at the step's last batch only
+            sync = (contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync")
+                    else model.no_sync())
+            if batch is not None:
+                with sync:
+                    loss, count, images = loss_of(batch)
+                    scaler.scale(loss / grad_accum).backward()
+                sums.add(loss, count, images)
+                computed = True
+            elif hasattr(model, "no_sync"):  # under torchrun the others wait for this process
+                with sync:
+                    join_the_gradient_all_reduce(model, placeholder_forward)
+                computed = True
+            if last_micro:
+                with stop.committing():
+                    optimizer_step(model, optimizer, scheduler, scaler, clip_grad, computed)
+                    optimizer.zero_grad(set_to_none=True)
+                    sums.commit(i + 1)
+                    statistics.commit()
+                computed = False
+                stop.check(device)
+                if show():
+                    progress.set_postfix(loss=f"{sums.mean_loss():.4f}",
+                                         lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    except StopRequested:
+        statistics.restore()  # the abandoned step's batches
+        raise
 
 
 def warmup_cosine(optimizer, warmup_steps, total_steps):

@@ -1,7 +1,6 @@
 """Training: optimizer and schedule factories, one epoch, evaluation, and the whole run (fit)."""
 import json
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -15,9 +14,8 @@ from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_skip, decoded_bytes
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (EpochLoader, Every, join_the_gradient_all_reduce, open_run,
-                              optimizer_step, signals_during_backward, train_epochs,
-                              validation_loader, warmup_cosine, wrap_for_ranks)
+from hw3core.training import (EpochLoader, open_run, signals_during_backward, train_epochs,
+                              train_steps, validation_loader, warmup_cosine, wrap_for_ranks)
 from p1.data import (DecodedImages, LabelledImages, ScaleNormalize, discover, eval_resize,
                      train_transform)
 from p1.model import (DEFAULT_MEAN, DEFAULT_STD, build_model,
@@ -60,52 +58,25 @@ def build_scheduler(optimizer, steps_per_epoch, epochs, warmup_epochs, schedule=
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
                     *, precision="auto", grad_accum=1, label_smoothing=0.0, mix=None,
                     clip_grad=None, placeholder=None, normalize=None, desc="train"):
-    """Train over ``loader``, the rest of an epoch after the ``sums.batches`` already done,
-    adding to ``sums`` (EpochSums). ``step_seed(step)`` seeds each optimizer step's random
-    draws; ``stop`` (Interruptible) may raise StopRequested, leaving ``sums`` committed at the
-    last completed optimizer step. ``placeholder``: an input batch of one for the steps where
-    this process, under torchrun, has no readable image (join_the_gradient_all_reduce).
-    ``normalize`` (ScaleNormalize) makes the model's input of an image batch on the device;
-    without it the batch is the input."""
-    model.train()
-    total = sums.batches + len(loader)
-    progress = tqdm(loader, desc=desc, initial=sums.batches, total=total,
-                    disable=not is_main_process(), dynamic_ncols=True)
-    show = Every(1.0)
-    optimizer.zero_grad(set_to_none=True)
-    computed = False  # gradients in this optimizer step, from a batch or the all-reduce
-    for i, batch in enumerate(progress, start=sums.batches):
-        if i % grad_accum == 0:
-            step_seed(i // grad_accum)
-        last_micro = (i + 1) % grad_accum == 0 or i + 1 == total
-        sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        if batch is not None:
-            inputs, targets = (t.to(device, non_blocking=True) for t in batch)
-            if normalize is not None:
-                inputs = normalize(inputs)
-            if mix is not None:
-                inputs, targets = mix(inputs, targets)
-            with sync:
-                with autocast(device, precision):
-                    logits = model(inputs)
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
-                scaler.scale(loss / grad_accum).backward()
-            sums.add(loss, len(inputs), len(inputs))
-            computed = True
-        elif hasattr(model, "no_sync"):  # under torchrun the others wait for this process
-            with sync:
-                join_the_gradient_all_reduce(model, lambda: model(placeholder))
-            computed = True
-        if last_micro:
-            with stop.committing():
-                optimizer_step(model, optimizer, scheduler, scaler, clip_grad, computed)
-                optimizer.zero_grad(set_to_none=True)
-                sums.commit(i + 1)
-            computed = False
-            stop.check(device)
-            if show():
-                progress.set_postfix(loss=f"{sums.mean_loss():.4f}",
-                                     lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    """hw3core.training.train_steps with the classifier's loss (its arguments up to
+    ``step_seed``). ``normalize`` (ScaleNormalize) makes the model's input of an image batch on
+    the device; without it the batch is the input. ``mix``: MixUp or CutMix of a batch and its
+    labels. ``placeholder``: an input batch of one for the steps where this process, under
+    torchrun, has no readable image."""
+    def loss_of(batch):
+        inputs, targets = (t.to(device, non_blocking=True) for t in batch)
+        if normalize is not None:
+            inputs = normalize(inputs)
+        if mix is not None:
+            inputs, targets = mix(inputs, targets)
+        with autocast(device, precision):
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        return loss, len(inputs), len(inputs)
+
+    train_steps(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
+                loss_of=loss_of, placeholder_forward=lambda: model(placeholder),
+                grad_accum=grad_accum, clip_grad=clip_grad, desc=desc)
 
 
 @torch.inference_mode()

@@ -13,9 +13,8 @@ from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_list
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
                              pick_device, print0, seed_everything, share_cores, sum_over_ranks)
-from hw3core.training import (BatchNormStatistics, EpochLoader, Every, StopRequested,
-                              join_the_gradient_all_reduce, open_run, optimizer_step,
-                              train_epochs, validation_loader, warmup_cosine, wrap_for_ranks)
+from hw3core.training import (EpochLoader, open_run, train_epochs, train_steps,
+                              validation_loader, warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, caption_vocabulary, collate_pairs, pad_tokens, preprocess,
                      read_caption_file, tokenize_captions, train_transform)
 from p2.decode import check_decoding_options, encode_images, greedy_search
@@ -96,46 +95,20 @@ def caption_loss(logits, tokens, reduction="mean", output_tokens=None):
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
                     *, output_tokens=None, precision="auto", clip_grad=0.0, placeholder=None,
                     desc="train"):
-    """Teacher-forced training over ``loader``, the rest of an epoch after the ``sums.batches``
-    already done, adding to ``sums`` (EpochSums; the loss per caption token). ``step_seed(step)``
-    seeds each step's random draws; ``stop`` (Interruptible) may raise StopRequested, leaving
-    ``sums`` and the batch norms' statistics as at the last completed step. ``output_tokens``:
-    the bare model's, if restricted. ``placeholder``: (pixels, mask, tokens, padding) of one
-    image and caption for the steps where this process, under torchrun, has no readable image
-    (join_the_gradient_all_reduce)."""
-    model.train()
-    progress = tqdm(loader, desc=desc, initial=sums.batches, total=sums.batches + len(loader),
-                    disable=not is_main_process(), dynamic_ncols=True)
-    show = Every(1.0)
-    statistics = BatchNormStatistics(model)
-    try:
-        for i, batch in enumerate(progress, start=sums.batches):
-            step_seed(i)
-            if batch is not None:
-                pixels, pixel_mask, tokens, padding = (t.to(device, non_blocking=True)
-                                                       for t in batch)
-                with autocast(device, precision):
-                    logits = model(pixels, pixel_mask, tokens[:, :-1], padding[:, :-1],
-                                   restricted=True)
-                loss = caption_loss(logits, tokens, output_tokens=output_tokens)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            elif hasattr(model, "no_sync"):  # under torchrun the others wait for this process
-                optimizer.zero_grad(set_to_none=True)
-                join_the_gradient_all_reduce(model, lambda: model(*placeholder, restricted=True))
-            with stop.committing():
-                optimizer_step(model, optimizer, scheduler, scaler, clip_grad,
-                               computed=batch is not None or hasattr(model, "no_sync"))
-                if batch is not None:
-                    sums.add(loss, (~padding[:, 1:]).sum(), len(pixels))
-                sums.commit(i + 1)
-                statistics.commit()
-            stop.check(device)
-            if show():
-                progress.set_postfix(loss=f"{sums.mean_loss():.4f}")
-    except StopRequested:
-        statistics.restore()  # the abandoned step's batch
-        raise
+    """hw3core.training.train_steps, teacher-forced, with the loss per caption token (its
+    arguments up to ``step_seed``). ``output_tokens``: the bare model's, if restricted.
+    ``placeholder``: (pixels, mask, tokens, padding) of one image and caption for the steps
+    where this process, under torchrun, has no readable image."""
+    def loss_of(batch):
+        pixels, pixel_mask, tokens, padding = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, precision):
+            logits = model(pixels, pixel_mask, tokens[:, :-1], padding[:, :-1], restricted=True)
+        return (caption_loss(logits, tokens, output_tokens=output_tokens),
+                (~padding[:, 1:]).sum(), len(pixels))
+
+    train_steps(model, loader, optimizer, scheduler, scaler, device, sums, stop, step_seed,
+                loss_of=loss_of, placeholder_forward=lambda: model(*placeholder, restricted=True),
+                clip_grad=clip_grad, desc=desc)
 
 
 @torch.inference_mode()
