@@ -333,8 +333,11 @@ def beam_search(model, encoded, max_len, attention_layers=(), beam=3):
     """Beam search, batched; returns what greedy_search returns, for the best hypothesis.
 
     Each image keeps ``beam`` live hypotheses. An [SEP] among the best ``beam`` candidates of a step
-    ends a hypothesis; an image is done once it has ``beam`` ended ones. Hypotheses are ranked by
-    log-probability per generated token, so that longer captions are not penalised for length.
+    ends a hypothesis. Hypotheses are ranked by log-probability per generated token, so that
+    longer captions are not penalised for length. An image is done once it has ``beam`` ended
+    ones and no live one scores better per token so far than the best of them (HF's rule): three
+    weak captions ending early would otherwise stop the search before a near-certain longer one
+    ends.
     """
     count = encoded.memory.shape[0]
     device = encoded.memory.device
@@ -377,7 +380,10 @@ def beam_search(model, encoded, max_len, attention_layers=(), beam=3):
                     alive.append((row, token, score))
                     if len(alive) == beam:
                         break
-            if len(ended[image]) < beam:
+            best_ended = max((h.score for h in ended[image]), default=float("-inf"))
+            # this step's tokens included, [CLS] not
+            best_alive = alive[0][2] / sequences.shape[1] if alive else float("-inf")
+            if len(ended[image]) < beam or best_alive > best_ended:
                 still_searching.append(image)
                 for row, token, score in alive:
                     parents.append(row)

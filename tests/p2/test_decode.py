@@ -2,6 +2,7 @@
 import gc
 import itertools
 import math
+import types
 import weakref
 
 import numpy as np
@@ -103,6 +104,37 @@ def test_a_beam_of_one_finds_the_greedy_caption(model, images):
     assert beam_one[0] == greedy[0]
     for ours, theirs in zip(beam_one[1], greedy[1]):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_a_beam_does_not_stop_at_weak_endings_while_a_better_caption_is_alive():
+    # a made-up decoder whose next-token odds depend on the step only: [SEP] is unlikely at steps
+    # 1 and 2 and near-certain at 3. With beam 2, "[SEP]" and "w [SEP]" end at steps 1 and 2
+    # (-4.2 and -2.1 per token) while "w w" lives on (-0.02 per token); it must still end.
+    word, other, vocab = 5, 6, 110
+    odds = [{word: 0.98, END_ID: 0.015, other: 0.005}, {word: 0.98, END_ID: 0.015, other: 0.005},
+            {END_ID: 0.98, word: 0.01, other: 0.01}]
+
+    class Steps:
+        def __init__(self):
+            self.rows, self.step = 1, 0
+
+        def start_decoding(self, encoded):
+            return self
+
+        def select(self, rows):
+            self.rows = len(rows)
+
+        def decode(self, state, tokens, attention_layers=()):
+            probs = torch.full((vocab,), 1e-9)
+            for token, p in odds[min(self.step, 2)].items():
+                probs[token] = p
+            self.step += 1
+            return probs.log().expand(self.rows, 1, vocab), None
+
+    encoded = types.SimpleNamespace(memory=torch.zeros(1, 4, 8))
+    tokens, _ = beam_search(Steps(), encoded, 10, beam=2)
+    assert tokens == [[START_ID, word, word, END_ID]]
+    assert greedy_search(Steps(), encoded, 10)[0] == tokens
 
 
 def test_beams_are_valid(model, images):
