@@ -89,3 +89,23 @@ def layer_option(layer, count, what):
         raise UserError(f"--layer {layer}: the model has {count} {what}, 0 to {count - 1} (or "
                         f"-{count} to -1 from the end)")
     return layer % count
+
+
+# where a run's files are and how it runs, not what it computes: a resumed run may name other
+# ones (the data moved, another machine)
+RESUME_MAY_CHANGE = {"resume", "out", "train_dir", "train_json", "workers", "device",
+                     "image_cache", "compile"}
+# the weights a run started from: a resumed run loads its last.pt instead, and its args.json
+# keeps the run's record of them (the report names them), whatever the command says
+STARTING_WEIGHTS = {"pretrained", "init"}
+
+
+def parse_run_args(p, argv=None):
+    """A training script's options. With --resume, the options left out are None, for
+    hw3core.training.open_run to give them the run's values rather than today's defaults,
+    except RESUME_MAY_CHANGE, which keep their defaults."""
+    args = p.parse_args(argv)
+    if args.resume:
+        p.set_defaults(**{key: None for key in vars(args) if key not in RESUME_MAY_CHANGE})
+        args = p.parse_args(argv)
+    return args

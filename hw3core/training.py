@@ -25,6 +25,7 @@ from .checkpoints import CheckpointWriter, check_format, load_checkpoint, save_e
 from .errors import Interrupted, UserError
 from .figures import plot_history
 from .files import remove_stale_temporaries, require_writable_folder, write_text_atomic
+from .cli import RESUME_MAY_CHANGE, STARTING_WEIGHTS
 from .runtime import describe_device, is_main_process, print0, sum_over_ranks
 
 
@@ -594,15 +595,6 @@ def validation_loader(dataset, batch_size, workers, collate, device, dist_info, 
                       pin_memory=device.type == "cuda" if pin_memory is None else pin_memory)
 
 
-# where a run's files are and how it runs, not what it computes: a resumed run may name other
-# ones (the data moved, another machine)
-RESUME_MAY_CHANGE = {"resume", "out", "train_dir", "train_json", "workers", "device",
-                     "image_cache", "compile"}
-# the weights a run started from: a resumed run loads its last.pt instead, and its args.json
-# keeps the run's record of them (the report names them), whatever the command says
-STARTING_WEIGHTS = {"pretrained", "init"}
-
-
 def open_run(args, format_name):
     """Check a training run's --out and --resume before any work; return the last.pt that
     --resume names (None without it).
@@ -610,10 +602,10 @@ def open_run(args, format_name):
     The last.pt must be ``format_name``'s, hold a run state, have epochs left and have been run
     with the options given now, RESUME_MAY_CHANGE and STARTING_WEIGHTS aside: its optimizer and
     schedule go on as they were, so another --lr would be recorded in args.json and not used,
-    and another --batch-size would break the exact resume. Options left out (None) take the
-    run's values, except a validation set: given or left out, it is a change. --out must be a folder (created
-    here) that holds no other run: its checkpoints would replace the other's (best.pt too,
-    however well the new run scores).
+    and another --batch-size would break the exact resume. Options left out (None: see
+    hw3core.cli.parse_run_args) take the run's values; a validation set may move but not be
+    added. --out must be a folder (created here) that holds no other run: its checkpoints would
+    replace the other's (best.pt too, however well the new run scores).
     """
     resume = None
     if args.resume:
@@ -646,8 +638,10 @@ def _take_the_runs_options(resume, args):
     changed = []
     for key, was in resume.get("args", {}).items():
         now = getattr(args, key, was)
-        if key in ("val_dir", "val_json"):  # the data may move; its validation stays
-            if (was is None) != (now is None):
+        if key in ("val_dir", "val_json"):  # the data may move; a validation set is not added
+            if now is None:
+                setattr(args, key, was)
+            elif was is None:
                 changed.append((key, was, now))
         elif key in STARTING_WEIGHTS:
             setattr(args, key, was)

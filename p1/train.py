@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from hw3core.cli import add_device_options, at_least, parser, run_cli
+from hw3core.cli import add_device_options, at_least, parse_run_args, parser, run_cli
 from hw3core.errors import UserError
 from p1.model import PRESETS
 
@@ -82,7 +82,7 @@ def parse_args(argv=None):
     run.add_argument("--seed", type=int, default=0, help="(%(default)s)")
     run.add_argument("--resume", help="OUT/last.pt of an interrupted run: rerun the same "
                      "command with this added")
-    args = p.parse_args(argv)
+    args = parse_run_args(p, argv)
     if args.image_size and len(args.image_size) > 2:
         p.error("--image-size takes one or two values")
     return resolve_start(args)

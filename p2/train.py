@@ -13,7 +13,7 @@ p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
 """
 import argparse
 
-from hw3core.cli import add_device_options, at_least, parser, run_cli
+from hw3core.cli import add_device_options, at_least, parse_run_args, parser, run_cli
 
 
 def parse_args(argv=None):
@@ -88,7 +88,7 @@ def parse_args(argv=None):
     run.add_argument("--seed", type=int, default=0, help="(%(default)s)")
     run.add_argument("--resume", help="OUT/last.pt of an interrupted run: rerun the same "
                      "command with this added")
-    args = p.parse_args(argv)
+    args = parse_run_args(p, argv)
     if bool(args.val_json) != bool(args.val_dir):
         p.error("--val-json and --val-dir go together")
     return args

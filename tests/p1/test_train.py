@@ -296,9 +296,11 @@ def test_a_resume_goes_on_with_the_runs_options_and_needs_epochs_left(shapes_dat
                                         r"16 \(and 1 more option\(s\)\)"):
         fit(tiny_args(train, val, tmp_path / "a", "--resume", cut, "--batch-size", "16",
                       "--no-flip"))
-    with pytest.raises(UserError, match=f"with --val-dir {val}; this command gives no --val-dir"):
-        fit(parse_args([a for a in map(str, tiny_argv(train, val, tmp_path / "a", "--resume",
-                                                      cut)) if a not in ("--val-dir", str(val))]))
+    unvalidated = load_checkpoint(cut)
+    unvalidated["args"]["val_dir"] = None
+    torch.save(unvalidated, tmp_path / "unvalidated.pt")
+    with pytest.raises(UserError, match=f"with no --val-dir; this command gives --val-dir {val}"):
+        fit(tiny_args(train, val, tmp_path / "a", "--resume", tmp_path / "unvalidated.pt"))
     with pytest.raises(UserError, match=f"{last} has finished its 3 epochs: nothing is left"):
         fit(tiny_args(train, val, tmp_path / "a", "--resume", last))
     # a mistyped --resume is named, not taken for a run that --out already holds
@@ -311,18 +313,20 @@ def test_a_resume_goes_on_with_the_runs_options_and_needs_epochs_left(shapes_dat
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 3
 
 
-def test_a_resume_needs_no_starting_weights_and_records_the_runs(shapes_data, trained_tiny,
-                                                                 tmp_path, monkeypatch):
+def test_a_resume_takes_the_options_left_out_from_its_run_and_needs_no_weights(
+        shapes_data, trained_tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HW3_CKPT_DIR", str(tmp_path / "no_downloads"))
     cut = cut_short(trained_tiny / "last.pt", tmp_path / "cut.pt")
-    recipe = ("--pretrained", "--optimizer", "--lr", "--weight-decay")
-    argv = [str(a) for a in tiny_argv(*shapes_data, tmp_path / "run", "--resume", cut)]
-    for option in recipe:  # the command without them, as if the user had typed it anew
-        del argv[argv.index(option):argv.index(option) + 2]
-    fit(parse_args(argv))
+    # the shortest command: neither the weights, the recipe (--epochs 3, not the default 10;
+    # AdamW, a run from random weights' recipe) nor the model (tiny, not B_16_imagenet1k)
+    train, val = shapes_data
+    fit(parse_args(["--train-dir", str(train), "--out", str(tmp_path / "run"),
+                    "--resume", str(cut)]))
     recorded = json.loads((tmp_path / "run" / "args.json").read_text())
-    assert (recorded["pretrained"], recorded["optimizer"], recorded["lr"],
-            recorded["weight_decay"]) == (None, "adamw", 2e-3, 0.05)
+    run = json.loads((trained_tiny / "args.json").read_text())
+    different = {key for key in run if recorded[key] != run[key]}
+    # the validation set too is the run's; --workers, left out, is this machine's default
+    assert different == {"out", "resume", "workers"} and recorded["workers"] is None
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
 
 

@@ -260,6 +260,11 @@ def test_catrs_recipe_is_the_default_and_small_is_as_described(tmp_path):
 
     required = ["--train-json", str(tmp_path / "c.json"), "--train-dir", str(tmp_path),
                 "--out", str(tmp_path)]
+    # resumed, the options left out are the run's (open_run), not the defaults; where and how it
+    # runs keeps its defaults
+    resumed = parse_args(required + ["--resume", str(tmp_path / "last.pt")])
+    assert (resumed.lr, resumed.epochs, resumed.rotate, resumed.config) == (None,) * 4
+    assert (resumed.device, resumed.workers) == ("auto", None)
     args = parse_args(required)
     assert (args.lr, args.lr_backbone, args.weight_decay, args.clip_grad) == (1e-4, 1e-5, 1e-4, 0.1)
     assert (args.schedule, args.lr_drop, args.epochs, args.batch_size) == ("step", 20, 30, 32)
