@@ -55,12 +55,11 @@ def require_images(folder):
     return paths
 
 
-def require_not_an_input(out, paths):
-    """A UserError when the file ``out`` is (or links to) one of the input images ``paths``,
-    which writing it would replace."""
+def require_not_an_input(out, paths, what="one of the input images"):
+    """A UserError when the file ``out`` is (or links to) one of the inputs ``paths`` (``what``
+    they are, for the message), which writing it would replace."""
     if os.path.realpath(out) in {os.path.realpath(path) for path in paths}:
-        raise UserError(f"{out} is one of the input images, which the output would replace: "
-                        "give another path")
+        raise UserError(f"{out} is {what}, which the output would replace: give another path")
 
 
 def require_outputs_apart(paths, out):

@@ -18,6 +18,10 @@ def main(argv=None):
     p.add_argument("--format", choices=("ppvit", "timm"), default="ppvit",
                    help="pytorch-pretrained-vit keys (default) or timm keys")
     args = p.parse_args(argv)
+    from hw3core.images import require_not_an_input
+
+    # the bare state dict would replace the checkpoint and lose its class names for good
+    require_not_an_input(args.out, [args.checkpoint], "the --checkpoint")
     from hw3core.checkpoints import save_checkpoint
     from p1.model import load_classifier, timm_to_ppvit
 

@@ -212,6 +212,13 @@ def test_a_non_square_export_says_how_to_load_it(tmp_path, capsys):
     with pytest.raises(UserError, match="does not record a non-square grid; give the train.py "
                                         "checkpoint it was exported from"):
         load_classifier(tmp_path / "v.pth")
+    # an export over its own checkpoint would lose the class names and the input size for good
+    before = (tmp_path / "best.pt").read_bytes()
+    (tmp_path / "link.pt").symlink_to(tmp_path / "best.pt")
+    with pytest.raises(UserError, match="link.pt is the --checkpoint, which the output would "
+                                        "replace: give another path"):
+        export.main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "link.pt")])
+    assert (tmp_path / "best.pt").read_bytes() == before
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"),
