@@ -5,20 +5,40 @@ their --help stays fast."""
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import Interrupted, UserError
 from .files import no_empty_folders_left_on_failure
 
 
+class _CtrlC:
+    """Python's SIGINT handler that also remembers the signal: a KeyboardInterrupt raised while a
+    garbage-collector callback runs is printed and dropped by Python, and the run would go on to
+    exit 0 as if never interrupted."""
+
+    def __init__(self):
+        self.seen = False
+
+    def __call__(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+
 def run_cli(main, argv=None):
     """Call ``main(argv)``; a UserError becomes ``error: ...`` on stderr and exit status 2, an
     Interrupted its message and the conventional status of its signal (128 + signal number).
     Output folders that a failed run made and left empty are removed."""
+    ctrl_c = _CtrlC()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, ctrl_c) if in_main_thread else None
     try:
         with no_empty_folders_left_on_failure():
             main(argv)
+        if ctrl_c.seen:  # the KeyboardInterrupt was dropped (see _CtrlC)
+            raise KeyboardInterrupt
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -29,6 +49,9 @@ def run_cli(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _OneLineErrors(argparse.ArgumentParser):

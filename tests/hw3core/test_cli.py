@@ -60,3 +60,28 @@ def test_a_scripts_help_describes_it_by_its_docstrings_whole_first_paragraph():
 
     doc = "Build the report from the runs,\nthen the figures.\n\n    python build.py --out r.pdf\n"
     assert parser(doc).description == "Build the report from the runs, then the figures."
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped one
+def test_ctrl_c_that_python_drops_in_a_finaliser_still_ends_the_run_as_interrupted(capsys):
+    import os
+    import signal
+
+    from hw3core.cli import run_cli
+
+    finished = []
+
+    class Finaliser:  # as a garbage collector's callback: Python prints its exception, goes on
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def main(argv):
+        Finaliser()
+        finished.append(True)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main)
+    assert finished and exit_info.value.code == 130
+    assert capsys.readouterr().err.endswith("interrupted\n")
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
