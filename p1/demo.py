@@ -1,8 +1,9 @@
 """Problem 1 offline, end to end, in about a minute on a CPU.
 
 Makes a synthetic labelled image set (one coloured shape per image; the class is its colour),
-fine-tunes the `tiny` ViT preset on it, predicts the held-out images with hw3_1.sh exactly as a
-user would, and prints the accuracy of the CSV it wrote.
+fine-tunes the `tiny` ViT preset on it, predicts its validation images (never trained on; best.pt
+is the epoch that scored best on them) with hw3_1.sh exactly as a user would, and prints the
+accuracy of the CSV it wrote.
 """
 import csv
 import os
@@ -41,7 +42,7 @@ def main(argv=None):
         "--epochs", str(args.epochs), "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3",
         "--weight-decay", "0.05", "--augment", "none", "--min-crop", "0.8", "--drop-path", "0",
         "--workers", "0", "--seed", str(args.seed)]))
-    print("3/3 predicting the held-out images with hw3_1.sh", flush=True)
+    print("3/3 predicting the validation images with hw3_1.sh", flush=True)
     csv_path = out / "p1_pred.csv"
     env = dict(os.environ, HW3_P1_CKPT=str(out / "p1_run" / "best.pt"), PYTHON=sys.executable)
     subprocess.run(["bash", str(ROOT / "hw3_1.sh"), str(out / "shapes" / "val"), str(csv_path)],
@@ -49,7 +50,7 @@ def main(argv=None):
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     correct = sum(row["label"] == row["filename"].split("_")[0] for row in rows)
-    print(f"Problem 1 demo: {correct}/{len(rows)} held-out images right "
+    print(f"Problem 1 demo: {correct}/{len(rows)} validation images right "
           f"({correct / len(rows):.1%}); predictions in {csv_path}")
 
 

@@ -39,8 +39,9 @@ def main(argv=None):
 
     # before seconds of importing torch, and minutes of prediction
     paths = require_images(args.images)
-    require_default_checkpoint(args.checkpoint, DEFAULT_CHECKPOINT, "copy a run's best.pt there "
-                               "(README: Fine-tune), or give --checkpoint (or HW3_P1_CKPT)")
+    require_default_checkpoint(args.checkpoint, DEFAULT_CHECKPOINT, "copy a run's best.pt (or "
+                               "last.pt) there (README: Fine-tune), or name one in HW3_P1_CKPT "
+                               "(p1/inference.py: or --checkpoint)")
     require_not_an_input(args.out, paths)
     require_writable_file(args.out)
     from hw3core.runtime import pick_device

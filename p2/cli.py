@@ -31,7 +31,8 @@ def add_captioning_args(p):
 def require_checkpoint(args):
     """The default checkpoint missing is said with how to get it, before torch is imported."""
     require_default_checkpoint(args.checkpoint, DEFAULT_CHECKPOINT, "bash hw3_download.sh "
-                               "downloads it, or give --checkpoint (or HW3_P2_CKPT)")
+                               "downloads it, or name another in HW3_P2_CKPT (p2/inference.py "
+                               "and p2/visualize.py: or --checkpoint)")
 
 
 def load_for_captioning(args):

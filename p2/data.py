@@ -98,15 +98,15 @@ def read_caption_file(json_path, image_dir):
     uncaptioned = sum(not texts for texts in captions.values())
     if uncaptioned:
         warn(f"skipping {uncaptioned} image(s) of {json_path} that have no caption")
-    samples = []
+    samples, missing = [], []
     for image_id, texts in captions.items():
         path = image_dir / names[image_id]
-        if not texts:
-            continue
-        if not path.is_file():
-            warn(f"skipping {path}: listed in {json_path} but not found")
-            continue
-        samples.append((path, texts))
+        if texts:
+            (samples if path.is_file() else missing).append((path, texts))
+    if missing:  # one line: a mistyped folder would otherwise give one per image of the file
+        warn(f"skipping {len(missing)} image(s) listed in {json_path} but not found in "
+             f"{image_dir}" + (f": {missing[0][0].name}" if len(missing) == 1
+                               else f", {missing[0][0].name} the first"))
     if not samples:
         raise UserError(f"no captioned image of {json_path} was found in {image_dir}")
     require_some_readable([path for path, _ in samples], image_dir)

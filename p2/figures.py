@@ -40,7 +40,9 @@ def draw_caption_figure(image, caption, panels, columns, stride, source=None):
             show_image(ax, image, panels[i][0])
         else:
             overlay_heatmap(ax, image, panels[i][1], cell=(stride, stride), title=panels[i][0])
-    fig.suptitle(textwrap.fill(caption, width=max(30, int(columns * width * 9))), fontsize=14)
+    # an untrained model may end at once: a figure without a title would look cut off
+    title = caption.strip() or "(empty caption)"
+    fig.suptitle(textwrap.fill(title, width=max(30, int(columns * width * 9))), fontsize=14)
     if source is not None:
         fig.supxlabel(source, fontsize=10, color="0.3")
     return fig

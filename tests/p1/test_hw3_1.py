@@ -195,6 +195,7 @@ def test_an_empty_checkpoint_variable_means_the_default_checkpoint(monkeypatch, 
     monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "p1_vit.pt")
     status, _, err = run_entry_point(inference.main, ["--images", awkward_folder, "--out",
                                                       tmp_path / "o.csv"], capsys)
+    # hw3_1.sh takes the environment variable only: it comes first
     assert status == 2 and err == (f"error: checkpoint not found: {tmp_path / 'p1_vit.pt'}: copy "
-                                   "a run's best.pt there (README: Fine-tune), or give "
-                                   "--checkpoint (or HW3_P1_CKPT)\n")
+                                   "a run's best.pt (or last.pt) there (README: Fine-tune), or "
+                                   "name one in HW3_P1_CKPT (p1/inference.py: or --checkpoint)\n")

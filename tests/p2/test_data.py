@@ -84,8 +84,15 @@ def test_read_caption_file_keeps_captioned_images_and_names_problems(tmp_path, c
     # the file's image order, each image with all its captions
     assert samples == [(tmp_path / "c.png", ["seven"]), (tmp_path / "a.png", ["one", "two"])]
     err = capsys.readouterr().err
-    assert "gone.png" in err and "image_id" in err and "no caption" in err
+    assert "image_id" in err and "no caption" in err
+    assert (f"warning: skipping 1 image(s) listed in {caption_file} but not found in {tmp_path}: "
+            "gone.png\n") in err
     assert f"1 image id(s) listed twice in 'images' of {caption_file}" in err
+    # another split's image folder: one line, not one per image
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UserError, match="no captioned image"):
+        read_caption_file(caption_file, tmp_path / "other")
+    assert capsys.readouterr().err.count("not found") == 1
 
 
 @pytest.mark.parametrize("content, message", [

@@ -172,8 +172,9 @@ def test_the_missing_default_checkpoint_is_said_with_how_to_get_it(main, photo_d
         run_cli(main, ["--images", str(photo_dir), "--out", str(tmp_path / "out.x")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (f"error: checkpoint not found: {tmp_path / 'catr_v3.pth'}: "
-                                       "bash hw3_download.sh downloads it, or give --checkpoint "
-                                       "(or HW3_P2_CKPT)\n")
+                                       "bash hw3_download.sh downloads it, or name another in "
+                                       "HW3_P2_CKPT (p2/inference.py and p2/visualize.py: or "
+                                       "--checkpoint)\n")
 
 
 def test_images_that_would_share_a_figure_are_refused(checkpoints, tmp_path, capsys):
@@ -291,6 +292,9 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
                       "mean over its 8 heads; each map on its own colour scale")
     assert figures.maps_source(2, 6, 8, per_head=False).startswith("cross-attention of decoder "
                                                                     "layer 2 (of 6, counted")
+    empty = figures.draw_caption_figure(image, "", panels[:1], 1, stride=16)
+    assert empty.get_suptitle() == "(empty caption)"
+    figures.plt.close(empty)
     fig = figures.draw_caption_figure(image, "A cat.", panels, columns, stride=16, source=source)
     try:
         assert fig.get_suptitle() == "A cat." and fig.get_supxlabel() == source
