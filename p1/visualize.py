@@ -6,6 +6,7 @@
 
 Checkpoints of p1/train.py and bare pytorch-pretrained-vit or timm state dicts are all accepted.
 """
+import os
 from pathlib import Path
 
 import torch
@@ -45,13 +46,12 @@ def collect_images(specs, out):
     """Image paths from files and folders, each with its own figure in ``out``. A path that does
     not exist (a typo) or a folder without images is a UserError; a named file that cannot be
     decoded is reported and skipped when it is read."""
-    paths = []
+    paths = {}  # by the file they are: an image named twice (itself and its folder) is drawn once
     for spec in specs:
         spec = Path(spec)
-        if spec.is_dir() or not spec.exists():
-            paths += require_images(spec)
-        else:
-            paths.append(spec)
+        for path in require_images(spec) if spec.is_dir() or not spec.exists() else [spec]:
+            paths.setdefault(os.path.realpath(path), path)
+    paths = list(paths.values())
     require_outputs_apart(paths, out)
     return paths
 

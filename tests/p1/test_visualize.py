@@ -90,6 +90,18 @@ def test_rollout_on_a_file_list(setup, run):
                                    attention_rollout(model, x)[0].numpy(), atol=1e-6)
 
 
+def test_an_image_named_twice_is_drawn_once(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "images" / name)
+    (tmp_path / "link.png").symlink_to(tmp_path / "images" / "b.png")
+    named = [tmp_path / "images", tmp_path / "images" / "a.png", tmp_path / "link.png"]
+    assert visualize.collect_images(named, tmp_path / "out") == [
+        tmp_path / "images" / "a.png", tmp_path / "images" / "b.png"]
+
+
 def test_posemb_figure(setup, run, monkeypatch):
     drawn = []
     real_save = visualize.save_figure
