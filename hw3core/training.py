@@ -26,7 +26,8 @@ from .errors import Interrupted, UserError
 from .figures import plot_history
 from .files import remove_stale_temporaries, require_writable_folder, write_text_atomic
 from .cli import RESUME_MAY_CHANGE, STARTING_WEIGHTS
-from .runtime import describe_device, is_main_process, print0, sum_over_ranks
+from .runtime import (describe_device, is_main_process, pick_device, print0, share_cores,
+                      sum_over_ranks)
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -595,9 +596,9 @@ def validation_loader(dataset, batch_size, workers, collate, device, dist_info, 
                       pin_memory=device.type == "cuda" if pin_memory is None else pin_memory)
 
 
-def open_run(args, format_name):
-    """Check a training run's --out and --resume before any work; return the last.pt that
-    --resume names (None without it).
+def open_run(args, format_name, dist_info):
+    """Check a training run's --out and --resume before any work; return (this process's
+    device, the last.pt that --resume names or None, its loader workers).
 
     The last.pt must be ``format_name``'s, hold a run state, have epochs left and have been run
     with the options given now, RESUME_MAY_CHANGE and STARTING_WEIGHTS aside: its optimizer and
@@ -622,7 +623,8 @@ def open_run(args, format_name):
         raise UserError(f"{args.out} holds another run ({last}): add --resume {last} to go on "
                         "with it, or give another --out")
     require_writable_folder(args.out)
-    return resume
+    device = pick_device(args.device, dist_info)
+    return device, resume, share_cores(args.workers, device, dist_info.local_world_size)
 
 
 def _take_the_runs_options(resume, args):

@@ -13,7 +13,7 @@ from hw3core.checkpoints import check_format, format_tag, load_checkpoint, unwra
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_skip, decoded_bytes
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
-                             pick_device, print0, seed_everything, share_cores, sum_over_ranks)
+                             print0, seed_everything, share_cores, sum_over_ranks)
 from hw3core.training import (EpochLoader, open_run, signals_during_backward, train_epochs,
                               train_steps, validation_loader, warmup_cosine, wrap_for_ranks)
 from p1.data import (DecodedImages, LabelledImages, ScaleNormalize, discover, eval_resize,
@@ -114,9 +114,7 @@ def fit(args):
 
 
 def _fit(args, dist_info):
-    device = pick_device(args.device, dist_info)
-    resume = open_run(args, "hw3-p1-vit")
-    workers = share_cores(args.workers, device, dist_info.local_world_size)
+    device, resume, workers = open_run(args, "hw3-p1-vit", dist_info)
     train_samples, class_names = discover(args.train_dir)
     val_samples = discover(args.val_dir, class_names)[0] if args.val_dir else []
     model, arch, preprocess = _model_for_run(args, class_names, resume)

@@ -12,7 +12,7 @@ from hw3core.checkpoints import format_tag
 from hw3core.errors import UserError
 from hw3core.images import ImageFileDataset, collate_list
 from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_process,
-                             pick_device, print0, seed_everything, share_cores, sum_over_ranks)
+                             print0, seed_everything, sum_over_ranks)
 from hw3core.training import (EpochLoader, open_run, train_epochs, train_steps,
                               validation_loader, warmup_cosine, wrap_for_ranks)
 from p2.data import (CaptionPairs, caption_vocabulary, collate_pairs, pad_tokens, preprocess,
@@ -189,9 +189,7 @@ def fit(args):
 
 
 def _fit(args, dist_info):
-    device = pick_device(args.device, dist_info)
-    resume = open_run(args, "hw3-p2-catr")
-    workers = share_cores(args.workers, device, dist_info.local_world_size)
+    device, resume, workers = open_run(args, "hw3-p2-catr", dist_info)
     if not args.init:  # before tokenising a whole caption file; --init's config: below
         check_decoding_options(make_config(resume["config"]) if resume
                                else config_from_args(args), args.max_len)
