@@ -153,8 +153,11 @@ def report_written(count, paths, what, destination):
 
 
 def warn(message):
-    """One ``warning: ...`` line on stderr, at once: the run goes on."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    """One ``warning: ...`` line on stderr, at once: the run goes on. Written above this
+    process's progress bar, not glued to its end."""
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def or_skip(path, work):
