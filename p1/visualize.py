@@ -9,19 +9,15 @@ Checkpoints of p1/train.py and bare pytorch-pretrained-vit or timm state dicts a
 import os
 from pathlib import Path
 
-import torch
-
 from hw3core.cli import add_device_options, at_least, layer_option, parser, run_cli
 from hw3core.errors import UserError
 from hw3core.figures import save_figure
 from hw3core.files import require_writable_file, require_writable_folder, save_npy
 from hw3core.images import (ImageFileDataset, collate_skip, or_skip, report_written,
                             require_images, require_outputs_apart, require_some_read)
-from hw3core.runtime import pick_device
-from p1.attention import attended_tokens, attention_rollout, cls_attention, position_similarity
-from p1.data import eval_transform
-from p1.figures import plot_head_maps, plot_position_similarity, plot_single_map
-from p1.model import load_classifier
+
+# torch, timm and what needs them are imported inside the functions that use them: --help and
+# argument errors answer at once, and a Ctrl-C while they load is one line (run_cli)
 
 
 # --- position embeddings ------------------------------------------------------------------------
@@ -30,6 +26,10 @@ def run_posemb(args):
     if Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
     require_writable_file(args.out)
+    from p1.attention import position_similarity
+    from p1.figures import plot_position_similarity
+    from p1.model import load_classifier
+
     model, _, _ = load_classifier(args.checkpoint)
     similarity = position_similarity(model).numpy()
     rows, cols = similarity.shape[:2]
@@ -66,6 +66,8 @@ def describe_map(args, block, depth, heads):
 
 def unnormalise(images, mean, std):
     """The network's input tensors back as (B, H, W, 3) RGB in [0, 1]."""
+    import torch
+
     mean = torch.tensor(mean).view(1, 3, 1, 1)
     std = torch.tensor(std).view(1, 3, 1, 1)
     return (images.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
@@ -78,6 +80,14 @@ def run_attention(args):
         raise UserError("rollout runs through all layers: --layer needs --method last")
     paths = collect_images(args.images, args.out)
     out = require_writable_folder(args.out)
+    import torch
+
+    from hw3core.runtime import pick_device
+    from p1.attention import attended_tokens, attention_rollout, cls_attention
+    from p1.data import eval_transform
+    from p1.figures import plot_head_maps, plot_single_map
+    from p1.model import load_classifier
+
     model, preprocess, class_names = load_classifier(args.checkpoint)
     depth = len(model.blocks)
     block = layer_option(-1 if args.layer is None else args.layer, depth, "blocks")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_entry_point, save_p1_checkpoint
+from tests.conftest import ROOT, env_without_torch, run_entry_point, save_p1_checkpoint
 from hw3core.images import open_rgb
 from p1 import figures, visualize
 from p1.attention import attention_rollout, cls_attention, position_similarity
@@ -88,6 +88,18 @@ def test_rollout_on_a_file_list(setup, run):
         model, x = library_input(setup["wide"], path)
         np.testing.assert_allclose(np.load(out / f"{path.stem}.npy"),
                                    attention_rollout(model, x)[0].numpy(), atol=1e-6)
+
+
+def test_a_missing_image_folder_is_answered_before_torch_loads(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, str(ROOT / "p1" / "visualize.py"), "attention",
+                          "--checkpoint", str(tmp_path / "c.pt"), "--images",
+                          str(tmp_path / "nope"), "--out", str(tmp_path / "figures")],
+                         env=env_without_torch(tmp_path / "no_torch"), capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr == f"error: not found: {tmp_path / 'nope'}\n"
 
 
 def test_an_image_named_twice_is_drawn_once(tmp_path):
