@@ -65,6 +65,7 @@ def _write_figure(path, out, image, caption, pieces, attention, per_head, stride
 def main(argv=None):
     args = parse_args(argv)
     import multiprocessing
+    import sys
     import warnings
 
     from hw3core.files import require_writable_folder
@@ -89,7 +90,11 @@ def main(argv=None):
     if drawers is None:  # the cores the readers and this process leave
         drawers = 0 if device.type == "cpu" else min(MOST_DRAW_WORKERS,
                                                      usable_cores() - 1 - readers)
-    drawers = min(drawers, usable_cores() - 1)
+    if drawers > usable_cores() - 1:
+        if args.draw_workers is not None:  # said as share_cores says it of --workers
+            print(f"note: {usable_cores()} core(s) here: {usable_cores() - 1} drawing "
+                  f"process(es) instead of {drawers}", file=sys.stderr)
+        drawers = usable_cores() - 1
     # started before the model loads: the drawing processes never hold a copy of it or of CUDA
     pool = multiprocessing.get_context("fork").Pool(drawers) if drawers > 0 else None
     try:

@@ -327,3 +327,17 @@ def test_figures_drawn_in_other_processes_are_the_same_files(photo_dir, checkpoi
         "square.npy", "square.png", "tall.npy", "tall.png", "wide.npy", "wide.png"]
     for a, b in zip(inline, drawn):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_more_drawing_processes_than_cores_allow_are_lowered_and_said(photo_dir, checkpoints,
+                                                                      tmp_path, capsys,
+                                                                      monkeypatch):
+    import hw3core.runtime
+    from tests.conftest import run_entry_point
+
+    monkeypatch.setattr(hw3core.runtime, "usable_cores", lambda: 2)
+    status, _, err = run_entry_point(visualize.main, [
+        "--checkpoint", checkpoints["runs"], "--images", photo_dir, "--max-len", "4",
+        "--out", tmp_path / "figures", "--draw-workers", "3"], capsys)
+    assert status == 0 and "wrote 3 figure(s)" in err
+    assert "note: 2 core(s) here: 1 drawing process(es) instead of 3\n" in err
