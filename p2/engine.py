@@ -172,13 +172,18 @@ def build_scheduler(optimizer, args, batches_per_epoch):
         optimizer, lambda step: 0.1 ** (step // (args.lr_drop * batches_per_epoch)))
 
 
+def _shortened(caption, most=80):
+    """A caption for the epoch's line: an untrained model's run to hundreds of characters."""
+    return caption if len(caption) <= most else caption[:most - 3].rstrip() + "..."
+
+
 def _report_epoch(stats, improved):
     summary = f"epoch {stats['epoch']}: train loss {stats['train_loss']:.4f}"
     if "val_loss" in stats:
         summary += (f", val loss {stats['val_loss']:.4f}, BLEU-4 {stats['val_bleu4']:.3f}, "
                     f"CIDEr {stats['val_cider']:.3f}, exact {stats['val_exact']:.3f}"
                     + (" (best)" if improved else "")
-                    + f"; e.g. {stats['val_examples'][0]!r}")
+                    + f"; e.g. {_shortened(stats['val_examples'][0])!r}")
     print0(summary + f"; {stats['images_per_s']:.1f} images/s")
 
 

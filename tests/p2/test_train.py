@@ -426,3 +426,11 @@ def test_validation_scores_a_caption_against_every_reference_of_its_image():
     scores = evaluate(model, [[(image, 0)]], samples, tokenize_captions(samples, tokenizer, 6),
                       tokenizer, torch.device("cpu"), max_len=6)
     assert scores["val_examples"] == [said] and scores["val_exact"] == 1.0
+
+
+def test_the_epoch_lines_example_caption_is_cut_to_a_line():
+    from p2.engine import _shortened
+
+    assert _shortened("A red circle.") == "A red circle."
+    long = "a jaime elder connection " * 30  # what an untrained model says
+    assert len(_shortened(long)) <= 80 and _shortened(long).endswith("...")
