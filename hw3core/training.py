@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from .checkpoints import CheckpointWriter, check_format, load_checkpoint, save_epoch
+from .cli import RESUME_MAY_CHANGE, STARTING_WEIGHTS
 from .errors import Interrupted, UserError
 from .figures import plot_history
 from .files import remove_stale_temporaries, require_writable_folder, write_text_atomic
-from .cli import RESUME_MAY_CHANGE, STARTING_WEIGHTS
 from .runtime import (describe_device, is_main_process, pick_device, print0, share_cores,
                       sum_over_ranks)
 
