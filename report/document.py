@@ -67,9 +67,16 @@ class Report:
         cells = [[Paragraph(f"<b>{escape(str(h))}</b>", CELL) for h in header]]
         cells += [[Paragraph(escape(str(value)), CELL) for value in row] for row in rows]
         if widths is not None and None in widths:
+            # the free width shared by how much each column holds: a row label beside ten short
+            # numbers would otherwise break after every few letters
             width = getattr(self, "width", A4[0] - 2 * MARGIN)
-            free = (width - sum(w for w in widths if w is not None)) / widths.count(None)
-            widths = [free if w is None else w for w in widths]
+            free = width - sum(w for w in widths if w is not None)
+            # (each cell's padding counted as three characters)
+            weights = [3 + min(30, max(len(str(row[i])) for row in [header, *rows]))
+                       for i in range(len(header))]
+            share = sum(weight for weight, w in zip(weights, widths) if w is None)
+            widths = [free * weight / share if w is None else w
+                      for weight, w in zip(weights, widths)]
         table = Table(cells, colWidths=widths, repeatRows=1, hAlign="LEFT")
         table.setStyle(TableStyle([
             ("GRID", (0, 0), (-1, -1), 0.3, colors.HexColor("#999999")),
