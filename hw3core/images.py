@@ -41,6 +41,13 @@ def list_images(folder):
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
+def _holds_images(folder):
+    try:
+        return folder.is_dir() and any(map(is_image_file, folder.iterdir()))
+    except OSError:  # an unreadable subfolder is no hint
+        return False
+
+
 def require_images(folder):
     """``list_images(folder)``, or a UserError when the folder is missing or holds no image."""
     folder = Path(folder)
@@ -51,7 +58,12 @@ def require_images(folder):
     except OSError as err:
         raise UserError(f"cannot read {folder}: {err.strerror or err}") from None
     if not paths:
-        raise UserError(f"no image files in {folder}")
+        # a class-subfolder layout (val/cat/x.jpg) given where a flat folder is read
+        nested = sorted(sub.name for sub in folder.iterdir() if _holds_images(sub))
+        hint = (f" (its subfolders {', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''} "
+                "hold images, but only the folder itself is read: give one of them)"
+                if nested else "")
+        raise UserError(f"no image files in {folder}{hint}")
     return paths
 
 

@@ -21,6 +21,22 @@ def test_list_images_keeps_images_only_sorted_by_name(tmp_path):
         open_rgb(tmp_path / "gone.png")
 
 
+def test_a_folder_of_class_subfolders_is_refused_with_the_hint_to_give_one(tmp_path):
+    from hw3core.errors import UserError
+    from hw3core.images import require_images
+
+    for name in ("dog", "cat"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "val" / name / "1.jpg")
+    (tmp_path / "val" / "notes").mkdir()  # no images: not named
+    with pytest.raises(UserError, match=r"no image files in .*val \(its subfolders cat, dog hold "
+                                        r"images, but only the folder itself is read: give one "
+                                        r"of them\)$"):
+        require_images(tmp_path / "val")
+    with pytest.raises(UserError, match=r"no image files in .*notes$"):
+        require_images(tmp_path / "val" / "notes")
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F", "1"])
 def test_every_mode_opens_as_rgb(tmp_path, mode):
     gray = np.tile(np.linspace(0, 1, 16), (8, 1))
