@@ -20,20 +20,10 @@ from hw3core.cli import parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (measure, the test that asserts it, its bar, whether higher is better)
-MEASURES = {
-    "p1_tiny_best_val_acc": ("tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set",
-                             0.8, True),
-    "p1_tiny_last_over_first_train_loss": (
-        "tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set", 0.8, False),
-    "p1_digits_from_scratch_best_val_acc": (
-        "tests/p1/test_train.py::test_from_random_weights_the_defaults_learn_real_digits", 0.5,
-        True),
-    "p2_second_over_first_train_loss": (
-        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 0.95, False),
-    "p2_second_over_first_val_loss": (
-        "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run", 0.9, False),
-}
+# The test that asserts each run's measures (their bars: tests.conftest.LEARNED_BARS)
+TESTS = {"p1_tiny": "tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set",
+         "p1_digits": "tests/p1/test_train.py::test_from_random_weights_the_defaults_learn_real_digits",
+         "p2": "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run"}
 
 
 def measure_once():
@@ -41,26 +31,19 @@ def measure_once():
     from p1.engine import fit as fit_p1
     from p2.engine import fit as fit_p2
     from p1.train import parse_args
-    from tests.conftest import digits_argv, make_digits_data, make_shapes_data, tiny_args
+    from tests.conftest import (digits_argv, learned_measures, make_digits_data, make_shapes_data,
+                                run_history, tiny_args)
     from tests.p2.test_train import make_scenes, train_args
-
-    def history(out):
-        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "shapes").mkdir()
         fit_p1(tiny_args(*make_shapes_data(tmp / "shapes"), tmp / "p1"))
-        p1 = history(tmp / "p1")
         fit_p1(parse_args(digits_argv(*make_digits_data(tmp / "digits"), tmp / "digits_run")))
-        digits = history(tmp / "digits_run")
         fit_p2(train_args(make_scenes(tmp / "scenes"), tmp / "p2"))
-        p2 = history(tmp / "p2")
-    return {"p1_tiny_best_val_acc": max(h["val_acc"] for h in p1),
-            "p1_tiny_last_over_first_train_loss": p1[-1]["train_loss"] / p1[0]["train_loss"],
-            "p1_digits_from_scratch_best_val_acc": max(h["val_acc"] for h in digits),
-            "p2_second_over_first_train_loss": p2[1]["train_loss"] / p2[0]["train_loss"],
-            "p2_second_over_first_val_loss": p2[1]["val_loss"] / p2[0]["val_loss"]}
+        return {**learned_measures("p1_tiny", run_history(tmp / "p1")),
+                **learned_measures("p1_digits", run_history(tmp / "digits_run")),
+                **learned_measures("p2", run_history(tmp / "p2"))}
 
 
 def main(argv=None):
@@ -93,17 +76,18 @@ def main(argv=None):
           f"{args.kernels}\n")
     print("| measure | test | bar | worst of the runs | mean |")
     print("| --- | --- | ---: | ---: | ---: |")
-    for name, (test, bar, higher) in MEASURES.items():
+    from tests.conftest import LEARNED_BARS
+    for name, (run_name, _, bar, higher) in LEARNED_BARS.items():
         values = [run[name] for run in runs]
         worst = min(values) if higher else max(values)
-        print(f"| {name} | `{test}` | {'>=' if higher else '<'} {bar} | {worst:.4f} | "
+        print(f"| {name} | `{TESTS[run_name]}` | {'>=' if higher else '<'} {bar} | {worst:.4f} | "
               f"{sum(values) / len(values):.4f} |")
     import torch
     from bench.measure import write_result
     write_result(args.out, "learned-quality test sweep", cores=len(os.sched_getaffinity(0)),
                  native_kernel=torch.backends.cpu.get_cpu_capability(),
-                 bars={name: {"test": test, "bar": bar, "higher_is_better": higher}
-                       for name, (test, bar, higher) in MEASURES.items()},
+                 bars={name: {"test": TESTS[run_name], "bar": bar, "higher_is_better": higher}
+                       for name, (run_name, _, bar, higher) in LEARNED_BARS.items()},
                  runs=runs)
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic data, one trained tiny ViT, and how to call the entry points."""
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,6 +10,46 @@ ROOT = Path(__file__).resolve().parents[1]
 # The seed of every training run whose learned quality a test asserts; bench/sweep_learned.py
 # reruns those tests' training over several seeds, thread counts and CPU kernels.
 TEST_SEED = int(os.environ.get("HW3_TEST_SEED", "0"))
+
+
+def _best(key):
+    return lambda history: max(record[key] for record in history)
+
+
+def _over_first(key, epoch):
+    return lambda history: history[epoch][key] / history[0][key]
+
+
+# The learned qualities those tests assert, read from a run's metrics.jsonl records: the run,
+# the measure, its bar and whether higher is better. The tests and bench/sweep_learned.py read
+# them here; the sweep's runs over seeds, threads and CPU kernels, with these bars, are in
+# bench/results/sweep_learned.json (tests/bench/test_sweep_learned.py holds the two together).
+LEARNED_BARS = {
+    "p1_tiny_best_val_acc": ("p1_tiny", _best("val_acc"), 0.8, True),  # 3.2 x chance (4 classes)
+    "p1_tiny_last_over_first_train_loss": ("p1_tiny", _over_first("train_loss", -1), 0.8, False),
+    # 5 times chance (10 classes)
+    "p1_digits_from_scratch_best_val_acc": ("p1_digits", _best("val_acc"), 0.5, True),
+    "p2_second_over_first_train_loss": ("p2", _over_first("train_loss", 1), 0.95, False),
+    "p2_second_over_first_val_loss": ("p2", _over_first("val_loss", 1), 0.9, False),
+}
+
+
+def run_history(out):
+    """The records of a training run's folder, one per epoch (its metrics.jsonl)."""
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def learned_measures(run, history):
+    """``run``'s measures in LEARNED_BARS, from its records (one per epoch)."""
+    return {name: measure(history) for name, (of, measure, _, _) in LEARNED_BARS.items()
+            if of == run}
+
+
+def assert_learned(run, history):
+    for name, value in learned_measures(run, history).items():
+        bar, higher = LEARNED_BARS[name][2:]
+        assert (value >= bar) if higher else (value < bar), \
+            f"{name} is {value:.4f}: the bar is {'>=' if higher else '<'} {bar}"
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # pytest-xdist (pyproject.toml: -n auto) runs the tests in one process per core, at most four
 # (each builds its own session fixtures and holds its own torch: about 6 GB of memory in use at the

@@ -9,7 +9,7 @@ from p2.data import preprocess
 from p2.decode import caption_images
 from p2.model import save_captioner
 from report import build
-from tests.conftest import run_entry_point
+from tests.conftest import run_entry_point, run_history
 from tests.p2.p2_samples import sample_photos, small_model
 
 SECTIONS = ("Problem 1-1: validation accuracy", "Problem 1-2: cosine similarity of the position",
@@ -27,7 +27,7 @@ def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, 
     # the final run: its best epoch is not its last
     second = tmp_path / "second_run"
     shutil.copytree(trained_tiny, second)
-    history = [json.loads(line) for line in (trained_tiny / "metrics.jsonl").read_text().splitlines()]
+    history = run_history(trained_tiny)
     history = [dict(history[-1], epoch=epoch, val_acc=accuracy)
                for epoch, accuracy in enumerate([0.5625, 0.8125, 0.4375], start=1)]
     (second / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
@@ -56,7 +56,7 @@ def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, 
     right = confusion["counts"][0][0]
     assert f"From best_confusion.json: the validation images of epoch {confusion['epoch']}" in text
     assert f"{right / sum(confusion['counts'][0]):.1%}" in text
-    assert "The true class is read from the file name" in text
+    assert "The true class, where shown, is read from the file's name" in text
     # each word's share of its attention on its highest cells, in the last decoder layer
     photo = preprocess(sample_photos()["wide"], 299)
     shares = []
