@@ -23,6 +23,20 @@ from hw3core.scenes import COLORS, SHAPES, random_box, render_scene
 COURSE_NAME = re.compile(r"(\d+)_.+")
 
 
+def course_label(path):
+    """The label in a course file name (``26_5064.jpg``, ``026_5064.jpg``: "26"), or None."""
+    match = COURSE_NAME.fullmatch(Path(path).name)
+    return str(int(match.group(1))) if match else None
+
+
+def true_class(path, class_names):
+    """The class that ``path``'s name or folder gives in either layout, where it is one of
+    ``class_names``; None for any other image."""
+    path = Path(path)
+    return next((name for name in (course_label(path), path.parent.name) if name in class_names),
+                None)
+
+
 def discover(folder, class_names=None):
     """Return (samples, class_names); samples are (path, class index) sorted by path.
 
@@ -47,9 +61,9 @@ def discover(folder, class_names=None):
         order = str  # folder names sort as they are
     else:
         for path in loose:
-            match = COURSE_NAME.fullmatch(path.name)
-            if match:
-                labelled.append((path, str(int(match.group(1)))))
+            label = course_label(path)
+            if label is not None:
+                labelled.append((path, label))
             else:
                 warn(f"skipping {path}: name is not {{label}}_{{id}}.ext")
         order = int

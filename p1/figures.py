@@ -6,8 +6,19 @@ import math
 import numpy as np
 
 from hw3core.figures import overlay_heatmap, plt, show_image
+from p1.data import true_class
 
 MAP_CMAP = "jet"  # the overlay's colours, so the map panel and the overlay read the same way
+
+
+def prediction_heading(path, probability, class_names):
+    """"NAME: predicted class C (P%)", then the true class where the file's name or folder gives
+    one (p1.data.true_class)."""
+    predicted = int(probability.argmax())
+    heading = (f"{path.name}: predicted class {class_names[predicted]} "
+               f"({float(probability[predicted]):.1%})")
+    true = true_class(path, class_names)
+    return heading if true is None else f"{heading}, true class {true}"
 
 
 # --- position embeddings ------------------------------------------------------------------------

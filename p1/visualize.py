@@ -85,7 +85,7 @@ def run_attention(args):
     from hw3core.runtime import pick_device
     from p1.attention import attended_tokens, attention_rollout, cls_attention
     from p1.data import eval_transform
-    from p1.figures import plot_head_maps, plot_single_map
+    from p1.figures import plot_head_maps, plot_single_map, prediction_heading
     from p1.model import load_classifier
 
     model, preprocess, class_names = load_classifier(args.checkpoint)
@@ -100,8 +100,7 @@ def run_attention(args):
     tokens = attended_tokens(model)
 
     def write(path, image, heat, prob):
-        predicted = int(prob.argmax())
-        heading = f"{path.name}: predicted class {class_names[predicted]} ({prob[predicted]:.1%})"
+        heading = prediction_heading(path, prob, class_names)
         plot = plot_head_maps if heat.ndim == 3 else plot_single_map
         save_figure(plot(image, heat, map_title, heading, tokens), out / f"{path.stem}.png")
         if args.save_npy:

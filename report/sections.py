@@ -196,7 +196,7 @@ def attention(report, checkpoint, images):
     from p1.attention import attended_tokens, cls_attention
     from p1.data import eval_transform
     from p1.model import grid_size, load_classifier
-    from p1.figures import plot_on_original
+    from p1.figures import plot_on_original, prediction_heading
 
     model, preprocess, class_names = load_classifier(checkpoint)
     model.eval()
@@ -211,8 +211,8 @@ def attention(report, checkpoint, images):
                 "so each patch covers the same share of the photo, and the cells are drawn "
                 "stretched to the photo's own shape. The colour scale runs from the map's "
                 f"lowest weight to its highest; its dashed line marks 1/{tokens}, attention "
-                f"spread evenly over the {tokens} tokens. The true class is read from the file "
-                "name ({label}_{id}).")
+                f"spread evenly over the {tokens} tokens. The true class, where shown, is read "
+                "from the file's name ({label}_{id}) or its class folder.")
     for path in map(Path, images):
         try:
             photo = open_rgb(path)
@@ -221,12 +221,7 @@ def attention(report, checkpoint, images):
             continue
         with torch.no_grad():
             maps, logits = cls_attention(model, transform(photo)[None], -1, with_logits=True)
-        probability = logits.float().softmax(-1)[0]
-        predicted = int(probability.argmax())
-        label = path.name.split("_")[0]
-        true = label if label in class_names else "unknown (not a {label}_{id} name)"
-        heading = (f"{path.name}: predicted class {class_names[predicted]} "
-                   f"({probability[predicted]:.1%}), true class {true}")
+        heading = prediction_heading(path, logits.float().softmax(-1)[0], class_names)
         report.figure(plot_on_original(np.asarray(photo), maps[0].mean(0).numpy(),
                                        "last layer's [CLS] attention", heading, tokens),
                       max_height=6.6 * cm)

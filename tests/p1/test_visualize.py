@@ -1,4 +1,5 @@
 """p1/visualize.py end to end: figures, .npy maps, unreadable files, and one-line errors."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -196,6 +197,20 @@ def test_the_attention_figure_shows_the_input_its_map_on_its_own_scale_and_the_p
     names = ["red", "green", "blue", "yellow"]
     assert heading == (f"{first.name}: predicted class {names[predicted]} "
                        f"({probability[predicted]:.1%})")
+
+
+def test_the_heading_gives_the_true_class_where_the_name_or_folder_gives_one():
+    probability = torch.tensor([0.1, 0.7, 0.2])
+    course = [str(c) for c in range(3)]
+    heading = figures.prediction_heading
+    assert heading(Path("val/2_17.jpg"), probability, course) == (
+        "2_17.jpg: predicted class 1 (70.0%), true class 2")
+    assert heading(Path("val/02_17.jpg"), probability, course).endswith(", true class 2")
+    assert heading(Path("val/7_17.jpg"), probability, course) == "7_17.jpg: predicted class 1 (70.0%)"
+    pets = ["cat", "dog", "fish"]
+    assert heading(Path("val/dog/1.jpg"), probability, pets) == (
+        "1.jpg: predicted class dog (70.0%), true class dog")
+    assert heading(Path("photos/1.jpg"), probability, pets) == "1.jpg: predicted class dog (70.0%)"
 
 
 def test_the_colour_bar_marks_evenly_spread_attention_where_the_map_reaches_it():
