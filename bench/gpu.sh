@@ -9,8 +9,9 @@
 #    CI (CPU only) never does, which the offline demo's CUDA run used to check (dropped to fit
 #    the time);
 # 2. bench/p2_speed.py: the CUDA graphs' captions and maps against the eager path (fp32, bf16),
-#    then caption decoding against CATR's loop, one decoder step and the cost of its end test
-#    (which sets p2.decode.ENDED_CHECK_EVERY), the encoder at batch 1;
+#    and the eager path's default attention kernels against torch's math kernel; then caption
+#    decoding against CATR's loop, one decoder step and the cost of its end test (which sets
+#    p2.decode.ENDED_CHECK_EVERY), the encoder at batch 1;
 # 3. bench/p1_speed.py --variants: ViT-B/16 inference and training step, with torch.compile, the
 #    fused optimizer step and a doubled batch.
 # Each step is bounded by a timeout; a step that fails or runs out leaves the others' results,

@@ -14,8 +14,9 @@ cost of the search's end test (which waits for the GPU) and the interval between
 it, and the backbone and encoder at batch 1, eagerly and (CUDA) replayed as a graph
 (p2.decode.CudaGraphs). On a GPU
 it first checks what the graphs give against the eager path, in fp32 and in bf16, each batch in
-its own autocast region as in use: the tests compare the two on a CPU only, where there are no
-graphs. Prints a markdown table.
+its own autocast region as in use (the tests compare the two on a CPU only, where there are no
+graphs), and what the eager path gives with torch's default attention kernels against its math
+kernel. Prints a markdown table.
 """
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from skimage import data
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.measure import machine, median_seconds, write_result
 from bench.tables import p2_decoding_parts as p2_decoding_parts_table
@@ -106,13 +108,26 @@ def encoder_ms(model, image, device, graphs=None):
     return 1000 * median_seconds(encode, 10, device)
 
 
-def graphs_against_eager(model, images, device, max_len=21):
-    """Per precision: how many of ``images``' captions the graphed path (encoder graphs, then the
-    static cache with each step replayed) gives exactly as the eager path does, and the largest
-    difference between their last-layer attention rows where the captions agree."""
+def agreement(reference, other):
+    """How many captions ``other`` gives exactly as ``reference`` does, and the largest difference
+    between their last-layer attention rows where they agree (each a greedy search's
+    (captions, rows))."""
+    same = [a == b for a, b in zip(reference[0], other[0])]
+    differences = [float((a.float() - b.float()).abs().max())
+                   for a, b, s in zip(reference[1], other[1], same) if s]
+    return {"identical": sum(same), "captions": len(same),
+            "max_row_difference": max(differences, default=None)}
+
+
+def graphs_against_eager(model, images, device, max_len=21, record=None):
+    """Per precision: the graphed path (encoder graphs, then the static cache with each step
+    replayed) against the eager path; and the eager path with torch's default attention kernels
+    against its math kernel, the reference. Both paths pick their kernels the same way, so the
+    first comparison cannot catch a fused kernel (torch may pick cuDNN's first on Hopper) that
+    gets CATR's masks wrong; the second can. ``record``: CudaGraphs's, for tests."""
     found = {}
     for precision in ("fp32", "bf16"):
-        graphs = CudaGraphs()
+        graphs = CudaGraphs(record=record)
 
         def caption(batch, graphs=None):  # each batch in its own autocast region, as in use
             with torch.inference_mode(), autocast(device, precision):
@@ -121,15 +136,14 @@ def graphs_against_eager(model, images, device, max_len=21):
                     return greedy_search(model, encoded, max_len, (-1,))
                 return greedy_search_static(model, encoded, max_len, (-1,), graphs)
         eager = caption(images)
+        with sdpa_kernel(SDPBackend.MATH):
+            math_kernel = caption(images)
         # graphs replayed on other inputs first, then on these (the encoder's is recorded on
         # its second use, the decoder's on its first)
         for batch in (images, images[::-1], images):
             graphed = caption(batch, graphs)
-        same = [a == b for a, b in zip(eager[0], graphed[0])]
-        differences = [float((a.float() - b.float()).abs().max())
-                       for a, b, s in zip(eager[1], graphed[1], same) if s]
-        found[precision] = {"identical": sum(same), "captions": len(same),
-                            "max_row_difference": max(differences, default=None)}
+        found[precision] = {**agreement(eager, graphed),
+                            "default_kernels_against_math": agreement(math_kernel, eager)}
     return found
 
 

@@ -193,11 +193,15 @@ def p2_decoding_parts(data):
         if ms is not None:
             how = "eagerly" if path == "eager" else "replayed as a CUDA graph"
             rows.append([f"backbone and encoder, one image, {how}", f"{ms:.2f} ms"])
-    for precision, c in (data.get("graphs_against_eager") or {}).items():
+    def agreement(c):
         worst = c["max_row_difference"]
-        rows.append([f"graphs against the eager path, {precision}",
-                     f"{c['identical']} of {c['captions']} captions identical; attention rows "
-                     f"within {'-' if worst is None else f'{worst:.1e}'}"])
+        return (f"{c['identical']} of {c['captions']} captions identical; attention rows "
+                f"within {'-' if worst is None else f'{worst:.1e}'}")
+    for precision, c in (data.get("graphs_against_eager") or {}).items():
+        rows.append([f"graphs against the eager path, {precision}", agreement(c)])
+        if "default_kernels_against_math" in c:
+            rows.append([f"eager path, torch's default attention kernels against its math "
+                         f"kernel, {precision}", agreement(c["default_kernels_against_math"])])
     return table(["measure", "value"], rows, "lr")
 
 

@@ -1,4 +1,5 @@
-"""What several p2 test files share: photos of three shapes and a small, fast CATR variant."""
+"""What several test files share: photos of three shapes, a small, fast CATR variant, and a
+stand-in for recording CUDA graphs."""
 import torch
 from PIL import Image
 from skimage import data
@@ -28,3 +29,22 @@ def small_model(seed=0, end_bias=None):
         with torch.no_grad():
             model.mlp.layers[-1].bias[END_ID] += end_bias
     return model
+
+
+class StandInRecorder:
+    """What _as_cuda_graph does, without CUDA: a warm-up step, reset, then a 'replay' that runs
+    the recorded step again on its own buffers; or it fails as a kernel that cannot be captured."""
+
+    def __init__(self, fail=False):
+        self.recorded, self.fail = 0, fail
+        self.autocast = []  # (enabled, dtype, cache enabled) at each recording
+
+    def __call__(self, step, reset):
+        self.autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                              torch.is_autocast_cache_enabled()))
+        step()
+        reset()
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        self.recorded += 1
+        return step

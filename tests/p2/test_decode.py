@@ -19,7 +19,7 @@ from p2.decode import (USES_KEPT, CudaGraphs, _StaticGreedy, beam_search, captio
                        greedy_search_static, reference_greedy)
 from p2.model import EncodedImages, build_model
 from p2.tokenizer import END_ID, START_ID
-from tests.p2.p2_samples import SMALL_CONFIG, sample_photos, small_model
+from tests.p2.p2_samples import SMALL_CONFIG, StandInRecorder, sample_photos, small_model
 
 
 @pytest.fixture(scope="module")
@@ -325,25 +325,6 @@ def test_the_static_cache_search_gives_the_eager_searchs_tokens_and_rows(
         for got, want in zip(static[1], eager[1]):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert len(lengths) > 2 and max_len in lengths
-
-
-class StandInRecorder:
-    """What _as_cuda_graph does, without CUDA: a warm-up step, reset, then a 'replay' that runs
-    the recorded step again on its own buffers; or it fails as a kernel that cannot be captured."""
-
-    def __init__(self, fail=False):
-        self.recorded, self.fail = 0, fail
-        self.autocast = []  # (enabled, dtype, cache enabled) at each recording
-
-    def __call__(self, step, reset):
-        self.autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
-                              torch.is_autocast_cache_enabled()))
-        step()
-        reset()
-        if self.fail:
-            raise RuntimeError("operation not permitted when stream is capturing\nmore")
-        self.recorded += 1
-        return step
 
 
 def assert_same_encoding(got, want):
