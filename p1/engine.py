@@ -166,7 +166,10 @@ def _fit(args, dist_info):
             args, dist_info, device, train_loader, optimizer, scheduler, scaler, resume,
             train_epoch=train_epoch, validate=validate if val_loader else None,
             best=("val_acc", "val acc {:.4f}"), weights=weights, best_files=confusion_file,
-            report_epoch=_report_epoch, flops_per_image=3 * forward_flops_per_image(model),
+            report_epoch=_report_epoch,
+            # a backward pass costs two forward passes; a frozen backbone has none (the
+            # head's is negligible)
+            flops_per_image=(1 if args.freeze_backbone else 3) * forward_flops_per_image(model),
             curves=[("loss", "cross-entropy", [("train_loss", train_label),
                                                ("val_loss", "validation")]),
                     ("validation accuracy", "accuracy", [("val_acc", "validation")])])

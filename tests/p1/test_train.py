@@ -123,6 +123,12 @@ def test_freeze_backbone_trains_the_head_only(shapes_data, trained_tiny, tmp_pat
         else:
             assert torch.equal(after[key], value), key
 
+    def flop_per_image(run):
+        record = run_history(run)[0]
+        return record["train_tflops"] * 1e12 / record["images_per_s"]
+    # its TFLOP/s count the forward pass alone: no backward pass runs through the backbone
+    assert flop_per_image(tmp_path) == pytest.approx(flop_per_image(trained_tiny) / 3, rel=1e-6)
+
 
 def test_torchrun_two_processes_stop_together_on_sigterm_and_resume_to_one_processs_weights(
         shapes_data, tmp_path):
