@@ -134,8 +134,10 @@ class EpochLoader:
                                  pin_memory=device.type == "cuda" if pin_memory is None
                                  else pin_memory, persistent_workers=workers > 0,
                                  generator=torch.Generator())
-        # one stream for the run: streams come from a pool of 32 in turn, which NCCL draws from too
-        self.batches = (SideStreamBatches(self.loader, torch.cuda.Stream(device))
+        # one stream for the run: streams come from a pool of 32 in turn, which NCCL draws from
+        # too. High priority: its small augmentation kernels, some of which the host waits for
+        # (a rotation's parameters copied in), go ahead of the step's queued ones
+        self.batches = (SideStreamBatches(self.loader, torch.cuda.Stream(device, priority=-1))
                         if items_on_device and device.type == "cuda" else self.loader)
 
     def __len__(self):

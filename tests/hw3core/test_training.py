@@ -98,8 +98,8 @@ def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monke
     log, current = [], ["main"]
 
     class Stream:
-        def __init__(self, name, device):
-            self.name, self.device = name, device
+        def __init__(self, name, device, priority=0):
+            self.name, self.device, self.priority = name, device, priority
 
         def wait_stream(self, other):
             log.append(f"{self.name} waits for {other.name}")
@@ -127,12 +127,14 @@ def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monke
     gpu = torch.device("cuda", 1)
     main = Stream("main", gpu)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: {gpu: main}[device])
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: Stream("side", device))
+    monkeypatch.setattr(torch.cuda, "Stream",
+                        lambda device, priority=0: Stream("side", device, priority))
     monkeypatch.setattr(torch.cuda, "stream", on)
     loader = EpochLoader(NoisyItems(), 6, 0, collate, gpu, Distributed(), seed=0, pin_memory=False,
                          items_on_device=True)
     loader.sampler.shuffle = False
     batches = loader.epoch(0)
+    assert batches.side.priority < 0  # ahead of the step's kernels, some of which wait on it
     assert len(batches) == 2
     for images, _ in batches:
         log.append(f"batch {images.indices} used on {current[-1]}")
