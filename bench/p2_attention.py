@@ -33,10 +33,11 @@ from hw3core.cli import parser
 from hw3core.images import open_rgb
 from hw3core.scenes import COLORS, SHAPES
 from hw3core.training import replace_run
+from p2.configs import SCENE_RECIPE
 from p2.data import SCENE_SIZE, make_scene_set, pad_tokens
 from p2.data import preprocess
 from p2.decode import caption_images, encode_images
-from p2.engine import SCENE_RECIPE, fit
+from p2.engine import fit
 from p2.metrics import bleu4, words
 from p2.model import build_model, load_captioner
 from p2.tokenizer import CaptionTokenizer

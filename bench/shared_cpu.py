@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def epoch_seconds(data, out, workers):
-    from p2.engine import SCENE_RECIPE
+    from p2.configs import SCENE_RECIPE
 
     command = [sys.executable, str(ROOT / "p2" / "train.py"),
                "--train-json", str(data / "captions.json"), "--train-dir", str(data / "images"),

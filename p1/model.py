@@ -1,4 +1,5 @@
-"""The classifier: timm's VisionTransformer, its presets, and the weight formats it reads and writes.
+"""The classifier: timm's VisionTransformer built from a preset (p1.presets) or a
+timm name, and the weight formats it reads and writes.
 
 Architectures are described by a small ``arch`` dict stored in every checkpoint, so a model is
 rebuilt exactly from its checkpoint. Weights come as this project's checkpoints, bare timm state
@@ -13,16 +14,8 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from hw3core.errors import UserError
+from p1.presets import PRESETS
 
-# VisionTransformer keyword arguments; timm's defaults (LayerNorm eps 1e-6, exact GELU, qkv bias,
-# [CLS]-token pooling) are those of pytorch-pretrained-vit's B_16_imagenet1k.
-PRESETS = {
-    "B_16_imagenet1k": dict(img_size=(384, 384), patch_size=16, embed_dim=768, depth=12,
-                            num_heads=12, mlp_ratio=4.0),
-    # 64-dimensional heads like every ViT, so a bare state dict of it is rebuilt exactly
-    "tiny": dict(img_size=(64, 64), patch_size=8, embed_dim=128, depth=4, num_heads=2,
-                 mlp_ratio=4.0),
-}
 DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hw3core.cli import add_device_options, at_least, parse_run_args, parser, run_cli
 from hw3core.errors import UserError
+from p1.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +22,6 @@ FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
 
 
 def parse_args(argv=None):
-    from p1.model import PRESETS  # torch and timm: inside run_cli, where Ctrl-C is one line
-
     p = parser(__doc__)
     data = p.add_argument_group("data")
     data.add_argument("--train-dir", required=True, help="{label}_{id}.jpg files or class subfolders")
@@ -124,8 +123,9 @@ def resolve_start(args):
 
 
 def main(argv=None):
+    args = parse_args(argv)  # its errors before seconds of importing torch and timm
     from p1.engine import fit
-    fit(parse_args(argv))
+    fit(args)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hw3core.checkpoints import load_checkpoint
 from hw3core.cli import at_least, parser, run_cli
-from hw3core.runtime import pick_device
-from hw3core.training import replace_run
 from p2 import inference
-from p2.data import make_scene_set
-from p2.engine import SCENE_RECIPE, fit
+from p2.configs import SCENE_RECIPE
 from p2.metrics import words
 from p2.train import parse_args
 
@@ -46,6 +42,12 @@ def main(argv=None):
                    help="validation scenes, which pick best.pt (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="of the training run (%(default)s)")
     args = p.parse_args(argv)
+    # after the arguments' errors: seconds of importing torch
+    from hw3core.checkpoints import load_checkpoint
+    from hw3core.runtime import pick_device
+    from hw3core.training import replace_run
+    from p2.data import make_scene_set
+    from p2.engine import fit
 
     scenes_default, epochs_default = TRAINING_SIZE[pick_device().type]
     if args.train_scenes is None:

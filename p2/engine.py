@@ -1,5 +1,5 @@
-"""Captioner training: configurations, optimizer, one epoch, evaluation with generated captions,
-and the whole run (fit) with resumable checkpoints."""
+"""Captioner training: the model's configuration from the options, optimizer, one epoch,
+evaluation with generated captions, and the whole run (fit) with resumable checkpoints."""
 import sys
 from functools import partial
 
@@ -15,6 +15,7 @@ from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_p
                              print0, seed_everything, sum_over_ranks)
 from hw3core.training import (EpochLoader, open_run, train_epochs, train_steps,
                               validation_loader, warmup_cosine, wrap_for_ranks)
+from p2.configs import CONFIGS
 from p2.data import (CaptionPairs, caption_vocabulary, collate_pairs, pad_tokens, preprocess,
                      read_caption_file, tokenize_captions, train_transform)
 from p2.decode import check_decoding_options, encode_images, greedy_search
@@ -22,22 +23,6 @@ from p2.metrics import bleu4, cider, words
 from p2.model import build_model, load_captioner, make_config
 from p2.tokenizer import END_ID, PAD_ID, START_ID, CaptionTokenizer
 
-# Starting points for --config; options such as --hidden-dim change them further. "small" trains
-# from scratch on a CPU: ResNet-18 cut after layer2 (stride 8, so that a word's map can single out
-# part of a small object) with trainable batch norm, on images whose longer side is 128 pixels.
-CONFIGS = {
-    "catr": {},
-    "small": dict(backbone="resnet18", dilation=False, backbone_layer="layer2",
-                  backbone_norm="batch", input_size=128, hidden_dim=128, nheads=4, enc_layers=2,
-                  dec_layers=3, dim_feedforward=512),
-}
-# The options that train "small" on p2.data's synthetic scenes (the demo and bench/p2_attention.py
-# add data, --epochs and --out). From scratch the backbone learns at the transformer's rate, after a
-# warm-up; "left of" captions rule out rotation and colour words rule out colour jitter.
-SCENE_RECIPE = ("--config", "small", "--output-vocab", "captions", "--batch-size", "16",
-                "--lr", "1e-3", "--lr-backbone", "1e-3", "--schedule", "cosine", "--warmup", "50",
-                "--clip-grad", "1.0", "--dropout", "0", "--no-rotate", "--no-color-jitter",
-                "--max-len", "32")
 ARCHITECTURE_OPTIONS = ("backbone", "dilation", "backbone_layer", "backbone_norm", "input_size",
                         "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward")
 

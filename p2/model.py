@@ -21,32 +21,9 @@ from torchvision.ops import FrozenBatchNorm2d
 from hw3core.checkpoints import (check_format, format_tag, load_checkpoint, save_checkpoint,
                                  unwrap_state_dict)
 from hw3core.errors import UserError
+from p2.configs import BACKBONE_LAYERS, BACKBONES, CATR_CONFIG
 from p2.tokenizer import START_ID
 
-# The configuration of all released CATR checkpoints (v1, v2, v3).
-CATR_CONFIG = {
-    "backbone": "resnet101",
-    "dilation": True,
-    "hidden_dim": 256,
-    "nheads": 8,
-    "enc_layers": 6,
-    "dec_layers": 6,
-    "dim_feedforward": 2048,
-    "dropout": 0.1,
-    "pre_norm": True,
-    "vocab_size": 30522,
-    "pad_token_id": 0,
-    "max_position_embeddings": 128,
-    "layer_norm_eps": 1e-12,
-    # Not CATR options but fixed in its code; smaller configs trained from scratch change them.
-    "input_size": 299,  # the longer image side after resizing
-    "backbone_layer": "layer4",  # the last ResNet stage kept: layer2 has stride 8, layer3 16
-    "backbone_norm": "frozen",  # frozen batch norm, or "batch" for a backbone trained from scratch
-    # The token ids the head scores (sorted); the rest get -inf. None: the whole vocabulary.
-    "output_tokens": None,
-}
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BACKBONE_LAYERS = ("layer2", "layer3", "layer4")  # strides 8, 16, 32
 HEAD_HIDDEN_DIM = 512  # CATR's MLP head width, fixed in its code rather than configured
 
 

@@ -14,12 +14,10 @@ p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
 import argparse
 
 from hw3core.cli import add_device_options, at_least, parse_run_args, parser, run_cli
+from p2.configs import BACKBONE_LAYERS, BACKBONES, CONFIGS
 
 
 def parse_args(argv=None):
-    from p2.engine import CONFIGS
-    from p2.model import BACKBONE_LAYERS, BACKBONES
-
     p = parser(__doc__)
     data = p.add_argument_group("data")
     data.add_argument("--train-json", required=True, help="COCO-format caption file")
@@ -95,8 +93,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    args = parse_args(argv)  # its errors before seconds of importing torch
     from p2.engine import fit
-    fit(parse_args(argv))
+    fit(args)
 
 
 if __name__ == "__main__":

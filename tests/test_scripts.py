@@ -1,12 +1,15 @@
-"""The shell scripts: the one rule for the interpreter (venv.sh), test.sh's parallel tests, and
-bench/gpu.sh's refusal without a GPU."""
+"""The scripts: the one rule for the interpreter (venv.sh), test.sh's parallel tests,
+bench/gpu.sh's refusal without a GPU, and the Python entry points' --help and argument errors,
+which come before torch is imported."""
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, WORKER_THREADS, script_env
+from tests.conftest import ROOT, WORKER_THREADS, env_without_torch, script_env
 
 
 def python_chosen(project, **env):
@@ -41,8 +44,6 @@ def test_parallel_test_processes_compute_on_their_share_of_the_cores():
 
 
 def test_gpu_sh_refuses_a_machine_without_cuda_before_it_writes_anything(tmp_path):
-    import sys
-
     out = tmp_path / "out"
     usage = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--help"],
                            env=script_env(), capture_output=True, text=True)
@@ -54,3 +55,32 @@ def test_gpu_sh_refuses_a_machine_without_cuda_before_it_writes_anything(tmp_pat
     assert refused.stderr == (f"error: {sys.executable} has no torch that sees a CUDA GPU; run "
                               "this on a GPU machine (PYTHON=... names another interpreter)\n")
     assert not out.exists()
+
+
+ENTRY_SCRIPTS = sorted(str(path.relative_to(ROOT)) for problem in ("p1", "p2")
+                       for path in (ROOT / problem).glob("*.py")
+                       if 'if __name__ == "__main__":' in path.read_text())
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS)
+def test_every_scripts_help_and_argument_errors_come_before_importing_torch(tmp_path, script):
+    env = env_without_torch(tmp_path / "no_torch")
+    usage = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage:"), usage.stderr
+    wrong = subprocess.run([sys.executable, script, "--no-such-option"], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
+    # argparse's one line: a missing required argument, or else the unknown option
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert wrong.stderr.startswith(f"{Path(script).name}: error: ")
+
+
+def test_p1_train_refuses_to_start_without_weights_before_importing_torch(tmp_path):
+    refused = subprocess.run(
+        [sys.executable, "p1/train.py", "--train-dir", str(tmp_path), "--out",
+         str(tmp_path / "run")],
+        cwd=ROOT, env=env_without_torch(tmp_path / "no_torch", HW3_CKPT_DIR=str(tmp_path)),
+        capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: no weights to start B_16_imagenet1k from: run bash "
+                                     "hw3_download.sh")
