@@ -1,5 +1,5 @@
-"""The classifier: timm's VisionTransformer built from a preset (p1.presets) or a
-timm name, and the weight formats it reads and writes.
+"""The classifier: timm's VisionTransformer, built from a preset (p1.presets) or a timm name,
+and the weight formats it reads and writes.
 
 Architectures are described by a small ``arch`` dict stored in every checkpoint, so a model is
 rebuilt exactly from its checkpoint. Weights come as this project's checkpoints, bare timm state
