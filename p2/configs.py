@@ -26,6 +26,9 @@ CATR_CONFIG = {
     # The token ids the head scores (sorted); the rest get -inf. None: the whole vocabulary.
     "output_tokens": None,
 }
+# the options that describe an architecture: a new model's, refused beside --init's checkpoint
+ARCHITECTURE_OPTIONS = ("backbone", "dilation", "backbone_layer", "backbone_norm", "input_size",
+                        "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BACKBONE_LAYERS = ("layer2", "layer3", "layer4")  # strides 8, 16, 32
 

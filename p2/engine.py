@@ -15,7 +15,7 @@ from hw3core.runtime import (autocast, distributed, fit_shared_memory, is_main_p
                              print0, seed_everything, sum_over_ranks)
 from hw3core.training import (EpochLoader, open_run, train_epochs, train_steps,
                               validation_loader, warmup_cosine, wrap_for_ranks)
-from p2.configs import CONFIGS
+from p2.configs import ARCHITECTURE_OPTIONS, CONFIGS
 from p2.data import (CaptionPairs, caption_vocabulary, collate_pairs, pad_tokens, preprocess,
                      read_caption_file, tokenize_captions, train_transform)
 from p2.decode import check_decoding_options, encode_images, greedy_search
@@ -23,22 +23,14 @@ from p2.metrics import bleu4, cider, words
 from p2.model import build_model, load_captioner, make_config
 from p2.tokenizer import END_ID, PAD_ID, START_ID, CaptionTokenizer
 
-ARCHITECTURE_OPTIONS = ("backbone", "dilation", "backbone_layer", "backbone_norm", "input_size",
-                        "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward")
 
 
 def config_from_args(args):
     """The configuration of a model from random weights that --config and the architecture
-    options describe. CATR's frozen batch norm is refused unless asked for: at its initial values
-    it is the identity, and a backbone trained from scratch without it rarely learns."""
+    options describe (p2/train.py has refused CATR's frozen batch norm unless asked for)."""
     overrides = dict(CONFIGS[args.config or "catr"])
     overrides.update({name: getattr(args, name) for name in (*ARCHITECTURE_OPTIONS, "dropout")
                       if getattr(args, name) is not None})
-    if overrides.get("backbone_norm", "frozen") == "frozen" and args.backbone_norm is None:
-        raise UserError("no weights to start from: give --init checkpoints/catr_v3.pth (bash "
-                        "hw3_download.sh writes it) to fine-tune CATR, or --config small or "
-                        "--backbone-norm batch to train from random weights (CATR's frozen batch "
-                        "norm would not learn)")
     return make_config(overrides)
 
 
@@ -283,12 +275,7 @@ def _model_for_run(args, resume, train_vocabulary):
         model = build_model(config)
         model.load_state_dict(resume["model"])
         return model, config
-    if args.init:
-        given = [f"--{name.replace('_', '-')}" for name in ("config", *ARCHITECTURE_OPTIONS)
-                 if getattr(args, name) is not None]
-        if given:
-            raise UserError(f"--init {args.init} fixes the architecture; leave out "
-                            f"{', '.join(given)}")
+    if args.init:  # with no architecture options (p2/train.py)
         model, config = load_captioner(args.init)
     else:
         seed_everything(args.seed)  # the same initial weights on every rank

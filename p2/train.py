@@ -14,7 +14,8 @@ p2/inference.py, p2/visualize.py and hw3_2.sh load as they are.
 import argparse
 
 from hw3core.cli import add_device_options, at_least, parse_run_args, parser, run_cli
-from p2.configs import BACKBONE_LAYERS, BACKBONES, CONFIGS
+from hw3core.errors import UserError
+from p2.configs import ARCHITECTURE_OPTIONS, BACKBONE_LAYERS, BACKBONES, CATR_CONFIG, CONFIGS
 
 
 def parse_args(argv=None):
@@ -89,11 +90,33 @@ def parse_args(argv=None):
     args = parse_run_args(p, argv)
     if bool(args.val_json) != bool(args.val_dir):
         p.error("--val-json and --val-dir go together")
+    return check_start(args)
+
+
+def check_start(args):
+    """Refuse, before the run opens, a start that cannot be: options that describe an
+    architecture beside --init, whose checkpoint fixes it; and without --init, CATR's frozen batch
+    norm, which at its initial values is the identity (a backbone trained from scratch without
+    batch norm rarely learns). A resumed run goes on with its own model (open_run)."""
+    if args.resume:
+        return args
+    if args.init:
+        given = [f"--{name.replace('_', '-')}" for name in ("config", *ARCHITECTURE_OPTIONS)
+                 if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--init {args.init} fixes the architecture; leave out "
+                            f"{', '.join(given)}")
+    elif (args.backbone_norm is None
+          and {**CATR_CONFIG, **CONFIGS[args.config or "catr"]}["backbone_norm"] == "frozen"):
+        raise UserError("no weights to start from: give --init checkpoints/catr_v3.pth (bash "
+                        "hw3_download.sh writes it) to fine-tune CATR, or --config small or "
+                        "--backbone-norm batch to train from random weights (CATR's frozen batch "
+                        "norm would not learn)")
     return args
 
 
 def main(argv=None):
-    args = parse_args(argv)  # its errors before seconds of importing torch
+    args = parse_args(argv)  # its errors and refusals before seconds of importing torch
     from p2.engine import fit
     fit(args)
 

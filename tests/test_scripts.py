@@ -75,12 +75,19 @@ def test_every_scripts_help_and_argument_errors_come_before_importing_torch(tmp_
     assert wrong.stderr.startswith(f"{Path(script).name}: error: ")
 
 
-def test_p1_train_refuses_to_start_without_weights_before_importing_torch(tmp_path):
+@pytest.mark.parametrize("command, refusal", [
+    (["p1/train.py", "--train-dir", "data"], "error: no weights to start B_16_imagenet1k from: "
+     "run bash hw3_download.sh"),
+    (["p2/train.py", "--train-json", "c.json", "--train-dir", "data"],
+     "error: no weights to start from: give --init checkpoints/catr_v3.pth"),
+    (["p2/train.py", "--train-json", "c.json", "--train-dir", "data", "--init", "catr_v3.pth",
+      "--hidden-dim", "64"], "error: --init catr_v3.pth fixes the architecture; leave out "
+     "--hidden-dim"),
+])
+def test_train_refuses_a_start_that_cannot_be_before_importing_torch(tmp_path, command, refusal):
     refused = subprocess.run(
-        [sys.executable, "p1/train.py", "--train-dir", str(tmp_path), "--out",
-         str(tmp_path / "run")],
-        cwd=ROOT, env=env_without_torch(tmp_path / "no_torch", HW3_CKPT_DIR=str(tmp_path)),
+        [sys.executable, *command, "--out", str(tmp_path / "run")], cwd=ROOT,
+        env=env_without_torch(tmp_path / "no_torch", HW3_CKPT_DIR=str(tmp_path)),
         capture_output=True, text=True)
-    assert refused.returncode == 2
-    assert refused.stderr.startswith("error: no weights to start B_16_imagenet1k from: run bash "
-                                     "hw3_download.sh")
+    assert refused.returncode == 2 and refused.stderr.startswith(refusal), refused.stderr
+    assert not (tmp_path / "run").exists()

@@ -262,7 +262,7 @@ def test_catrs_recipe_is_the_default_and_small_is_as_described(tmp_path):
     resumed = parse_args(required + ["--resume", str(tmp_path / "last.pt")])
     assert (resumed.lr, resumed.epochs, resumed.rotate, resumed.config) == (None,) * 4
     assert (resumed.device, resumed.workers) == ("auto", None)
-    args = parse_args(required)
+    args = parse_args([*required, "--init", str(tmp_path / "catr_v3.pth")])  # read by fit
     assert (args.lr, args.lr_backbone, args.weight_decay, args.clip_grad) == (1e-4, 1e-5, 1e-4, 0.1)
     assert (args.schedule, args.lr_drop, args.epochs, args.batch_size) == ("step", 20, 30, 32)
     assert (args.rotate, args.color_jitter, args.hflip) == (True, True, False)
