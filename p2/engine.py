@@ -24,7 +24,6 @@ from p2.model import build_model, load_captioner, make_config
 from p2.tokenizer import END_ID, PAD_ID, START_ID, CaptionTokenizer
 
 
-
 def config_from_args(args):
     """The configuration of a model from random weights that --config and the architecture
     options describe (p2/train.py has refused CATR's frozen batch norm unless asked for)."""
