@@ -15,7 +15,7 @@ def test_graphs_and_default_kernels_are_each_compared_with_their_reference():
     torch.manual_seed(0)
     model = build_model(SMALL_CONFIG).eval()
     photos = sample_photos()
-    images = [preprocess(photo, 224) for photo in (photos["wide"], ImageOps.mirror(photos["wide"]),
+    images = [preprocess(photo, 128) for photo in (photos["wide"], ImageOps.mirror(photos["wide"]),
                                                     photos["square"])]
     recorder = StandInRecorder()
     found = p2_speed.graphs_against_eager(model, images, torch.device("cpu"), max_len=6,
