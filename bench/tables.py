@@ -193,6 +193,7 @@ def p2_decoding_parts(data):
         if ms is not None:
             how = "eagerly" if path == "eager" else "replayed as a CUDA graph"
             rows.append([f"backbone and encoder, one image, {how}", f"{ms:.2f} ms"])
+
     def agreement(c):
         worst = c["max_row_difference"]
         return (f"{c['identical']} of {c['captions']} captions identical; attention rows "
