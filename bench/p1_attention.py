@@ -1,4 +1,4 @@
-"""Do the Problem 1 attention maps point at the object? A check on synthetic shapes with known boxes.
+"""Do Problem 1's attention maps point at the object? A check on synthetic shapes with known boxes.
 
     python bench/p1_attention.py 2>/dev/null      # tqdm bars go to stderr
 
@@ -34,7 +34,6 @@ from p1.data import eval_transform, make_shapes_set
 from p1.engine import fit
 from p1.model import build_model, load_classifier
 from p1.train import parse_args as parse_train_args
-
 
 
 def score_map(heat, image_size, box):
@@ -158,7 +157,8 @@ def run(args, work):
                                                             work / "heldout")
 
     depth = len(model.blocks)
-    print(f"\n## Problem 1 attention maps on synthetic shapes\n\nmachine: {machine()}, timm {timm.__version__}  ")
+    print(f"\n## Problem 1 attention maps on synthetic shapes\n\nmachine: {machine()}, "
+          f"timm {timm.__version__}  ")
     print(f"tiny ViT ({depth} blocks, grid {tuple(model.patch_embed.grid_size)}, "
           f"{image_side} px): {args.train} training images, {args.epochs} epochs, min crop "
           f"{args.min_crop}, trained in {train_seconds:.0f} s; {args.heldout} held-out images, "

@@ -62,7 +62,8 @@ def main(argv=None):
         jobs = [(seed, threads) for threads in args.threads for seed in range(args.seeds)]
         while jobs:
             threads = jobs[0][1]
-            batch = [job for job in jobs if job[1] == threads][:args.parallel if threads == 1 else 1]
+            batch = [job for job in jobs
+                     if job[1] == threads][:args.parallel if threads == 1 else 1]
             started = []
             for seed, threads in batch:
                 jobs.remove((seed, threads))

@@ -3,7 +3,7 @@ CPU kernels, and print each measure's lowest value beside the test's bar.
 
 Another CPU computes other floats (other vector kernels, another order of sums), so a bar must
 hold with margin over what these runs give, not just over one machine's run:
-    python -m bench.sweep_learned [--seeds 5] [--threads 1 2] [--out bench/results/sweep_learned.json]
+    python -m bench.sweep_learned [--seeds 5] [--threads 1 2] [--out FILE]
 Each run is a fresh process with HW3_TEST_SEED, the thread count and ATEN_CPU_CAPABILITY set
 (default: the plain kernels; native: this CPU's widest); the tests read HW3_TEST_SEED.
 """
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The test that asserts each run's measures (their bars: tests.conftest.LEARNED_BARS)
 TESTS = {"p1_tiny": "tests/p1/test_train.py::test_tiny_preset_learns_the_synthetic_set",
-         "p1_digits": "tests/p1/test_train.py::test_from_random_weights_the_defaults_learn_real_digits",
+         "p1_digits":
+             "tests/p1/test_train.py::test_from_random_weights_the_defaults_learn_real_digits",
          "p2": "tests/p2/test_train.py::test_training_lowers_the_loss_and_writes_the_run"}
 
 
@@ -51,7 +52,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (%(default)s)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--kernels", nargs="+", default=["default", "native"])
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_learned.json"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_learned.json"),
+                   help="the JSON (default: bench/results/sweep_learned.json)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -66,8 +68,9 @@ def main(argv=None):
                 if kernel != "native":
                     env["ATEN_CPU_CAPABILITY"] = kernel
                 start = time.perf_counter()
-                done = subprocess.run([sys.executable, "-m", "bench.sweep_learned", "--one"], env=env, cwd=ROOT,
-                                      capture_output=True, text=True, check=True)
+                done = subprocess.run([sys.executable, "-m", "bench.sweep_learned", "--one"],
+                                      env=env, cwd=ROOT, capture_output=True, text=True,
+                                      check=True)
                 values = json.loads(done.stdout.strip().splitlines()[-1])
                 runs.append({"seed": seed, "threads": threads, "kernel": kernel,
                              "seconds": round(time.perf_counter() - start, 1), **values})

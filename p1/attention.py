@@ -34,7 +34,8 @@ def _check_supported(model, indices):
         # norm1(x), so the matrix formed here would not be the one the block uses.
         if type(block) is not Block or not isinstance(block.attn, Attention):
             raise TypeError(f"block {i} is a {type(block).__name__} with "
-                            f"{type(block.attn).__name__}; only timm's Block/Attention are supported")
+                            f"{type(block.attn).__name__}; only timm's Block/Attention are "
+                            "supported")
 
 
 def block_attention(block, x):

@@ -26,7 +26,8 @@ def parse_args(argv=None):
                    help="train.py checkpoint or bare ViT state dict (%(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="(%(default)s)")
     p.add_argument("--workers", type=at_least(0),
-                   help="DataLoader worker processes (default: none on a CPU, up to 4 beside a GPU)")
+                   help="DataLoader worker processes (default: none on a CPU, up to 4 beside "
+                   "a GPU)")
     add_device_options(p)
     return p.parse_args(argv)
 

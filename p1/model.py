@@ -35,7 +35,8 @@ def make_arch(name, num_classes, image_size=None):
         vit_kwargs["img_size"] = list(image_size)
     else:
         if name not in timm.list_models("*vit*") and name not in timm.list_models("*deit*"):
-            raise UserError(f"unknown model {name!r}: use one of {sorted(PRESETS)} or a timm ViT name")
+            raise UserError(f"unknown model {name!r}: use one of {sorted(PRESETS)} or a timm "
+                            "ViT name")
         vit_kwargs = None
         with torch.device("meta"):  # its description only: no weights made or initialised
             model = _require_cls_vit(timm.create_model(name, pretrained=False), name)

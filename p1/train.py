@@ -24,7 +24,8 @@ FROM_SCRATCH = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
 def parse_args(argv=None):
     p = parser(__doc__)
     data = p.add_argument_group("data")
-    data.add_argument("--train-dir", required=True, help="{label}_{id}.jpg files or class subfolders")
+    data.add_argument("--train-dir", required=True,
+                      help="{label}_{id}.jpg files or class subfolders")
     data.add_argument("--val-dir", help="validation images, same layout; picks best.pt")
     data.add_argument("--out", required=True, help="folder for checkpoints, metrics and curves")
     data.add_argument("--workers", type=at_least(0), help="DataLoader worker processes "
@@ -45,11 +46,14 @@ def parse_args(argv=None):
                        help="input size (one value: square); default: the model's")
     model.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=False,
                        help="train the classification head only (fixed feature extractor)")
-    model.add_argument("--drop-path", type=at_least(0.0, float, below=1.0), default=0.1, help="stochastic depth rate (%(default)s)")
+    model.add_argument("--drop-path", type=at_least(0.0, float, below=1.0), default=0.1,
+                       help="stochastic depth rate (%(default)s)")
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=at_least(1), default=10, help="(%(default)s)")
-    optim.add_argument("--batch-size", type=at_least(1), default=32, help="images per process and step (%(default)s)")
-    optim.add_argument("--grad-accum", type=at_least(1), default=1, help="micro-batches per optimizer step (%(default)s)")
+    optim.add_argument("--batch-size", type=at_least(1), default=32,
+                       help="images per process and step (%(default)s)")
+    optim.add_argument("--grad-accum", type=at_least(1), default=1,
+                       help="micro-batches per optimizer step (%(default)s)")
     optim.add_argument("--optimizer", choices=("sgd", "adamw"),
                        help="SGD with momentum 0.9, or AdamW (sgd; adamw from random weights)")
     optim.add_argument("--lr", type=at_least(0.0, float),
@@ -60,8 +64,10 @@ def parse_args(argv=None):
                        help="linear warm-up to --lr (%(default)s)")
     optim.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                        help="after the warm-up: cosine decay to 0, or --lr held (%(default)s)")
-    optim.add_argument("--label-smoothing", type=at_least(0.0, float, below=1.0), default=0.1, help="(%(default)s)")
-    optim.add_argument("--clip-grad", type=at_least(0.0, float), default=1.0, help="max gradient norm; 0: off (%(default)s)")
+    optim.add_argument("--label-smoothing", type=at_least(0.0, float, below=1.0), default=0.1,
+                       help="(%(default)s)")
+    optim.add_argument("--clip-grad", type=at_least(0.0, float), default=1.0,
+                       help="max gradient norm; 0: off (%(default)s)")
     aug = p.add_argument_group("augmentation")
     aug.add_argument("--augment", choices=("randaugment", "trivialaugment", "none"),
                      default="randaugment", help="policy after crop and flip (%(default)s)")
@@ -74,8 +80,10 @@ def parse_args(argv=None):
                      "0.5; bench/min_crop.py)")
     aug.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                      help="random horizontal flip (on)")
-    aug.add_argument("--mixup", type=at_least(0.0, float), default=0.0, help="MixUp alpha; 0: off (%(default)s)")
-    aug.add_argument("--cutmix", type=at_least(0.0, float), default=0.0, help="CutMix alpha; 0: off (%(default)s)")
+    aug.add_argument("--mixup", type=at_least(0.0, float), default=0.0,
+                     help="MixUp alpha; 0: off (%(default)s)")
+    aug.add_argument("--cutmix", type=at_least(0.0, float), default=0.0,
+                     help="CutMix alpha; 0: off (%(default)s)")
     run = p.add_argument_group("run")
     add_device_options(run, precision=True)
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -99,7 +107,8 @@ def resolve_start(args):
     if args.resume:
         return args
     if args.pretrained is None:
-        downloaded = Path(os.environ.get("HW3_CKPT_DIR", ROOT / "checkpoints")) / f"{args.model}.pth"
+        folder = Path(os.environ.get("HW3_CKPT_DIR", ROOT / "checkpoints"))
+        downloaded = folder / f"{args.model}.pth"
         if args.model != "B_16_imagenet1k":
             raise UserError(f"no weights to start {args.model} from: give --pretrained FILE, or "
                             "--pretrained none to train from random weights")

@@ -76,7 +76,8 @@ def read_caption_file(json_path, image_dir):
                         "'annotations' lists)")
     names, repeated = {}, 0
     for i, entry in enumerate(content["images"]):
-        if not (isinstance(entry, dict) and "id" in entry and isinstance(entry.get("file_name"), str)):
+        if not (isinstance(entry, dict) and "id" in entry
+                and isinstance(entry.get("file_name"), str)):
             raise UserError(f"{json_path}: images[{i}] needs an 'id' and a 'file_name'")
         repeated += entry["id"] in names
         names[entry["id"]] = entry["file_name"]

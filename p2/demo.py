@@ -36,8 +36,10 @@ def main(argv=None):
     p.add_argument("--out", default="demo_out", help="folder for the data, run and figures")
     p.add_argument("--epochs", type=at_least(1), default=None,
                    help="8 on a CPU, 10 on a GPU")
-    p.add_argument("--train-scenes", type=at_least(1), default=None, help="2,000 on a CPU, 3,000 on a GPU")
-    p.add_argument("--show", type=at_least(1), default=4, help="held-out scenes captioned by hw3_2.sh")
+    p.add_argument("--train-scenes", type=at_least(1), default=None,
+                   help="2,000 on a CPU, 3,000 on a GPU")
+    p.add_argument("--show", type=at_least(1), default=4,
+                   help="held-out scenes captioned by hw3_2.sh")
     p.add_argument("--val-scenes", type=at_least(1), default=30,
                    help="validation scenes, which pick best.pt (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="of the training run (%(default)s)")
@@ -78,7 +80,8 @@ def main(argv=None):
                     str(figures)], env=env, check=True)
     # the same checkpoint through inference.py, for the caption texts to compare
     inference.main(["--images", str(scenes / "heldout" / "images"), "--checkpoint",
-                    str(run / "best.pt"), "--out", str(out / "p2_captions.jsonl"), "--max-len", "32"])
+                    str(run / "best.pt"), "--out", str(out / "p2_captions.jsonl"),
+                    "--max-len", "32"])
     content = json.loads((scenes / "heldout" / "captions.json").read_text())
     truth = {entry["file_name"]: a["caption"] for entry in content["images"]
              for a in content["annotations"] if a["image_id"] == entry["id"]}

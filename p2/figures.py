@@ -64,7 +64,8 @@ def figure_panels(pieces, maps, per_head):
 def maps_source(layer, layers, heads, per_head):
     """What a figure's maps are: decoder ``layer`` (counted from 0) of ``layers``, ``heads``."""
     which = "the last" if layer == layers - 1 else "the first" if layer == 0 else None
-    maps = "the mean over its heads, then each head" if per_head else f"the mean over its {heads} heads"
+    maps = ("the mean over its heads, then each head" if per_head
+            else f"the mean over its {heads} heads")
     # red is the highest of each map, not of the figure: a word's map near uniform looks as hot
     return (f"cross-attention of decoder layer {layer} ({which + ' ' if which else ''}of {layers}, "
             f"counted from 0), {maps}; each map on its own colour scale")

@@ -46,24 +46,29 @@ def parse_args(argv=None):
     model.add_argument("--backbone-norm", choices=("frozen", "batch"),
                        help="frozen batch norm (CATR's) or trainable batch norm for a backbone "
                        "trained from scratch")
-    model.add_argument("--input-size", type=at_least(1), help="longer image side in pixels (CATR: 299)")
+    model.add_argument("--input-size", type=at_least(1),
+                       help="longer image side in pixels (CATR: 299)")
     model.add_argument("--hidden-dim", type=at_least(1))
     model.add_argument("--nheads", type=at_least(1))
     model.add_argument("--enc-layers", type=at_least(0))
     model.add_argument("--dec-layers", type=at_least(1))
     model.add_argument("--dim-feedforward", type=at_least(1))
-    model.add_argument("--dropout", type=at_least(0.0, float, below=1.0), help="(CATR: 0.1; may change an --init model's)")
+    model.add_argument("--dropout", type=at_least(0.0, float, below=1.0),
+                       help="(CATR: 0.1; may change an --init model's)")
     model.add_argument("--output-vocab", choices=("full", "captions"),
                        help="full: the head scores all 30,522 word pieces (CATR); captions: only "
                        "those of the training captions, about twice as fast for a small model, "
                        "which can then say no other word (default: --init's, else full)")
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=at_least(1), default=30, help="(%(default)s)")
-    optim.add_argument("--batch-size", type=at_least(1), default=32, help="captions per process and step (%(default)s)")
-    optim.add_argument("--lr", type=at_least(0.0, float), default=1e-4, help="transformer and head (%(default)s)")
+    optim.add_argument("--batch-size", type=at_least(1), default=32,
+                       help="captions per process and step (%(default)s)")
+    optim.add_argument("--lr", type=at_least(0.0, float), default=1e-4,
+                       help="transformer and head (%(default)s)")
     optim.add_argument("--lr-backbone", type=at_least(0.0, float), default=1e-5,
                        help="ResNet backbone; 0 freezes it (%(default)s)")
-    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=1e-4, help="(%(default)s)")
+    optim.add_argument("--weight-decay", type=at_least(0.0, float), default=1e-4,
+                       help="(%(default)s)")
     optim.add_argument("--schedule", choices=("step", "cosine"), default="step",
                        help="step: CATR's, divided by 10 every --lr-drop epochs; cosine: linear "
                        "warm-up for --warmup steps, then cosine decay to 0 (%(default)s)")

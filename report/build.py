@@ -34,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--p1-checkpoint", help="for the position-embedding and attention figures "
                    "(default: the final run's best.pt)")
     p.add_argument("--p1-images", nargs="*", default=[], metavar="FILE",
-                   help=f"images for the attention figures (the course's: {', '.join(COURSE_IMAGES)})")
+                   help="images for the attention figures (the course's: "
+                   f"{', '.join(COURSE_IMAGES)})")
     p.add_argument("--p2-checkpoint", help="a CATR checkpoint (released or trained)")
     p.add_argument("--p2-images", help="a folder of images to caption")
     p.add_argument("--p2-max-images", type=at_least(1), default=2,

@@ -5,9 +5,10 @@ report/build.py on them and on the demo's own runs (this is how the committed re
 
 The comparisons start from a `tiny` ViT pre-trained on another task on the same kind of images
 (whether the shape's colour is warm or cool, not which colour it is), so that training the head
-alone has learnt features to keep: the whole network against the head only, SGD against AdamW, and the recipe of the
-submission this project grew from (SGD at 0.02, a constant rate, no crop, no flip, no smoothing)
-against the default. Each run is skipped when its folder already holds a finished run.
+alone has learnt features to keep: the whole network against the head only, SGD against AdamW,
+and the recipe of the submission this project grew from (SGD at 0.02, a constant rate, no crop,
+no flip, no smoothing) against the default. Each run is skipped when its folder already holds a
+finished run.
 """
 import json
 from pathlib import Path
@@ -81,8 +82,9 @@ def main(argv=None):
         "images, not the course's data, so no number here says anything about the pets or "
         "COCO. Problem 1: 64 x 64 images of one coloured shape, the class being its colour "
         "(4 classes); the comparison runs start from a tiny ViT pre-trained to tell warm "
-        "colours from cool ones (2 classes). Problem 2: the small captioner trained from scratch on synthetic "
-        "scenes. Rebuild it from your own runs with report/build.py (README, 'The report').",
+        "colours from cool ones (2 classes). Problem 2: the small captioner trained from "
+        "scratch on synthetic scenes. Rebuild it from your own runs with report/build.py "
+        "(README, 'The report').",
         "--p1-runs", str(demo / "p1_run"), *[str(runs / name) for name in COMPARISONS],
         str(pretext), "--p1-images", *map(str, examples),
         "--p2-checkpoint", str(demo / "p2_run" / "best.pt"), "--p2-images", str(scenes),

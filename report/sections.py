@@ -63,7 +63,8 @@ def accuracy(report, runs, final):
         seconds = sum(h.get("epoch_seconds", h.get("seconds", 0.0)) for h in history)
         rows.append([
             run.name + (" (final)" if run == final else ""), _setting(args),
-            f"{accuracies[best]:.2%} (epoch {history[best]['epoch']})" if accuracies else "no validation",
+            (f"{accuracies[best]:.2%} (epoch {history[best]['epoch']})" if accuracies
+             else "no validation"),
             f"{accuracies[-1]:.2%}" if accuracies else "-",
             f"{history[-1]['epoch']} of {args['epochs']}",
             f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min",
@@ -183,7 +184,7 @@ def attention(report, checkpoint, images):
     report.heading("Problem 1-3: what the last layer's [CLS] token attends to")
     command = (f"{BUILD} --p1-runs runs/vit --p1-images "
                + " ".join(f"p1_data/val/{name}" for name in ("26_5064.jpg", "29_4718.jpg",
-                                                            "31_4838.jpg")))
+                                                             "31_4838.jpg")))
     if not checkpoint or not Path(checkpoint).is_file():
         report.not_run("a Problem 1 checkpoint", f"{TRAIN_COMMAND}; then {command}")
         return

@@ -50,6 +50,8 @@ def assert_learned(run, history):
         bar, higher = LEARNED_BARS[name][2:]
         assert (value >= bar) if higher else (value < bar), \
             f"{name} is {value:.4f}: the bar is {'>=' if higher else '<'} {bar}"
+
+
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # pytest-xdist (pyproject.toml: -n auto) runs the tests in one process per core, at most four
 # (each builds its own session fixtures and holds its own torch: about 6 GB of memory in use at the

@@ -308,8 +308,8 @@ def fail_on_b(error):
     ("p2/visualize.py", "hw3core.figures.save_figure"),
     ("p2/inference.py", "p2.decode.caption_images")])
 def test_an_error_on_one_image_skips_it_and_the_run_goes_on(entry, target, three_images,
-                                                          checkpoints, tmp_path, monkeypatch,
-                                                          capsys):
+                                                            checkpoints, tmp_path, monkeypatch,
+                                                            capsys):
     import importlib
 
     module, name = target.rsplit(".", 1)

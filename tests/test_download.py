@@ -47,7 +47,7 @@ def test_downloads_verifies_and_skips_present_files(server, tmp_path):
     run = download(dest, **urls)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["B_16_imagenet1k.pth", "catr_v3.pth",
-                                                       "p1_vit.pt"]
+                                                      "p1_vit.pt"]
     assert torch.equal(torch.load(dest / "catr_v3.pth", weights_only=True)["model"]["w"],
                        torch.zeros(2))
     catr = dest / "catr_v3.pth"

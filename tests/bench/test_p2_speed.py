@@ -16,7 +16,7 @@ def test_graphs_and_default_kernels_are_each_compared_with_their_reference():
     model = build_model(SMALL_CONFIG).eval()
     photos = sample_photos()
     images = [preprocess(photo, 128) for photo in (photos["wide"], ImageOps.mirror(photos["wide"]),
-                                                    photos["square"])]
+                                                   photos["square"])]
     recorder = StandInRecorder()
     found = p2_speed.graphs_against_eager(model, images, torch.device("cpu"), max_len=6,
                                           record=recorder)

@@ -137,4 +137,4 @@ def test_a_p2_speed_result_cut_short_after_its_rows_still_renders():
     assert tables.RENDERERS["p2_speed"](partial)[2] == (
         "| 20 | 1.00 | 0.050 | **20.0x** | 0.040 | 0.080 |")
     assert tables.RENDERERS["p2_decoding_parts"](partial) == ["| measure | value |",
-                                                             "| --- | ---: |"]
+                                                              "| --- | ---: |"]

@@ -13,7 +13,7 @@ import torch
 
 import hw3core.checkpoints
 from hw3core.checkpoints import (CheckpointWriter, load_checkpoint, save_checkpoint, save_epoch,
-                                unwrap_state_dict)
+                                 unwrap_state_dict)
 from hw3core.errors import UserError
 from hw3core.files import write_text_atomic
 

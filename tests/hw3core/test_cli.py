@@ -10,7 +10,8 @@ from hw3core.cli import at_least
 def test_at_least_accepts_the_bound_and_above():
     assert at_least(1)("1") == 1 and at_least(0)("7") == 7
     assert at_least(0.0, float)("0") == 0.0 and at_least(0.0, float)("1e-4") == 1e-4
-    assert at_least(0.0, float, below=1.0)("0.99") == 0.99 and at_least(0.0, float, most=1.0)("1") == 1
+    assert at_least(0.0, float, below=1.0)("0.99") == 0.99
+    assert at_least(0.0, float, most=1.0)("1") == 1
 
 
 @pytest.mark.parametrize("number, text, message", [

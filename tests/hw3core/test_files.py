@@ -1,4 +1,4 @@
-"""Atomic writes: permissions as an ordinary open() gives them, one-line errors, nothing left over."""
+"""Atomic writes: permissions as a plain open() gives them, one-line errors, nothing left over."""
 import errno
 import os
 import stat

@@ -157,7 +157,7 @@ def test_batches_made_on_the_gpu_come_from_a_stream_the_training_waits_for(monke
 def test_ranks_share_out_the_items():
     cpu = torch.device("cpu")
     shares = [sum((b[0] for b in batches(EpochLoader(NoisyItems(), 4, 0, None, cpu,
-                                                      Distributed(rank, 2), seed=0).epoch(5))), [])
+                                                     Distributed(rank, 2), seed=0).epoch(5))), [])
               for rank in (0, 1)]
     assert sorted(shares[0] + shares[1]) == list(range(12)) and len(shares[0]) == 6
 
@@ -256,7 +256,7 @@ def test_a_signal_abandons_the_step_even_in_its_backward_pass_but_not_the_commit
 
 
 def test_a_second_signal_during_the_stops_checkpoint_write_leaves_it_to_finish(tmp_path,
-                                                                                monkeypatch):
+                                                                               monkeypatch):
     import os
     import signal
     import threading
@@ -269,6 +269,7 @@ def test_a_second_signal_during_the_stops_checkpoint_write_leaves_it_to_finish(t
         time.sleep(0.3)  # a big last.pt
         save(obj, path)
     monkeypatch.setattr(hw3core.checkpoints, "save_checkpoint", slow_save)
+
     def train_epoch(e):
         e.sums.add(torch.tensor(1.0), 1, 1)
         e.sums.commit(1)
@@ -335,7 +336,7 @@ def test_under_torchrun_a_process_stops_on_the_agreed_flag_alone(monkeypatch):
 
 
 def test_under_torchrun_a_signal_in_an_epochs_last_step_stops_before_validation(tmp_path,
-                                                                               monkeypatch):
+                                                                                monkeypatch):
     import os
     import signal
 

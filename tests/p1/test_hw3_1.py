@@ -64,8 +64,8 @@ def test_csv_follows_the_contract(awkward_folder, trained_tiny, tmp_path):
 def test_csv_holds_the_models_prediction_for_every_image(shapes_data, trained_tiny, tmp_path,
                                                          capsys):
     out = tmp_path / "pred.csv"
-    status, _, _ = run_entry_point(inference.main, ["--images", shapes_data[1], "--out", out,
-                                                    "--checkpoint", trained_tiny / "best.pt"], capsys)
+    argv = ["--images", shapes_data[1], "--out", out, "--checkpoint", trained_tiny / "best.pt"]
+    status, _, _ = run_entry_point(inference.main, argv, capsys)
     assert status == 0
     model, preprocess, class_names = load_classifier(trained_tiny / "best.pt")
     paths = list_images(shapes_data[1])
@@ -161,8 +161,8 @@ def test_the_wrapper_passes_errors_through_as_status_2_before_importing_torch(tm
 @pytest.mark.parametrize("destination", ["an existing folder", "a path through a file",
                                          "a new folder", "one of the images"])
 def test_an_unwritable_csv_path_is_refused_before_any_work(destination, awkward_folder,
-                                                          trained_tiny, tmp_path, capsys,
-                                                          monkeypatch):
+                                                           trained_tiny, tmp_path, capsys,
+                                                           monkeypatch):
     from hw3core.images import list_images
 
     out = tmp_path
@@ -187,7 +187,7 @@ def test_an_unwritable_csv_path_is_refused_before_any_work(destination, awkward_
 
 
 def test_an_empty_checkpoint_variable_means_the_default_checkpoint(monkeypatch, tmp_path,
-                                                                  awkward_folder, capsys):
+                                                                   awkward_folder, capsys):
     monkeypatch.setenv("HW3_P1_CKPT", "")  # as `HW3_P1_CKPT= bash hw3_1.sh ...` sets it
     args = inference.parse_args(["--images", "i", "--out", "o.csv"])
     assert args.checkpoint == str(inference.DEFAULT_CHECKPOINT)

@@ -129,7 +129,8 @@ def test_nothing_downloads_when_building_or_loading_models(tmp_path, monkeypatch
     (lambda c: c["preprocess"].update(image_size=[30, 30]), "does not fit its model's 32 x 32"),
     (lambda c: c["preprocess"].update(std=[0.5]), "does not fit its model's 32 x 32 RGB input"),
     (lambda c: c["arch"]["vit_kwargs"].update(depth=1), "its arch and model do not make a ViT"),
-    (lambda c: c["arch"].update(name=None, vit_kwargs=None), "its arch and model do not make a ViT")])
+    (lambda c: c["arch"].update(name=None, vit_kwargs=None),
+     "its arch and model do not make a ViT")])
 def test_an_edited_or_incomplete_checkpoint_is_one_error_naming_it(edit, message, tmp_path):
     save_p1_checkpoint(tmp_path / "p1.pt", (32, 32), class_names=("cat", "dog"))
     checkpoint = torch.load(tmp_path / "p1.pt", weights_only=True)

@@ -221,7 +221,8 @@ def test_a_non_square_export_says_how_to_load_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"),
-                                         ("--grad-accum", "0"), ("--lr", "-1"), ("--workers", "-1")])
+                                         ("--grad-accum", "0"), ("--lr", "-1"),
+                                         ("--workers", "-1")])
 def test_numbers_out_of_range_are_one_line_errors(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--train-dir", str(tmp_path), "--out", str(tmp_path), flag, value])
@@ -483,7 +484,7 @@ def test_a_step_whose_batches_were_all_unreadable_leaves_the_weights_and_the_los
 
 
 def test_with_grad_accum_the_schedule_ends_at_zero_after_the_epochs_last_short_step(shapes_data,
-                                                                                   tmp_path):
+                                                                                    tmp_path):
     # 200 images in 7 batches: optimizer steps of 3, 3 and 1 batches; the cosine schedule
     # counts 3 steps an epoch and ends at 0 only if the short step is taken too
     val_dir = shapes_data[1]

@@ -206,7 +206,8 @@ def test_the_heading_gives_the_true_class_where_the_name_or_folder_gives_one():
     assert heading(Path("val/2_17.jpg"), probability, course) == (
         "2_17.jpg: predicted class 1 (70.0%), true class 2")
     assert heading(Path("val/02_17.jpg"), probability, course).endswith(", true class 2")
-    assert heading(Path("val/7_17.jpg"), probability, course) == "7_17.jpg: predicted class 1 (70.0%)"
+    assert (heading(Path("val/7_17.jpg"), probability, course)
+            == "7_17.jpg: predicted class 1 (70.0%)")
     pets = ["cat", "dog", "fish"]
     assert heading(Path("val/dog/1.jpg"), probability, pets) == (
         "1.jpg: predicted class dog (70.0%), true class dog")

@@ -394,7 +394,7 @@ def test_the_decoders_graph_is_recorded_once_and_replayed_on_other_images(mixed_
 
 
 def test_a_graph_that_cannot_be_recorded_warns_once_and_runs_eagerly(model, mixed_images,
-                                                                      capsys):
+                                                                     capsys):
     tall = mixed_images[2]
     graphs = CudaGraphs(record=StandInRecorder(fail=True))
     with torch.inference_mode():

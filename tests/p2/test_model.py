@@ -106,7 +106,7 @@ def test_unknown_config_is_refused():
 
 @pytest.mark.parametrize("layer,stride,channels", [("layer2", 8, 128), ("layer3", 16, 256)])
 def test_from_scratch_backbone_options_give_finer_grids_on_small_inputs(tmp_path, layer, stride,
-                                                                         channels):
+                                                                        channels):
     config = dict(backbone="resnet18", dilation=False, backbone_layer=layer,
                   backbone_norm="batch", input_size=128, hidden_dim=64, nheads=4, enc_layers=1,
                   dec_layers=1, dim_feedforward=128)
@@ -179,7 +179,8 @@ def test_a_restricted_model_keeps_only_its_words_rows_and_saves_catrs_shapes():
     allowed = [END_ID, 1037, 2417, 4418]
     restricted = build_model({**full.config, "output_tokens": allowed})
     restricted.load_state_dict(full.state_dict())
-    # training updates the rows of 4 head words and 6 read words ([PAD], [CLS], the 4), not 2 x 30,522
+    # training updates the rows of 4 head words and 6 read words ([PAD], [CLS], the 4), not
+    # 2 x 30,522
     assert restricted.mlp.layers[-1].weight.shape[0] == 4
     assert restricted.transformer.embeddings.word_embeddings.weight.shape[0] == 6
     saved = restricted.state_dict()
@@ -217,7 +218,8 @@ def test_the_training_loss_over_a_restricted_heads_words_equals_it_over_the_voca
     tokens = torch.tensor([[START_ID, 1037, 2417, 4418, END_ID], [START_ID, 2417, END_ID, 0, 0]])
     padding = tokens == 0
     torch.manual_seed(0)
-    vocabulary = caption_loss(restricted(images, pixel_mask, tokens[:, :-1], padding[:, :-1]), tokens)
+    vocabulary = caption_loss(restricted(images, pixel_mask, tokens[:, :-1], padding[:, :-1]),
+                              tokens)
     torch.manual_seed(0)
     scores = restricted(images, pixel_mask, tokens[:, :-1], padding[:, :-1], restricted=True)
     assert scores.shape[-1] == 4

@@ -136,7 +136,7 @@ def test_bad_inputs_are_one_line_errors(main, case, checkpoints, tmp_path, capsy
 
 
 def test_a_layer_the_model_lacks_is_refused_before_any_image_is_read(photo_dir, checkpoints,
-                                                                    tmp_path, capsys):
+                                                                     tmp_path, capsys):
     layers = load_captioner(checkpoints["stops"])[1]["dec_layers"]
     argv = ["--checkpoint", str(checkpoints["stops"]), "--images", str(photo_dir),
             "--out", str(tmp_path / "out"), "--layer", str(layers)]
@@ -293,7 +293,7 @@ def test_figure_layout_rows_per_token_cut_overhang_and_own_scales():
     assert source == ("cross-attention of decoder layer 5 (the last of 6, counted from 0), the "
                       "mean over its 8 heads; each map on its own colour scale")
     assert figures.maps_source(2, 6, 8, per_head=False).startswith("cross-attention of decoder "
-                                                                    "layer 2 (of 6, counted")
+                                                                   "layer 2 (of 6, counted")
     empty = figures.draw_caption_figure(image, "", panels[:1], 1, stride=16)
     assert empty.get_suptitle() == "(empty caption)"
     figures.plt.close(empty)

@@ -195,7 +195,7 @@ def test_init_with_architecture_options_or_a_foreign_state_dict_is_refused(scene
 
 @pytest.mark.parametrize("max_len", ["1", "129"])
 def test_a_max_len_beyond_the_position_table_is_refused_before_training(scenes, tmp_path,
-                                                                         max_len):
+                                                                        max_len):
     # the check that inference and visualize make too (p2.decode.check_decoding_options)
     with pytest.raises(UserError, match=f"--max-len must be between 2 and 128, not {max_len}"):
         fit(train_args(scenes, tmp_path, "--max-len", max_len))

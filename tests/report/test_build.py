@@ -1,4 +1,4 @@
-"""report/build.py: a PDF whose numbers are the runs' own, and "not run" where inputs are missing."""
+"""report/build.py: a PDF whose numbers are the runs' own, "not run" where inputs are missing."""
 import json
 import shutil
 
@@ -23,7 +23,7 @@ def pdf_text(path):
 
 
 def test_a_report_from_runs_holds_their_numbers_and_every_section(trained_tiny, shapes_data,
-                                                                   tmp_path, capsys):
+                                                                  tmp_path, capsys):
     # the final run: its best epoch is not its last
     second = tmp_path / "second_run"
     shutil.copytree(trained_tiny, second)
@@ -83,7 +83,8 @@ def test_missing_inputs_give_not_run_pages_with_the_commands(tmp_path, capsys):
     reader, text = pdf_text(tmp_path / "report.pdf")
     assert len(reader.pages) == 1 + len(SECTIONS)  # the inputs page, then one page a section
     assert text.count("Not run.") == len(SECTIONS)
-    assert "python p1/train.py --train-dir p1_data/train --val-dir p1_data/val --out runs/vit" in text
+    assert ("python p1/train.py --train-dir p1_data/train --val-dir p1_data/val --out runs/vit"
+            in text)
     assert "bash hw3_download.sh" in text and "python -m bench.sweep_learned" in text
     assert "absent_run: no args.json or metrics.jsonl there; left out." in text
     assert "stopped_run: no epoch finished yet (metrics.jsonl is empty); left out." in text
