@@ -36,7 +36,7 @@ from bench.measure import write_result
 from bench.tables import jobs as jobs_table
 from bench.tables import jobs_loaders as jobs_loaders_table
 from hw3core.checkpoints import save_checkpoint
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 from hw3core.runtime import Distributed, autocast, pick_device, share_cores, usable_cores
 from hw3core.training import replace_run
 from p1.data import discover
@@ -285,4 +285,4 @@ def time_loaders(train_argv, device):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

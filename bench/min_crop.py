@@ -17,7 +17,7 @@ import torch
 from torchvision.transforms import RandomResizedCrop
 
 from bench.measure import write_result
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 
 WIDTH, HEIGHT = 500, 375
 MIN_CROPS = (0.08, 0.25, 0.5, 1.0)
@@ -63,4 +63,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

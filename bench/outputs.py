@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 
 
 TIMING = {"seconds", "images_per_s", "train_tflops", "epoch_seconds", "val_seconds", "device"}
@@ -103,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

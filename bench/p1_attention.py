@@ -26,7 +26,7 @@ from PIL import Image
 
 from bench.measure import cell_geometry, machine, write_result
 from bench.tables import P1_TARGET_POINTING, RENDERERS
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 from hw3core.images import ImageFileDataset, collate_skip, list_images
 from hw3core.training import replace_run
 from p1.attention import attention_rollout, cls_attention, position_similarity
@@ -95,7 +95,7 @@ def evaluate_maps(model, preprocess, class_names, folder, batch_size=64):
     return means, correct / len(paths)
 
 
-def main():
+def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--work", help="folder for the data and the run (default: temporary)")
     p.add_argument("--train", type=int, default=2000, help="training images")
@@ -103,7 +103,7 @@ def main():
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--min-crop", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         run(args, Path(args.work or scratch))
 
@@ -194,4 +194,4 @@ def run(args, work):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from bench.measure import machine, median_seconds, write_result
 from bench.tables import p1_speed as p1_speed_table
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 from hw3core.runtime import autocast, pick_device
 from p1.model import build_model, forward_flops_per_image, make_arch
 
@@ -104,7 +104,7 @@ def _measure(model, device, batch, train_batch, repeats, precision, compile, fus
     return batch / infer_s, train_batch / train_s, compile_s
 
 
-def main():
+def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, help="inference batch (default 4 CPU, 64 GPU)")
@@ -114,7 +114,7 @@ def main():
                    help="also torch.compile, the fused optimizer step and a doubled batch")
     p.add_argument("--out", type=Path, help="the JSON (default: bench/results/"
                    "p1_speed_<cpu|cuda>.json)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = pick_device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch_size or (64 if gpu else 4)
@@ -180,4 +180,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

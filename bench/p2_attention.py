@@ -29,7 +29,7 @@ import torch
 
 from bench.measure import cell_geometry, machine, write_result
 from bench.tables import RENDERERS
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 from hw3core.images import open_rgb
 from hw3core.scenes import COLORS, SHAPES
 from hw3core.training import replace_run
@@ -175,7 +175,7 @@ def val_exact_by_epoch(run):
     return [json.loads(line)["val_exact"] for line in (run / "metrics.jsonl").open()]
 
 
-def main():
+def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--work", help="folder for the data and the run (default: temporary)")
     p.add_argument("--train", type=int, default=3000, help="training scenes")
@@ -187,7 +187,7 @@ def main():
     p.add_argument("--out", type=Path,
                    default=Path(__file__).resolve().parent / "results" / "p2_attention.json",
                    help="JSON file for the results (%(default)s)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         run(args, Path(args.work or scratch))
 
@@ -262,4 +262,4 @@ def run(args, work):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

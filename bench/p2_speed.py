@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from bench.measure import machine, median_seconds, write_result
 from bench.tables import p2_decoding_parts as p2_decoding_parts_table
 from bench.tables import p2_speed as p2_speed_table
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 from hw3core.runtime import autocast, pick_device
 from p2.data import preprocess
 import p2.decode
@@ -147,7 +147,7 @@ def graphs_against_eager(model, images, device, max_len=21, record=None):
     return found
 
 
-def main():
+def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--quick", action="store_true",
@@ -158,7 +158,7 @@ def main():
                    "(default 8 on CPU, 64 on CUDA)")
     p.add_argument("--out", type=Path, help="the JSON (default: bench/results/"
                    "p2_speed_<cpu|cuda>.json)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,4 +249,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,4 +64,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.9  # validation exact captions the demo must reach in 9 runs of 10
@@ -100,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

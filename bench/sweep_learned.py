@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -21,7 +21,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from hw3core.cli import parser
+from hw3core.cli import parser, run_cli
 from hw3core.files import write_text_atomic
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -394,4 +394,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -28,15 +28,16 @@ class _CtrlC:
 
 
 def run_cli(main, argv=None):
-    """Call ``main(argv)``; a UserError becomes ``error: ...`` on stderr and exit status 2, an
-    Interrupted its message and the conventional status of its signal (128 + signal number).
-    Output folders that a failed run made and left empty are removed."""
+    """Call ``main(argv)`` and return what it returns (a benchmark's exit status); a UserError
+    becomes ``error: ...`` on stderr and exit status 2, an Interrupted its message and the
+    conventional status of its signal (128 + signal number). Output folders that a failed run
+    made and left empty are removed."""
     ctrl_c = _CtrlC()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, ctrl_c) if in_main_thread else None
     try:
         with no_empty_folders_left_on_failure():
-            main(argv)
+            status = main(argv)
         if ctrl_c.seen:  # the KeyboardInterrupt was dropped (see _CtrlC)
             raise KeyboardInterrupt
     except UserError as err:
@@ -52,6 +53,7 @@ def run_cli(main, argv=None):
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
+    return status
 
 
 class _OneLineErrors(argparse.ArgumentParser):

@@ -1,6 +1,6 @@
 """The scripts: the one rule for the interpreter (venv.sh), test.sh's parallel tests,
-bench/gpu.sh's refusal without a GPU, and the Python entry points' --help and argument errors,
-which come before torch is imported."""
+bench/gpu.sh's refusal without a GPU (and its benchmarks', each run alone), and the Python entry
+points' --help and argument errors, which come before torch is imported."""
 import os
 import shutil
 import subprocess
@@ -55,6 +55,25 @@ def test_gpu_sh_refuses_a_machine_without_cuda_before_it_writes_anything(tmp_pat
     assert refused.stderr == (f"error: {sys.executable} has no torch that sees a CUDA GPU; run "
                               "this on a GPU machine (PYTHON=... names another interpreter)\n")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("benchmark", ["jobs", "p1_speed", "p2_speed"])
+def test_a_gpu_benchmark_run_alone_without_cuda_is_one_line(benchmark, capsys, monkeypatch):
+    import runpy
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    # as python -m runs it, in this process: its import of torch takes seconds in a new one
+    # (an imported copy, another test's, stays out of the way: runpy warns of one)
+    monkeypatch.delitem(sys.modules, f"bench.{benchmark}", raising=False)
+    monkeypatch.setattr("sys.argv", [f"bench/{benchmark}.py", "--device", "cuda"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(f"bench.{benchmark}", run_name="__main__")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr() == ("", "error: --device cuda asked for, but no CUDA GPU is "
+                                       "visible\n")
 
 
 ENTRY_SCRIPTS = sorted(str(path.relative_to(ROOT)) for problem in ("p1", "p2")

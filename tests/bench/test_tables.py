@@ -2,6 +2,8 @@
 import copy
 import json
 import shutil
+import subprocess
+import sys
 
 from bench import tables
 from tests.conftest import ROOT
@@ -33,6 +35,10 @@ def test_a_changed_number_changes_the_table_and_check_names_it(tmp_path, capsys)
     (tmp_path / "results" / "p1_attention.json").write_text(json.dumps(changed))
     assert tables.main(["--check", "--results-md", str(tmp_path / "RESULTS.md")]) == 1
     assert "table p1_attention_layers from results/p1_attention.json" in capsys.readouterr().err
+    # as CI would run it: the status reaches the shell
+    check = subprocess.run([sys.executable, "-m", "bench.tables", "--check", "--results-md",
+                            str(tmp_path / "RESULTS.md")], cwd=ROOT, capture_output=True)
+    assert check.returncode == 1
     assert tables.main(["--results-md", str(tmp_path / "RESULTS.md")]) == 0
     assert tables.main(["--check", "--results-md", str(tmp_path / "RESULTS.md")]) == 0
     assert "**0.850**" in (tmp_path / "RESULTS.md").read_text()

@@ -86,3 +86,18 @@ def test_ctrl_c_that_python_drops_in_a_finaliser_still_ends_the_run_as_interrupt
     assert finished and exit_info.value.code == 130
     assert capsys.readouterr().err.endswith("interrupted\n")
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+
+
+def test_run_cli_returns_mains_status_and_makes_a_user_error_one_line(capsys):
+    from hw3core.cli import run_cli
+    from hw3core.errors import UserError
+
+    assert run_cli(lambda argv: 1) == 1  # a benchmark's "some measurement failed"
+
+    def refuse(argv):
+        raise UserError("--device cuda asked for, but no CUDA GPU is visible")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(refuse)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --device cuda asked for, but no CUDA GPU is visible\n"
