@@ -99,8 +99,8 @@ def main(argv=None):
     for name in differences:
         print(f"differs: {name}")
     print(f"{len(recorded) - len(differences)} of {len(recorded)} outputs identical")
-    sys.exit(1 if differences else 0)
+    return 1 if differences else 0
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(main))

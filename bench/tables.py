@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 from hw3core.cli import parser, run_cli
+from hw3core.errors import UserError
 from hw3core.files import write_text_atomic
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -378,8 +379,7 @@ def main(argv=None):
         text = args.results_md.read_text()
         new, stale = regenerate(text, args.results_md.parent)
     except (OSError, ValueError) as err:  # a missing file, a broken JSON, an unknown kind
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UserError(str(err)) from err
     if args.check:
         sys.stdout.writelines(difflib.unified_diff(
             text.splitlines(True), new.splitlines(True), f"{args.results_md} (as it is)",
